@@ -1,0 +1,5 @@
+import sys
+
+from featherflow.cli import main
+
+sys.exit(main())

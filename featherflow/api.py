@@ -1,0 +1,115 @@
+"""The Python API: `Featherflow`, compatible with the original tool's class.
+
+    from featherflow import Featherflow
+    ff = Featherflow(flows_dir="flows", tasks_dir="tasks", output_dir="out")
+    ff.list_flows()
+    script = ff.execute_flow("etl", params={"day": "2026-01-01"})
+    ff.last_run.state  # "success"
+
+The CLI is a thin layer over this class.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from featherflow import config, flow as flowmod
+from featherflow.errors import FeatherflowError, ValidationError
+
+
+@dataclass
+class FlowInfo:
+    name: str
+    description: str
+    tasks: int
+    path: str
+    error: Optional[str] = None
+
+
+class Featherflow:
+    def __init__(self, flows_dir=None, tasks_dir=None, output_dir=None, config_dir=None,
+                 db=None, log_dir=None, env=None):
+        self.config = config.resolve(flows_dir, tasks_dir, output_dir, config_dir, db, log_dir, env=env)
+        self._store = None
+        self.last_run = None
+
+    # -- flows -------------------------------------------------------------
+
+    def load_flow(self, name: str) -> flowmod.Flow:
+        return flowmod.load(self.config.flows_dir, name, self.config.tasks_dir)
+
+    def flow_infos(self) -> List[FlowInfo]:
+        """Every flow file in the flows dir; a broken one carries its first error."""
+        infos = []
+        for name in flowmod.list_names(self.config.flows_dir):
+            path = str(flowmod.flow_path(self.config.flows_dir, name))
+            try:
+                flow = self.load_flow(name)
+            except ValidationError as exc:
+                infos.append(FlowInfo(name, "", 0, path, exc.errors[0]))
+            except FeatherflowError as exc:
+                infos.append(FlowInfo(name, "", 0, path, str(exc)))
+            else:
+                infos.append(FlowInfo(name, flow.description, len(flow.tasks), path))
+        return infos
+
+    def list_flows(self) -> List[str]:
+        """Names of the flows in the flows dir (the original API)."""
+        return flowmod.list_names(self.config.flows_dir)
+
+    def validate(self, names: Optional[List[str]] = None) -> Dict[str, List[str]]:
+        """{flow name: [errors]} for the named flows, or all of them."""
+        names = names or self.list_names_or_fail()
+        problems: Dict[str, List[str]] = {}
+        for name in names:
+            try:
+                self.load_flow(name)
+                problems[name] = []
+            except ValidationError as exc:
+                problems[name] = exc.errors
+        return problems
+
+    def list_names_or_fail(self) -> List[str]:
+        names = self.list_flows()
+        if not names:
+            raise FeatherflowError(f"no flows in {self.config.flows_dir} (a flow is <flows-dir>/<name>.json)")
+        return names
+
+    # -- storage -----------------------------------------------------------
+
+    @property
+    def store(self):
+        if self._store is None:
+            from featherflow import db
+            from featherflow.store import Store
+
+            self._store = Store(db.open_database(self.config.db_path, self.config.config_dir))
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    # -- runs ----------------------------------------------------------------
+
+    def execute_flow(self, name: str, params: Optional[dict] = None, dry_run: bool = False,
+                     max_parallel: Optional[int] = None) -> str:
+        """Run a flow to its end and return the path of its script (the original API).
+
+        The run itself is in `self.last_run` afterwards (id, state, ...).
+        """
+        from featherflow import runner
+
+        prepared = runner.prepare(self, name, params or {}, max_parallel=max_parallel, dry_run=dry_run)
+        if not dry_run:
+            runner.run_and_wait(self, prepared)
+            self.last_run = self.store.get_run(prepared.run.id)
+        return str(prepared.script_path)
+
+
+def relative(path: str, base: Path) -> str:
+    try:
+        return str(Path(path).relative_to(base))
+    except ValueError:
+        return path

@@ -1,0 +1,58 @@
+"""Where things live: dirs, database path, and the FEATHERFLOW_* environment.
+
+This is the only module that reads the environment; every path is made
+absolute here, once, so a run or schedule records where it really came from.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional
+
+DB_NAME = "featherflow.db"
+
+
+@dataclass(frozen=True)
+class Config:
+    flows_dir: Path
+    tasks_dir: Path
+    output_dir: Path
+    config_dir: Path
+    db_path: Path
+    log_dir: Path
+
+
+def resolve(
+    flows_dir: Optional[str] = None,
+    tasks_dir: Optional[str] = None,
+    output_dir: Optional[str] = None,
+    config_dir: Optional[str] = None,
+    db: Optional[str] = None,
+    log_dir: Optional[str] = None,
+    env: Optional[Mapping[str, str]] = None,
+    cwd: Optional[str] = None,
+) -> Config:
+    """Resolve every location to an absolute path (arguments beat environment)."""
+    env = os.environ if env is None else env
+    base = Path(cwd or os.getcwd())
+
+    def absolute(value: str) -> Path:
+        return Path(os.path.normpath(base / Path(value).expanduser()))
+
+    home = config_dir or env.get("FEATHERFLOW_HOME") or "~/.featherflow"
+    conf = absolute(home)
+    return Config(
+        flows_dir=absolute(flows_dir or "flows"),
+        tasks_dir=absolute(tasks_dir or "tasks"),
+        output_dir=absolute(output_dir or "featherflow_output"),
+        config_dir=conf,
+        db_path=absolute(db or env.get("FEATHERFLOW_DB") or str(conf / DB_NAME)),
+        log_dir=absolute(log_dir) if log_dir else conf / "logs",
+    )
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create `path` (and parents) and make it 0700, whatever the umask."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o777 != 0o700:
+        os.chmod(path, 0o700)

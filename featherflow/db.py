@@ -1,0 +1,136 @@
+"""Open the SQLite database: private file, pragmas, numbered migrations.
+
+WAL with synchronous=FULL because on a Pi the usual fault is a power cut;
+a busy timeout so concurrent `_mark` calls wait instead of failing; foreign
+keys on. Migrations run on open, each in the IMMEDIATE transaction that sets
+`PRAGMA user_version`, so a database is always wholly at one version.
+"""
+
+import importlib
+import os
+import pkgutil
+import sqlite3
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from peewee import SqliteDatabase
+
+from featherflow import migrations, states
+from featherflow.errors import DatabaseError
+from featherflow.models import MODELS
+
+BUSY_TIMEOUT = 10  # seconds
+PRAGMAS = {
+    "journal_mode": "wal",
+    "synchronous": "full",
+    "foreign_keys": 1,
+    "busy_timeout": BUSY_TIMEOUT * 1000,
+}
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def migration_modules() -> List[Tuple[int, object]]:
+    found = []
+    for info in pkgutil.iter_modules(migrations.__path__):
+        number = info.name.split("_", 1)[0]
+        if number.isdigit():
+            module = importlib.import_module(f"{migrations.__name__}.{info.name}")
+            found.append((int(number), module))
+    found.sort(key=lambda item: item[0])
+    if [n for n, _ in found] != list(range(1, len(found) + 1)):
+        raise DatabaseError("migrations are not numbered 0001, 0002, ... without gaps (broken install?)")
+    return found
+
+
+def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool = True) -> SqliteDatabase:
+    """Open (creating if needed) and migrate the database at `path`; bind the models."""
+    path = Path(path)
+    if private_dir is not None and path.parent == private_dir:
+        from featherflow.config import ensure_private_dir
+
+        ensure_private_dir(private_dir)
+    else:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DatabaseError(f"cannot create {path.parent}: {exc.strerror}") from None
+    _create_private(path)
+    _check_header(path)
+    db = SqliteDatabase(str(path), pragmas=PRAGMAS, timeout=BUSY_TIMEOUT)
+    db.bind(MODELS, bind_refs=False, bind_backrefs=False)
+    try:
+        db.connect()
+        if migrate:
+            apply_migrations(db, path)
+    except DatabaseError:
+        db.close()
+        raise
+    except sqlite3.DatabaseError as exc:
+        db.close()
+        raise DatabaseError(
+            f"{path} is not a usable Featherflow database ({exc}); move it aside or restore a backup") from None
+    except Exception as exc:  # peewee wraps sqlite3 errors in its own classes
+        db.close()
+        if exc.__class__.__module__ == "peewee":
+            raise DatabaseError(
+                f"{path} is not a usable Featherflow database ({exc}); move it aside or restore a backup") from None
+        raise
+    return db
+
+
+def apply_migrations(db: SqliteDatabase, path: Path) -> int:
+    """Bring the schema to the newest version; refuse a database newer than the code."""
+    pending = migration_modules()
+    latest = len(pending)
+    assert latest == states.SCHEMA_VERSION, "states.SCHEMA_VERSION must match the migrations"
+    version = schema_version(db)
+    _refuse_newer(version, latest, path)
+    if version == latest:
+        return version
+    with db.atomic("IMMEDIATE"):
+        version = schema_version(db)  # another process may have migrated meanwhile
+        _refuse_newer(version, latest, path)
+        for number, module in pending[version:]:
+            module.up(db)
+            db.execute_sql(f"PRAGMA user_version = {int(number)}")
+    return latest
+
+
+def schema_version(db: SqliteDatabase) -> int:
+    return db.execute_sql("PRAGMA user_version").fetchone()[0]
+
+
+def _refuse_newer(version: int, latest: int, path: Path) -> None:
+    if version > latest:
+        raise DatabaseError(
+            f"{path} has schema version {version}, newer than this Featherflow understands "
+            f"({latest}); upgrade Featherflow (pip install -U featherflow) — the file was not changed")
+
+
+def _create_private(path: Path) -> None:
+    """Create the database file 0600 before SQLite does (it would honour the umask)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise DatabaseError(f"cannot create {path}: {exc.strerror}") from None
+    if path.stat().st_mode & 0o077:
+        try:
+            os.chmod(path, 0o600)
+        except OSError:
+            pass
+
+
+def _check_header(path: Path) -> None:
+    """Refuse a file that is not SQLite before SQLite touches it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise DatabaseError(f"cannot read {path}: {exc.strerror}") from None
+    if head and head != SQLITE_HEADER:
+        raise DatabaseError(
+            f"{path} is not a SQLite database (not created by Featherflow?); "
+            "move it aside or point --db / FEATHERFLOW_DB elsewhere — it was not changed")

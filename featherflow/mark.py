@@ -1,0 +1,115 @@
+"""`featherflow _mark`: record state transitions reported by a run's script.
+
+    mark.py DB RUN_ID [--pid PID] [--run STATE[:REASON]] [TASK:ATTEMPT:STATE[:EXIT[:REASON]] ...]
+
+This is on the path of every task, so it is kept to the standard library: the
+generated script runs it as `python -I -S .../featherflow/mark.py`, which skips
+site-packages, peewee and argparse. All transitions of one call commit in one
+BEGIN IMMEDIATE transaction, so a task's end and its dependents' start cost a
+single process start and a single fsync.
+
+Exit codes: 0 recorded, 2 bad arguments, 3 illegal transition, 4 the database
+could not record it (locked past the deadline, read-only, disk full).
+"""
+
+import os
+import signal
+import sqlite3
+import sys
+import time
+
+BUSY_TIMEOUT = 10.0  # seconds SQLite waits for the write lock, per try
+DEADLINE = 30.0  # seconds before giving up on "database is locked" for good
+
+
+def parse(argv):
+    if len(argv) < 2:
+        raise ValueError("usage: _mark DB RUN_ID [--pid PID] [--run STATE[:REASON]] [TASK:ATTEMPT:STATE[:EXIT[:REASON]] ...]")
+    db, run_id, rest = argv[0], int(argv[1]), list(argv[2:])
+    pid = run = None
+    specs = []
+    while rest:
+        word = rest.pop(0)
+        if word == "--pid":
+            pid = int(rest.pop(0))
+        elif word == "--run":
+            state, _, reason = rest.pop(0).partition(":")
+            run = (state, reason or None)
+        else:
+            parts = word.split(":", 4)
+            if len(parts) < 3:
+                raise ValueError(f"bad transition {word!r} (TASK:ATTEMPT:STATE[:EXIT[:REASON]])")
+            exit_code = int(parts[3]) if len(parts) > 3 and parts[3] != "" else None
+            reason = parts[4] if len(parts) > 4 and parts[4] else None
+            specs.append((parts[0], int(parts[1]), parts[2], exit_code, reason))
+    return db, run_id, pid, run, specs
+
+
+def record(db, run_id, pid, run, specs, states, deadline=DEADLINE):
+    """Apply every transition in one transaction; retry while the database is locked."""
+    from featherflow import proc
+
+    start, boot = proc.identity(pid) if pid else (None, None)
+    give_up = time.monotonic() + deadline
+    while True:
+        conn = None
+        try:
+            conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT, isolation_level=None)
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != states.SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"schema version {version}, expected {states.SCHEMA_VERSION}")
+            cur = conn.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                now = states.utcnow()
+                if run is not None and run[0] == states.RUNNING:
+                    states.apply_run(cur, run_id, run[0], now, run[1], pid, start, boot)
+                for task_id, attempt, state, exit_code, reason in specs:
+                    states.apply_attempt(cur, run_id, task_id, attempt, state, now, exit_code, reason)
+                if run is not None and run[0] != states.RUNNING:
+                    states.apply_run(cur, run_id, run[0], now, run[1], pid, start, boot)
+                cur.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    cur.execute("ROLLBACK")
+                raise
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > give_up:
+                raise
+            time.sleep(0.05)
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+def main(argv=None) -> int:
+    from featherflow import states
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        db, run_id, pid, run, specs = parse(argv)
+    except (ValueError, IndexError) as exc:
+        print(f"featherflow _mark: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        record(db, run_id, pid, run, specs, states)
+    except states.IllegalTransition as exc:
+        print(f"featherflow _mark: error: {exc}", file=sys.stderr)
+        return 3
+    except sqlite3.Error as exc:
+        print(f"featherflow _mark: error: cannot record run {run_id} in {db}: {exc}", file=sys.stderr)
+        return 4
+    return 0
+
+
+if __name__ == "__main__":
+    # Started as a file with `python -I -S`: the package's parent is not on sys.path.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # A Ctrl-C at the terminal reaches the whole foreground group; a mark that
+    # is under way finishes (it takes milliseconds) and the script cancels.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(main())

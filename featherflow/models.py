@@ -1,0 +1,95 @@
+"""Peewee models, one per table. Queries live in store.py, schema in migrations/."""
+
+from peewee import (
+    AutoField, BooleanField, CharField, DateTimeField, ForeignKeyField, IntegerField,
+    Model, TextField,
+)
+
+
+class BaseModel(Model):
+    class Meta:
+        database = None  # bound by db.open_database
+        legacy_table_names = False
+
+
+class Schedule(BaseModel):
+    id = AutoField()
+    name = CharField(unique=True)
+    flow_name = CharField()
+    cron = CharField()
+    tz = CharField()
+    params = TextField(default="{}")
+    catchup = CharField(default="latest")
+    overlap = CharField(default="skip")
+    on_interrupt = CharField(default="resume")
+    enabled = BooleanField(default=True)
+    description = TextField(default="")
+    flows_dir = TextField()
+    tasks_dir = TextField()
+    output_dir = TextField()
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+
+
+class FlowRun(BaseModel):
+    id = AutoField()
+    uid = CharField(unique=True)
+    flow_name = CharField(index=True)
+    state = CharField()
+    trigger = CharField()
+    params = TextField()
+    snapshot = TextField()
+    flows_dir = TextField()
+    tasks_dir = TextField()
+    output_dir = TextField()
+    max_parallel = IntegerField()
+    schedule = ForeignKeyField(Schedule, null=True, on_delete="SET NULL", column_name="schedule_id")
+    scheduled_at = DateTimeField(null=True)
+    created_at = DateTimeField()
+    started_at = DateTimeField(null=True)
+    ended_at = DateTimeField(null=True)
+    pid = IntegerField(null=True)
+    pid_start = IntegerField(null=True)
+    boot_id = CharField(null=True)
+    reason = TextField(null=True)
+    resumes = IntegerField(default=0)
+    auto_resumed = BooleanField(default=False)
+
+
+class TaskAttempt(BaseModel):
+    id = AutoField()
+    run = ForeignKeyField(FlowRun, on_delete="CASCADE", column_name="run_id")
+    task_id = CharField()
+    attempt = IntegerField()
+    state = CharField()
+    created_at = DateTimeField()
+    started_at = DateTimeField(null=True)
+    ended_at = DateTimeField(null=True)
+    exit_code = IntegerField(null=True)
+    reason = TextField(null=True)
+
+
+class ScheduleSlot(BaseModel):
+    id = AutoField()
+    schedule = ForeignKeyField(Schedule, on_delete="CASCADE", column_name="schedule_id")
+    slot_at = DateTimeField()
+    state = CharField()
+    reason = TextField(null=True)
+    run = ForeignKeyField(FlowRun, null=True, on_delete="SET NULL", column_name="run_id")
+    created_at = DateTimeField()
+
+
+class SchedulerState(BaseModel):
+    id = IntegerField(primary_key=True)
+    pid = IntegerField()
+    pid_start = IntegerField(null=True)
+    boot_id = CharField(null=True)
+    started_at = DateTimeField()
+    heartbeat_at = DateTimeField()
+    stopped_at = DateTimeField(null=True)
+
+    class Meta:
+        table_name = "scheduler"
+
+
+MODELS = [Schedule, FlowRun, TaskAttempt, ScheduleSlot, SchedulerState]

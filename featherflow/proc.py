@@ -1,0 +1,89 @@
+"""Tell a live process from a dead one with certainty, and find a run's leftovers.
+
+Standard library only (used by `_mark`). A process is identified by its pid,
+its start time (clock ticks since boot, from /proc/<pid>/stat) and the boot id:
+another boot id, a missing pid, or the same pid with another start time all
+mean the process we knew is gone. Without /proc (not Linux) only the pid can be
+checked, so a reused pid can be mistaken for the original: see the README.
+"""
+
+import os
+import signal
+
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
+
+
+def boot_id():
+    try:
+        with open(BOOT_ID_PATH) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def start_time(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        # The command name may contain spaces and ')': fields start after the last ')'.
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def identity(pid):
+    """(start time, boot id) of `pid`, as recorded with a run."""
+    return start_time(pid), boot_id()
+
+
+def is_alive(pid, pid_start, recorded_boot, current_boot=None) -> bool:
+    """True while the very process that was recorded still exists."""
+    if not pid:
+        return False
+    current_boot = boot_id() if current_boot is None else current_boot
+    if recorded_boot and current_boot and recorded_boot != current_boot:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    if pid_start is not None and os.path.isdir("/proc"):
+        now_start = start_time(pid)
+        return now_start == pid_start
+    return True
+
+
+def processes_with_env(name: str, value: str):
+    """Pids of processes whose environment holds NAME=value (Linux /proc only)."""
+    needle = f"{name}={value}".encode()
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def kill_all(pids, sig=signal.SIGKILL) -> int:
+    """Signal each pid's process group (and the pid); returns how many were signalled."""
+    done = 0
+    for pid in pids:
+        for target in (lambda: os.killpg(os.getpgid(pid), sig), lambda: os.kill(pid, sig)):
+            try:
+                target()
+                done += 1
+                break
+            except OSError:
+                continue
+    return done

@@ -1,0 +1,147 @@
+"""The state machine of runs and task attempts, and the one place that moves them.
+
+Standard library only: the `_mark` fast path imports this on every task
+transition. Both apply functions take a DB-API cursor inside a transaction the
+caller opened (BEGIN IMMEDIATE), so peewee code and the raw `_mark` path move
+states through exactly the same checks.
+
+Repeating a transition is harmless (a crash can fall between doing and
+recording); an illegal one raises IllegalTransition and changes nothing.
+"""
+
+from datetime import datetime, timezone
+
+from featherflow.errors import ConflictError
+
+SCHEMA_VERSION = 1  # the number of the newest migration
+
+QUEUED, RUNNING, SUCCESS, FAILED, CANCELLED, INTERRUPTED = (
+    "queued", "running", "success", "failed", "cancelled", "interrupted")
+PENDING, UPSTREAM_FAILED = "pending", "upstream_failed"
+
+RUN_STATES = (QUEUED, RUNNING, SUCCESS, FAILED, CANCELLED, INTERRUPTED)
+ATTEMPT_STATES = (PENDING, RUNNING, SUCCESS, FAILED, UPSTREAM_FAILED, CANCELLED, INTERRUPTED)
+RUN_FINISHED = (SUCCESS, FAILED, CANCELLED, INTERRUPTED)
+RESUMABLE = (FAILED, INTERRUPTED)
+ATTEMPT_FINISHED = (SUCCESS, FAILED, UPSTREAM_FAILED, CANCELLED, INTERRUPTED)
+
+RUN_MOVES = {
+    QUEUED: (RUNNING, FAILED, CANCELLED, INTERRUPTED),
+    RUNNING: (SUCCESS, FAILED, CANCELLED, INTERRUPTED),
+    FAILED: (RUNNING,),  # resume only
+    INTERRUPTED: (RUNNING,),  # resume only
+    SUCCESS: (),
+    CANCELLED: (),
+}
+ATTEMPT_MOVES = {
+    PENDING: (RUNNING, UPSTREAM_FAILED, CANCELLED),
+    RUNNING: (SUCCESS, FAILED, CANCELLED, INTERRUPTED),
+}
+
+# What a run's end does to attempts still open, so that no attempt stays
+# `running` (or waits `pending`) in a run that is over.
+_CASCADE = {
+    CANCELLED: {RUNNING: CANCELLED, PENDING: CANCELLED},
+    INTERRUPTED: {RUNNING: INTERRUPTED},
+    FAILED: {RUNNING: FAILED},
+}
+
+
+class IllegalTransition(ConflictError):
+    """A move the state machine does not allow."""
+
+
+def utcnow() -> str:
+    return format_time(datetime.now(timezone.utc))
+
+
+def format_time(moment: datetime) -> str:
+    """UTC, in the text form peewee's DateTimeField reads back."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def apply_run(cur, run_id, new, now=None, reason=None, pid=None, pid_start=None,
+              boot_id=None, resume=False) -> str:
+    """Move run `run_id` to `new`; returns the state it was in."""
+    now = now or utcnow()
+    row = cur.execute("SELECT state FROM flow_run WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise IllegalTransition(f"run {run_id} does not exist")
+    old = row[0]
+    if old == new:
+        if pid is not None:
+            cur.execute("UPDATE flow_run SET pid = ?, pid_start = ?, boot_id = ? WHERE id = ?",
+                        (pid, pid_start, boot_id, run_id))
+        return old
+    if new not in RUN_MOVES.get(old, ()) or (old in RESUMABLE and not resume):
+        hint = " (resume it with `featherflow runs resume`)" if old in RESUMABLE else ""
+        raise IllegalTransition(f"run {run_id} cannot go from {old} to {new}{hint}")
+    sets, values = ["state = ?", "reason = ?"], [new, reason]
+    if new == RUNNING:
+        sets.append("started_at = COALESCE(started_at, ?)")
+        values.append(now)
+        sets.append("ended_at = NULL")
+    if new in RUN_FINISHED:
+        sets.append("ended_at = ?")
+        values.append(now)
+    if pid is not None:
+        sets += ["pid = ?", "pid_start = ?", "boot_id = ?"]
+        values += [pid, pid_start, boot_id]
+    cur.execute(f"UPDATE flow_run SET {', '.join(sets)} WHERE id = ?", values + [run_id])
+    for open_state, closed in _CASCADE.get(new, {}).items():
+        cur.execute(
+            "UPDATE task_attempt SET state = ?, ended_at = ?, reason = COALESCE(reason, ?) "
+            "WHERE run_id = ? AND state = ?",
+            (closed, now, f"run {new}", run_id, open_state))
+    return old
+
+
+def apply_attempt(cur, run_id, task_id, attempt, new, now=None, exit_code=None,
+                  reason=None) -> str:
+    """Move attempt `attempt` of `task_id` to `new`; returns its previous state.
+
+    An attempt that does not exist yet is created (a retry, or a resume) when
+    it is the next number for that task and starts `pending` or `running`.
+    """
+    now = now or utcnow()
+    row = cur.execute(
+        "SELECT state FROM task_attempt WHERE run_id = ? AND task_id = ? AND attempt = ?",
+        (run_id, task_id, attempt)).fetchone()
+    if row is None:
+        if new not in (PENDING, RUNNING):
+            raise IllegalTransition(f"attempt {attempt} of task {task_id!r} in run {run_id} does not exist")
+        last = cur.execute(
+            "SELECT MAX(attempt), COUNT(*) FROM task_attempt WHERE run_id = ? AND task_id = ?",
+            (run_id, task_id)).fetchone()
+        if not last[1]:
+            raise IllegalTransition(f"run {run_id} has no task {task_id!r}")
+        if attempt != last[0] + 1:
+            raise IllegalTransition(
+                f"attempt {attempt} of task {task_id!r} is out of order (next is {last[0] + 1})")
+        run = cur.execute("SELECT state FROM flow_run WHERE id = ?", (run_id,)).fetchone()
+        if run[0] != RUNNING:
+            raise IllegalTransition(f"run {run_id} is {run[0]}: no new attempts")
+        cur.execute(
+            "INSERT INTO task_attempt (run_id, task_id, attempt, state, created_at, started_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (run_id, task_id, attempt, new, now, now if new == RUNNING else None))
+        return PENDING
+    old = row[0]
+    if old == new:
+        return old
+    if new not in ATTEMPT_MOVES.get(old, ()):
+        raise IllegalTransition(
+            f"task {task_id!r} attempt {attempt} of run {run_id} cannot go from {old} to {new}")
+    if new == RUNNING:
+        cur.execute(
+            "UPDATE task_attempt SET state = ?, started_at = ? "
+            "WHERE run_id = ? AND task_id = ? AND attempt = ?",
+            (new, now, run_id, task_id, attempt))
+    else:
+        cur.execute(
+            "UPDATE task_attempt SET state = ?, ended_at = ?, exit_code = ?, reason = ? "
+            "WHERE run_id = ? AND task_id = ? AND attempt = ?",
+            (new, now, exit_code, reason, run_id, task_id, attempt))
+    return old

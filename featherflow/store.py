@@ -1,0 +1,232 @@
+"""Every query and transaction Featherflow makes; callers get plain objects.
+
+Each write is one short BEGIN IMMEDIATE transaction (a deferred one that reads
+then writes fails at once with "database is locked" under concurrency), with
+no subprocess, sleep or network inside it. State changes go through
+`states.apply_run` / `states.apply_attempt`, the same code `_mark` uses.
+"""
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Dict, Iterable, List, Optional, Sequence
+
+from peewee import SqliteDatabase, fn
+
+from featherflow import states
+from featherflow.errors import UsageError
+from featherflow.models import FlowRun, TaskAttempt
+
+
+@dataclass
+class Attempt:
+    run_id: int
+    task_id: str
+    attempt: int
+    state: str
+    created_at: datetime
+    started_at: Optional[datetime] = None
+    ended_at: Optional[datetime] = None
+    exit_code: Optional[int] = None
+    reason: Optional[str] = None
+
+
+@dataclass
+class Run:
+    id: int
+    uid: str
+    flow_name: str
+    state: str
+    trigger: str
+    params: Dict
+    snapshot: str
+    flows_dir: str
+    tasks_dir: str
+    output_dir: str
+    max_parallel: int
+    created_at: datetime
+    schedule_id: Optional[int] = None
+    scheduled_at: Optional[datetime] = None
+    started_at: Optional[datetime] = None
+    ended_at: Optional[datetime] = None
+    pid: Optional[int] = None
+    pid_start: Optional[int] = None
+    boot_id: Optional[str] = None
+    reason: Optional[str] = None
+    resumes: int = 0
+    auto_resumed: bool = False
+    failed_tasks: List[str] = field(default_factory=list)
+
+
+def _run(row: dict) -> Run:
+    row = dict(row)
+    row["schedule_id"] = row.pop("schedule", None)
+    row["params"] = json.loads(row["params"])
+    row["auto_resumed"] = bool(row["auto_resumed"])
+    return Run(**row)
+
+
+def _attempt(row: dict) -> Attempt:
+    row = dict(row)
+    row["run_id"] = row.pop("run")
+    row.pop("id", None)
+    return Attempt(**row)
+
+
+class Store:
+    def __init__(self, db: SqliteDatabase):
+        self.db = db
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- runs ------------------------------------------------------------
+
+    def create_run(self, flow_name: str, task_ids: Sequence[str], snapshot: str, params: Dict,
+                   trigger: str, flows_dir: str, tasks_dir: str, output_dir: str,
+                   max_parallel: int, schedule_id: Optional[int] = None,
+                   scheduled_at: Optional[datetime] = None, pid: Optional[int] = None,
+                   pid_start: Optional[int] = None, boot_id: Optional[str] = None) -> Run:
+        """Create a queued run and one pending attempt per task, in one transaction."""
+        now = states.utcnow()
+        with self.db.atomic("IMMEDIATE"):
+            run_id = FlowRun.insert(
+                uid=uuid.uuid4().hex, flow_name=flow_name, state=states.QUEUED, trigger=trigger,
+                params=json.dumps(params, sort_keys=True), snapshot=snapshot,
+                flows_dir=flows_dir, tasks_dir=tasks_dir, output_dir=output_dir,
+                max_parallel=max_parallel, schedule=schedule_id, scheduled_at=scheduled_at,
+                created_at=now, pid=pid, pid_start=pid_start, boot_id=boot_id,
+            ).execute()
+            TaskAttempt.insert_many(
+                [dict(run=run_id, task_id=t, attempt=1, state=states.PENDING, created_at=now)
+                 for t in task_ids]
+            ).execute()
+        return self.get_run(run_id)
+
+    def get_run(self, run_id: int) -> Run:
+        row = FlowRun.select().where(FlowRun.id == run_id).dicts().first()
+        if row is None:
+            raise UsageError(f"run {run_id} not found (see `featherflow runs list`)")
+        return _run(row)
+
+    def set_process(self, run_id: int, pid: int, pid_start: Optional[int], boot_id: Optional[str]) -> None:
+        with self.db.atomic("IMMEDIATE"):
+            FlowRun.update(pid=pid, pid_start=pid_start, boot_id=boot_id).where(
+                FlowRun.id == run_id).execute()
+
+    def list_runs(self, flow: Optional[str] = None, state: Optional[str] = None,
+                  since: Optional[datetime] = None, limit: Optional[int] = 20,
+                  states_in: Optional[Iterable[str]] = None) -> List[Run]:
+        """Newest first; failed runs carry the tasks that failed."""
+        query = FlowRun.select()
+        if flow:
+            query = query.where(FlowRun.flow_name == flow)
+        if state:
+            query = query.where(FlowRun.state == state)
+        if states_in is not None:
+            query = query.where(FlowRun.state.in_(list(states_in)))
+        if since is not None:
+            query = query.where(FlowRun.created_at >= states.format_time(since))
+        query = query.order_by(FlowRun.id.desc())
+        if limit:
+            query = query.limit(limit)
+        runs = [_run(row) for row in query.dicts()]
+        failed = [r.id for r in runs if r.state in (states.FAILED, states.INTERRUPTED)]
+        if failed:
+            rows = (TaskAttempt.select(TaskAttempt.run, TaskAttempt.task_id)
+                    .where(TaskAttempt.run.in_(failed),
+                           TaskAttempt.state.in_([states.FAILED, states.INTERRUPTED]))
+                    .order_by(TaskAttempt.id).tuples())
+            by_run: Dict[int, List[str]] = {}
+            for run_id, task_id in rows:
+                tasks = by_run.setdefault(run_id, [])
+                if task_id not in tasks:
+                    tasks.append(task_id)
+            for run in runs:
+                run.failed_tasks = by_run.get(run.id, [])
+        return runs
+
+    def latest_run(self, flow: str, states_in: Iterable[str]) -> Optional[Run]:
+        runs = self.list_runs(flow=flow, states_in=states_in, limit=1)
+        return runs[0] if runs else None
+
+    def attempts(self, run_id: int) -> List[Attempt]:
+        query = (TaskAttempt.select().where(TaskAttempt.run == run_id)
+                 .order_by(TaskAttempt.task_id, TaskAttempt.attempt))
+        return [_attempt(row) for row in query.dicts()]
+
+    def latest_attempts(self, run_id: int) -> Dict[str, Attempt]:
+        latest: Dict[str, Attempt] = {}
+        for attempt in self.attempts(run_id):
+            latest[attempt.task_id] = attempt  # ordered by attempt number
+        return latest
+
+    def transition_run(self, run_id: int, new: str, reason: Optional[str] = None,
+                       resume: bool = False) -> str:
+        with self.db.atomic("IMMEDIATE"):
+            return states.apply_run(self.db.cursor(), run_id, new, reason=reason, resume=resume)
+
+    def transition_attempt(self, run_id: int, task_id: str, attempt: int, new: str,
+                           exit_code: Optional[int] = None, reason: Optional[str] = None) -> str:
+        with self.db.atomic("IMMEDIATE"):
+            return states.apply_attempt(self.db.cursor(), run_id, task_id, attempt, new,
+                                        exit_code=exit_code, reason=reason)
+
+    def interrupt(self, run_id: int, expected_state: str, reason: str) -> bool:
+        """Mark an orphaned run interrupted, unless it moved on meanwhile."""
+        with self.db.atomic("IMMEDIATE"):
+            row = FlowRun.select(FlowRun.state).where(FlowRun.id == run_id).first()
+            if row is None or row.state != expected_state:
+                return False
+            states.apply_run(self.db.cursor(), run_id, states.INTERRUPTED, reason=reason)
+            return True
+
+    def resume(self, run_id: int, rerun: Iterable[str], snapshot: Optional[str] = None,
+               auto: bool = False, pid: Optional[int] = None, pid_start: Optional[int] = None,
+               boot_id: Optional[str] = None) -> Dict[str, int]:
+        """Reopen a failed or interrupted run: `running` again, a new attempt per re-run task.
+
+        Returns {task: attempt number to run}. A task whose latest attempt never
+        started (still pending) keeps that attempt instead of getting another.
+        """
+        now = states.utcnow()
+        with self.db.atomic("IMMEDIATE"):
+            cur = self.db.cursor()
+            states.apply_run(cur, run_id, states.RUNNING, now, reason=None, pid=pid,
+                             pid_start=pid_start, boot_id=boot_id, resume=True)
+            numbers = {}
+            for task_id in rerun:
+                last = cur.execute(
+                    "SELECT attempt, state FROM task_attempt WHERE run_id = ? AND task_id = ? "
+                    "ORDER BY attempt DESC LIMIT 1", (run_id, task_id)).fetchone()
+                if last is None:  # a task added to the definition (resume --force)
+                    cur.execute(
+                        "INSERT INTO task_attempt (run_id, task_id, attempt, state, created_at) "
+                        "VALUES (?, ?, 1, ?, ?)", (run_id, task_id, states.PENDING, now))
+                    numbers[task_id] = 1
+                elif last[1] == states.PENDING:
+                    numbers[task_id] = last[0]
+                else:
+                    states.apply_attempt(cur, run_id, task_id, last[0] + 1, states.PENDING, now)
+                    numbers[task_id] = last[0] + 1
+            updates = {FlowRun.resumes: FlowRun.resumes + 1}
+            if snapshot is not None:
+                updates[FlowRun.snapshot] = snapshot
+            if auto:
+                updates[FlowRun.auto_resumed] = True
+            FlowRun.update(updates).where(FlowRun.id == run_id).execute()
+        return numbers
+
+    def delete_runs(self, run_ids: Sequence[int]) -> int:
+        """Delete runs and (by cascade) their attempts; never a queued or running one."""
+        deleted = 0
+        for start in range(0, len(run_ids), 500):
+            chunk = list(run_ids[start:start + 500])
+            with self.db.atomic("IMMEDIATE"):
+                deleted += FlowRun.delete().where(
+                    FlowRun.id.in_(chunk), FlowRun.state.in_(list(states.RUN_FINISHED))).execute()
+        return deleted
+
+    def run_count(self) -> int:
+        return FlowRun.select(fn.COUNT(FlowRun.id)).scalar()
