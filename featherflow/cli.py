@@ -134,6 +134,171 @@ def _resume(app, runner, run_id, args) -> int:
     return errors.EXIT_FAILED
 
 
+def _now():
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _reconciled(app):
+    """Every command that reads runs first marks orphaned ones interrupted."""
+    from featherflow import runner
+
+    for run_id, reason in runner.reconcile(app.store):
+        print(f"note: run {run_id} is now interrupted: {reason}", file=sys.stderr)
+    return app.store
+
+
+def _text(value: str) -> str:
+    """Task output on a terminal: control characters escaped, so no escape sequence acts."""
+    from featherflow import views
+
+    return views.safe(value) if sys.stdout.isatty() else value
+
+
+def cmd_runs_list(app, args) -> int:
+    from featherflow import views
+
+    since = None
+    if args.since:
+        try:
+            since = views.parse_since(args.since, _now())
+        except ValueError as exc:
+            raise errors.UsageError(f"--since: {exc}") from None
+    runs = _reconciled(app).list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit)
+    now = _now()
+    if args.json:
+        print(json.dumps([views.run_json(r, now) for r in runs], indent=2, ensure_ascii=False))
+    elif not runs:
+        print("no runs yet (start one with `featherflow run FLOW`)")
+    else:
+        print("\n".join(views.runs_table(runs, now)))
+    return 0
+
+
+def cmd_runs_show(app, args) -> int:
+    from featherflow import runner, views
+
+    store = _reconciled(app)
+    run = store.get_run(args.run_id)
+    attempts = store.attempts(run.id)
+    order = views.task_order(run.snapshot)
+    order += sorted({a.task_id for a in attempts} - set(order))
+    now = _now()
+    if args.json:
+        data = views.run_json(run, now)
+        data["tasks"] = [
+            {"id": task_id,
+             "state": ([a.state for a in attempts if a.task_id == task_id] or ["-"])[-1],
+             "attempts": [views.attempt_json(a, str(runner.log_path(run, a.task_id, a.attempt)), now)
+                          for a in attempts if a.task_id == task_id]}
+            for task_id in order]
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return 0
+    log_of = lambda task_id, n: runner.log_path(run, task_id, n)  # noqa: E731
+    print("\n".join(views.run_detail(run, order, attempts, log_of, now)))
+    return 0
+
+
+def cmd_runs_logs(app, args) -> int:
+    from featherflow import runner, views
+
+    store = _reconciled(app)
+    run = store.get_run(args.run_id)
+    attempts = store.attempts(run.id)
+    order = views.task_order(run.snapshot)
+    if args.task is not None and args.task not in {a.task_id for a in attempts}:
+        raise errors.UsageError(f"run {run.id} has no task {args.task!r} (tasks: {', '.join(order)})")
+    if args.follow and args.task is None:
+        raise errors.UsageError("--follow needs a TASK (featherflow runs logs RUN_ID TASK --follow)")
+    tasks = [args.task] if args.task else [t for t in order if any(a.task_id == t for a in attempts)]
+    for task_id in tasks:
+        mine = [a for a in attempts if a.task_id == task_id]
+        if args.attempt is not None:
+            chosen = [a for a in mine if a.attempt == args.attempt]
+            if not chosen:
+                raise errors.UsageError(
+                    f"task {task_id!r} of run {run.id} has no attempt {args.attempt} "
+                    f"(attempts: {', '.join(str(a.attempt) for a in mine)})")
+        else:
+            chosen = mine[-1:]
+        attempt = chosen[0]
+        path = runner.log_path(run, task_id, attempt.attempt)
+        if len(tasks) > 1:
+            print(f"==> {task_id} (attempt {attempt.attempt}, {attempt.state}) {path} <==")
+        if args.follow:
+            return _follow(store, run, attempt, path)
+        try:
+            sys.stdout.write(_text(path.read_text(errors="replace")))
+        except FileNotFoundError:
+            print(f"(no log: attempt {attempt.attempt} is {attempt.state})")
+        sys.stdout.flush()
+    return 0
+
+
+def _follow(store, run, attempt, path) -> int:
+    """Print the log as it grows until the attempt ends."""
+    import time
+
+    from featherflow import states
+
+    position = 0
+    while True:
+        state = next(a.state for a in store.attempts(run.id)
+                     if a.task_id == attempt.task_id and a.attempt == attempt.attempt)
+        try:
+            with open(path, "r", errors="replace") as f:
+                f.seek(position)
+                chunk = f.read()
+                position = f.tell()
+        except FileNotFoundError:
+            chunk = ""
+        if chunk:
+            sys.stdout.write(_text(chunk))
+            sys.stdout.flush()
+        if state in states.ATTEMPT_FINISHED and not chunk:
+            return 0
+        if not chunk:
+            time.sleep(0.25)
+
+
+def cmd_runs_resume(app, args) -> int:
+    from featherflow import runner
+
+    _reconciled(app)
+    return _resume(app, runner, args.run_id, args)
+
+
+def cmd_runs_cancel(app, args) -> int:
+    from featherflow import runner
+
+    _reconciled(app)
+    state = runner.cancel(app, args.run_id)
+    print(f"run {args.run_id}: {state}")
+    return 0 if state == "cancelled" else errors.EXIT_CONFLICT
+
+
+def cmd_runs_prune(app, args) -> int:
+    from featherflow import retention, views
+
+    try:
+        older = views.parse_age(args.older_than) if args.older_than else None
+    except ValueError as exc:
+        raise errors.UsageError(f"--older-than: {exc}") from None
+    if older is None and args.keep_last is None:
+        older = views.parse_age("30d")
+    report = retention.prune(_reconciled(app), app.config.db_path, _now(), older, args.keep_last,
+                             args.flow, args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {len(report.runs)} run(s), {report.attempts} attempt(s), "
+          f"{report.files_bytes / 1e6:.1f} MB of scripts and logs")
+    if report.orphan_dirs:
+        print(f"removed {len(report.orphan_dirs)} leftover run dir(s) of runs no longer in the database")
+    if not args.dry_run:
+        print(f"database: {report.db_bytes_before / 1e6:.1f} MB -> {report.db_bytes_after / 1e6:.1f} MB")
+    return 0
+
+
 # -- parser -----------------------------------------------------------------
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -200,6 +365,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="with --resume: proceed even if the flow file changed")
     p.add_argument("--from", dest="from_task", metavar="TASK",
                    help="with --resume: re-run TASK and everything downstream even if they succeeded")
+    runs = sub.add_parser("runs", help="history: list, show, logs, resume, cancel, prune",
+                          description="The history of runs, kept in the database.")
+    runs_sub = runs.add_subparsers(title="commands", metavar="COMMAND")
+    runs.set_defaults(func=lambda app, args: runs.print_help() or errors.EXIT_USAGE)
+
+    p = command("list", cmd_runs_list, "list runs, newest first", runs_sub)
+    p.add_argument("--flow", metavar="FLOW", help="only this flow")
+    p.add_argument("--state", choices=("queued", "running", "success", "failed", "cancelled", "interrupted"),
+                   help="only runs in this state")
+    p.add_argument("--since", metavar="WHEN", help="only runs created since: an age (2h, 7d) or a local time (2026-11-01 03:00)")
+    p.add_argument("--limit", type=_positive, default=20, metavar="N", help="at most N runs (default: 20)")
+    p.add_argument("--json", action="store_true", help="print JSON (stable; see the README)")
+
+    p = command("show", cmd_runs_show, "show a run and every task attempt", runs_sub)
+    p.add_argument("run_id", type=_positive, metavar="RUN_ID")
+    p.add_argument("--json", action="store_true", help="print JSON (stable; see the README)")
+
+    p = command("logs", cmd_runs_logs, "print a task's log (the latest attempt; all tasks if none named)", runs_sub)
+    p.add_argument("run_id", type=_positive, metavar="RUN_ID")
+    p.add_argument("task", nargs="?", metavar="TASK", help="task id")
+    p.add_argument("--attempt", type=_positive, metavar="N", help="this attempt instead of the latest")
+    p.add_argument("--follow", action="store_true", help="keep printing while the attempt runs")
+
+    p = command("resume", cmd_runs_resume, "run a failed or interrupted run again, keeping what succeeded", runs_sub)
+    p.add_argument("run_id", type=_positive, metavar="RUN_ID")
+    p.add_argument("--dry-run", action="store_true", help="show which tasks are kept and which re-run; run nothing")
+    p.add_argument("--force", action="store_true", help="resume even if the flow file changed since (uses the current file)")
+    p.add_argument("--from", dest="from_task", metavar="TASK",
+                   help="re-run TASK and everything downstream even if they succeeded")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the run's TMP_DIR after it ends")
+
+    p = command("cancel", cmd_runs_cancel, "stop a running run (all its tasks); it ends cancelled", runs_sub)
+    p.add_argument("run_id", type=_positive, metavar="RUN_ID")
+
+    p = command("prune", cmd_runs_prune, "delete old finished runs with their logs and scripts", runs_sub)
+    p.add_argument("--older-than", metavar="AGE", help="runs that ended longer ago than AGE, e.g. 30d, 12h (default: 30d)")
+    p.add_argument("--keep-last", type=int, metavar="N", help="always keep the newest N runs of each flow")
+    p.add_argument("--flow", metavar="FLOW", help="only runs of this flow")
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")
     return parser
 
 

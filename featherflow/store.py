@@ -132,19 +132,15 @@ class Store:
         if limit:
             query = query.limit(limit)
         runs = [_run(row) for row in query.dicts()]
-        failed = [r.id for r in runs if r.state in (states.FAILED, states.INTERRUPTED)]
+        failed = [r.id for r in runs if r.state == states.FAILED]
         if failed:
-            rows = (TaskAttempt.select(TaskAttempt.run, TaskAttempt.task_id)
-                    .where(TaskAttempt.run.in_(failed),
-                           TaskAttempt.state.in_([states.FAILED, states.INTERRUPTED]))
-                    .order_by(TaskAttempt.id).tuples())
-            by_run: Dict[int, List[str]] = {}
-            for run_id, task_id in rows:
-                tasks = by_run.setdefault(run_id, [])
-                if task_id not in tasks:
-                    tasks.append(task_id)
+            rows = (TaskAttempt.select(TaskAttempt.run, TaskAttempt.task_id, TaskAttempt.state)
+                    .where(TaskAttempt.run.in_(failed))
+                    .order_by(TaskAttempt.run, TaskAttempt.task_id, TaskAttempt.attempt).tuples())
+            latest = {(run_id, task_id): state for run_id, task_id, state in rows}
             for run in runs:
-                run.failed_tasks = by_run.get(run.id, [])
+                run.failed_tasks = [task for (run_id, task), state in latest.items()
+                                    if run_id == run.id and state == states.FAILED]
         return runs
 
     def latest_run(self, flow: str, states_in: Iterable[str]) -> Optional[Run]:
@@ -230,3 +226,21 @@ class Store:
 
     def run_count(self) -> int:
         return FlowRun.select(fn.COUNT(FlowRun.id)).scalar()
+
+    def attempt_count(self, run_ids: Sequence[int]) -> int:
+        total = 0
+        for start in range(0, len(run_ids), 500):
+            chunk = list(run_ids[start:start + 500])
+            total += TaskAttempt.select().where(TaskAttempt.run.in_(chunk)).count()
+        return total
+
+    def run_uids(self) -> Dict[int, str]:
+        return dict(FlowRun.select(FlowRun.id, FlowRun.uid).tuples())
+
+    def compact(self) -> None:
+        """Give space back after deletions: checkpoint the WAL; VACUUM when a quarter is free."""
+        pages = self.db.execute_sql("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute_sql("PRAGMA freelist_count").fetchone()[0]
+        if pages and free * 4 >= pages:
+            self.db.execute_sql("VACUUM")
+        self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -1,0 +1,125 @@
+"""`runs prune`: delete old runs, their attempts and their files, and keep the database small.
+
+Order matters for a crash at any point: database rows first (one transaction
+per chunk), then the run directories, then run directories this database no
+longer knows (left by an earlier interrupted prune). A queued or running run
+is never deleted.
+"""
+
+import re
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import List, Optional
+
+from featherflow import states
+
+RUN_DIR_RE = re.compile(r"(\d+)-([0-9a-f]{8})")
+
+
+@dataclass
+class PruneReport:
+    runs: List[int] = field(default_factory=list)
+    attempts: int = 0
+    files_bytes: int = 0
+    orphan_dirs: List[str] = field(default_factory=list)
+    db_bytes_before: int = 0
+    db_bytes_after: int = 0
+
+
+def select(runs, now: datetime, older_than: Optional[timedelta], keep_last: Optional[int]) -> list:
+    """Finished runs to delete: older than `older_than`, beyond the newest `keep_last` per flow.
+
+    `runs` is newest first. With both limits a run goes only when both say so.
+    """
+    seen = {}
+    chosen = []
+    for run in runs:
+        seen[run.flow_name] = seen.get(run.flow_name, 0) + 1
+        if run.state not in states.RUN_FINISHED:
+            continue
+        if keep_last is not None and seen[run.flow_name] <= keep_last:
+            continue
+        if older_than is not None and (run.ended_at or run.created_at) > now - older_than:
+            continue
+        chosen.append(run)
+    return chosen
+
+
+def prune(store, db_path: Path, now: datetime, older_than: Optional[timedelta] = None,
+          keep_last: Optional[int] = None, flow: Optional[str] = None,
+          dry_run: bool = False) -> PruneReport:
+    from featherflow.runner import run_dir
+
+    report = PruneReport(db_bytes_before=_size(db_path))
+    doomed = select(store.list_runs(flow=flow, limit=None), now, older_than, keep_last)
+    report.runs = [r.id for r in doomed]
+    report.attempts = store.attempt_count([r.id for r in doomed])
+    dirs = [run_dir(r) for r in doomed]
+    report.files_bytes = sum(_tree_size(d) for d in dirs)
+    output_dirs = {Path(r.output_dir) for r in store.list_runs(limit=None)} | {Path(r.output_dir) for r in doomed}
+    if dry_run:
+        report.db_bytes_after = report.db_bytes_before
+        return report
+    store.delete_runs(report.runs)
+    for directory in dirs:
+        shutil.rmtree(directory, ignore_errors=True)
+    known = store.run_uids()
+    for output in output_dirs:
+        for orphan in _orphans(output / "runs", known, str(db_path)):
+            report.files_bytes += _tree_size(orphan)
+            shutil.rmtree(orphan, ignore_errors=True)
+            report.orphan_dirs.append(str(orphan))
+    store.compact()
+    report.db_bytes_after = _size(db_path)
+    return report
+
+
+def _orphans(runs_dir: Path, known: dict, db_path: str):
+    """Run dirs written by this database for runs it no longer has."""
+    try:
+        entries = list(runs_dir.iterdir())
+    except OSError:
+        return
+    marker = f"FF_DB={_quote(db_path)}"
+    for entry in entries:
+        match = RUN_DIR_RE.fullmatch(entry.name)
+        if not match or entry.is_symlink() or not entry.is_dir():
+            continue
+        run_id, prefix = int(match.group(1)), match.group(2)
+        if known.get(run_id, "")[:8] == prefix:
+            continue
+        try:
+            text = (entry / "run.sh").read_text(errors="replace")
+        except OSError:
+            continue
+        if marker in text.splitlines():
+            yield entry
+
+
+def _quote(value: str) -> str:
+    import shlex
+
+    return shlex.quote(value)
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            total += Path(str(path) + suffix).stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    try:
+        for item in path.rglob("*"):
+            if item.is_file() and not item.is_symlink():
+                total += item.stat().st_size
+    except OSError:
+        pass
+    return total

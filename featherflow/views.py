@@ -1,0 +1,166 @@
+"""Turn runs and attempts into text for a terminal and into stable JSON.
+
+Pure functions: times are stored in UTC and shown in local time here;
+anything that came from a task (ids, log lines) is made safe for a terminal.
+"""
+
+import json
+import re
+from datetime import datetime, timedelta, timezone
+from typing import Dict, List, Optional
+
+from featherflow import graph
+from featherflow.store import Attempt, Run
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
+
+
+def safe(text: str) -> str:
+    """Escape control characters (terminal escapes included) as visible \\xNN."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def iso(moment: Optional[datetime]) -> Optional[str]:
+    return moment.replace(tzinfo=timezone.utc).isoformat().replace("+00:00", "Z") if moment else None
+
+
+def local(moment: Optional[datetime], fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    if moment is None:
+        return "-"
+    return moment.replace(tzinfo=timezone.utc).astimezone().strftime(fmt)
+
+
+def duration(start: Optional[datetime], end: Optional[datetime], now: datetime) -> Optional[float]:
+    if start is None:
+        return None
+    return max(0.0, ((end or now) - start).total_seconds())
+
+
+def human_seconds(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    return f"{hours // 24}d{hours % 24:02d}h"
+
+
+def parse_age(text: str) -> timedelta:
+    """`30d`, `12h`, `15m`, `90s`, `2w` -> timedelta (ValueError otherwise)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text or "")
+    if not match:
+        raise ValueError(f"{text!r} is not an age (valid: a number and a unit s, m, h, d or w, e.g. 30d)")
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+    return timedelta(**{units[match.group(2)]: int(match.group(1))})
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """`--since`: an age (`2h`, `7d`) or a local date/time (`2026-11-01`, `2026-11-01 03:00`); -> UTC."""
+    try:
+        return now - parse_age(text)
+    except ValueError:
+        pass
+    for fmt in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d"):
+        try:
+            moment = datetime.strptime(text.strip(), fmt)
+        except ValueError:
+            continue
+        return moment.astimezone(timezone.utc).replace(tzinfo=None)
+    raise ValueError(f"{text!r} is not a time (valid: an age like 2h or 7d, or YYYY-MM-DD[ HH:MM[:SS]] local time)")
+
+
+def run_json(run: Run, now: datetime) -> Dict:
+    """The stable JSON form of a run (README, "JSON output")."""
+    return {
+        "id": run.id, "uid": run.uid, "flow": run.flow_name, "state": run.state,
+        "trigger": run.trigger, "params": run.params, "schedule_id": run.schedule_id,
+        "scheduled_at": iso(run.scheduled_at), "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at), "ended_at": iso(run.ended_at),
+        "duration_seconds": _round(duration(run.started_at, run.ended_at, now)),
+        "reason": run.reason, "failed_tasks": run.failed_tasks, "resumes": run.resumes,
+        "flows_dir": run.flows_dir, "tasks_dir": run.tasks_dir, "output_dir": run.output_dir,
+        "max_parallel": run.max_parallel, "pid": run.pid,
+    }
+
+
+def attempt_json(attempt: Attempt, log: str, now: datetime) -> Dict:
+    return {
+        "attempt": attempt.attempt, "state": attempt.state, "exit_code": attempt.exit_code,
+        "reason": attempt.reason, "started_at": iso(attempt.started_at),
+        "ended_at": iso(attempt.ended_at),
+        "duration_seconds": _round(duration(attempt.started_at, attempt.ended_at, now)),
+        "log": log,
+    }
+
+
+def _round(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 3)
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def runs_table(runs: List[Run], now: datetime, width: int = 80) -> List[str]:
+    """`runs list`: one line a run, newest first, fitting `width` columns."""
+    head = f"{'ID':>6}  {'FLOW':<18} {'STATE':<11} {'TRIGGER':<8} {'STARTED':<11} {'TOOK':>7}"
+    lines = [head]
+    for run in runs:
+        note = ""
+        if run.failed_tasks:
+            note = "failed: " + ", ".join(run.failed_tasks)
+        elif run.state == "interrupted" and run.reason:
+            note = run.reason
+        line = (f"{run.id:>6}  {_fit(safe(run.flow_name), 18):<18} {run.state:<11} {run.trigger:<8} "
+                f"{local(run.started_at or run.created_at, '%m-%d %H:%M'):<11} "
+                f"{human_seconds(duration(run.started_at, run.ended_at, now)):>7}")
+        if note:
+            line += "  " + _fit(safe(note), max(0, width - len(line) - 2))
+        lines.append(line[:width] if len(line) > width else line)
+    return lines
+
+
+def run_detail(run: Run, order: List[str], attempts: List[Attempt], log_path, now: datetime) -> List[str]:
+    """`runs show`: the run, then every task in dependency order with its attempts."""
+    took = human_seconds(duration(run.started_at, run.ended_at, now))
+    lines = [
+        f"run {run.id}  {safe(run.flow_name)}  {run.state.upper()}" + (f"  ({safe(run.reason)})" if run.reason else ""),
+        f"  trigger    {run.trigger}" + (f"  slot {local(run.scheduled_at)}" if run.scheduled_at else ""),
+        f"  created    {local(run.created_at)}",
+        f"  started    {local(run.started_at)}",
+        f"  ended      {local(run.ended_at)}   took {took}",
+        f"  params     {json.dumps(run.params, sort_keys=True, ensure_ascii=False)}",
+        f"  flows dir  {run.flows_dir}",
+        f"  tasks dir  {run.tasks_dir}",
+        f"  output dir {run.output_dir}",
+    ]
+    if run.resumes:
+        lines.append(f"  resumed    {run.resumes} time(s)")
+    by_task: Dict[str, List[Attempt]] = {}
+    for attempt in attempts:
+        by_task.setdefault(attempt.task_id, []).append(attempt)
+    width = max([len(t) for t in order] + [4])
+    lines.append("")
+    lines.append(f"  {'TASK':<{width}}  {'STATE':<15} {'TRY':>3} {'EXIT':>4} {'STARTED':<14} {'TOOK':>7}  NOTE")
+    for task_id in order:
+        for attempt in by_task.get(task_id, []):
+            lines.append(
+                f"  {safe(task_id):<{width}}  {attempt.state:<15} {attempt.attempt:>3} "
+                f"{'-' if attempt.exit_code is None else attempt.exit_code:>4} "
+                f"{local(attempt.started_at, '%m-%d %H:%M:%S'):<14} "
+                f"{human_seconds(duration(attempt.started_at, attempt.ended_at, now)):>7}  "
+                f"{safe(attempt.reason or '')}".rstrip())
+            if attempt.started_at:
+                lines.append(f"  {'':<{width}}  log: {log_path(task_id, attempt.attempt)}")
+    return lines
+
+
+def task_order(snapshot: str) -> List[str]:
+    """Task ids of a stored definition in dependency order."""
+    data = json.loads(snapshot)
+    return graph.topological_order({t["id"]: t.get("depends_on", []) for t in data["tasks"]})
