@@ -9,7 +9,7 @@ Repeating a transition is harmless (a crash can fall between doing and
 recording); an illegal one raises IllegalTransition and changes nothing.
 """
 
-from datetime import datetime, timezone
+import time
 
 from featherflow.errors import ConflictError
 
@@ -52,11 +52,15 @@ class IllegalTransition(ConflictError):
 
 
 def utcnow() -> str:
-    return format_time(datetime.now(timezone.utc))
+    """Now in UTC as stored; without datetime, whose import costs `_mark` 2 ms."""
+    now = time.time()
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}"
 
 
-def format_time(moment: datetime) -> str:
+def format_time(moment) -> str:
     """UTC, in the text form peewee's DateTimeField reads back."""
+    from datetime import timezone
+
     if moment.tzinfo is not None:
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
