@@ -24,7 +24,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return mark.main(argv[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse printed already
+        return exc.code if isinstance(exc.code, int) else errors.EXIT_USAGE
     logging.basicConfig(level=getattr(logging, args.log_level), format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
@@ -126,7 +129,7 @@ def _resume(app, runner, run_id, args) -> int:
     plan = runner.plan_resume(app, run_id, force=args.force, from_task=args.from_task)
     print(f"resuming run {run_id} of {plan.run.flow_name} with {plan.definition}")
     print(f"  keep:   {', '.join(plan.keep) or '-'}")
-    print(f"  re-run: {', '.join(plan.rerun)}")
+    print(f"  re-run: {', '.join(plan.rerun) or '- (every task succeeded: the run is recorded as a success)'}")
     if args.dry_run:
         return 0
     prepared = runner.start_resume(app, plan, keep_tmp=args.keep_tmp)
@@ -237,15 +240,22 @@ def cmd_runs_logs(app, args) -> int:
 
 
 def _follow(store, run, attempt, path) -> int:
-    """Print the log as it grows until the attempt ends."""
+    """Print the log as it grows until the attempt ends (or its run does: a task
+    that never started, or a run whose process died, would never end it)."""
     import time
 
-    from featherflow import states
+    from featherflow import proc, runner, states
 
     position = 0
     while True:
+        current = store.get_run(run.id)
+        if (current.state in (states.QUEUED, states.RUNNING)
+                and not proc.is_alive(current.pid, current.pid_start, current.boot_id)):
+            runner.reconcile(store)
+            current = store.get_run(run.id)
         state = next(a.state for a in store.attempts(run.id)
                      if a.task_id == attempt.task_id and a.attempt == attempt.attempt)
+        over = state in states.ATTEMPT_FINISHED or current.state in states.RUN_FINISHED
         try:
             with open(path, "r", errors="replace") as f:
                 f.seek(position)
@@ -256,7 +266,7 @@ def _follow(store, run, attempt, path) -> int:
         if chunk:
             sys.stdout.write(_text(chunk))
             sys.stdout.flush()
-        if state in states.ATTEMPT_FINISHED and not chunk:
+        if over and not chunk:
             return 0
         if not chunk:
             time.sleep(0.25)
@@ -288,7 +298,7 @@ def cmd_runs_prune(app, args) -> int:
     if older is None and args.keep_last is None:
         older = views.parse_age("30d")
     report = retention.prune(_reconciled(app), app.config.db_path, _now(), older, args.keep_last,
-                             args.flow, args.dry_run)
+                             args.flow, args.dry_run, output_dir=app.config.output_dir)
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {len(report.runs)} run(s), {report.attempts} attempt(s), "
           f"{report.files_bytes / 1e6:.1f} MB of scripts and logs")
@@ -379,17 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON (stable; see the README)")
 
     p = command("show", cmd_runs_show, "show a run and every task attempt", runs_sub)
-    p.add_argument("run_id", type=_positive, metavar="RUN_ID")
+    p.add_argument("run_id", type=_positive, metavar="RUN_ID", help="the run's id (see `featherflow runs list`)")
     p.add_argument("--json", action="store_true", help="print JSON (stable; see the README)")
 
     p = command("logs", cmd_runs_logs, "print a task's log (the latest attempt; all tasks if none named)", runs_sub)
-    p.add_argument("run_id", type=_positive, metavar="RUN_ID")
+    p.add_argument("run_id", type=_positive, metavar="RUN_ID", help="the run's id (see `featherflow runs list`)")
     p.add_argument("task", nargs="?", metavar="TASK", help="task id")
     p.add_argument("--attempt", type=_positive, metavar="N", help="this attempt instead of the latest")
     p.add_argument("--follow", action="store_true", help="keep printing while the attempt runs")
 
     p = command("resume", cmd_runs_resume, "run a failed or interrupted run again, keeping what succeeded", runs_sub)
-    p.add_argument("run_id", type=_positive, metavar="RUN_ID")
+    p.add_argument("run_id", type=_positive, metavar="RUN_ID", help="the run's id (see `featherflow runs list`)")
     p.add_argument("--dry-run", action="store_true", help="show which tasks are kept and which re-run; run nothing")
     p.add_argument("--force", action="store_true", help="resume even if the flow file changed since (uses the current file)")
     p.add_argument("--from", dest="from_task", metavar="TASK",
@@ -397,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-tmp", action="store_true", help="keep the run's TMP_DIR after it ends")
 
     p = command("cancel", cmd_runs_cancel, "stop a running run (all its tasks); it ends cancelled", runs_sub)
-    p.add_argument("run_id", type=_positive, metavar="RUN_ID")
+    p.add_argument("run_id", type=_positive, metavar="RUN_ID", help="the run's id (see `featherflow runs list`)")
 
     p = command("prune", cmd_runs_prune, "delete old finished runs with their logs and scripts", runs_sub)
     p.add_argument("--older-than", metavar="AGE", help="runs that ended longer ago than AGE, e.g. 30d, 12h (default: 30d)")

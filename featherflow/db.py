@@ -56,9 +56,12 @@ def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool 
             raise DatabaseError(f"cannot create {path.parent}: {exc.strerror}") from None
     _create_private(path)
     _check_header(path)
+    _tighten(path)
     db = SqliteDatabase(str(path), pragmas=PRAGMAS, timeout=BUSY_TIMEOUT)
     db.bind(MODELS, bind_refs=False, bind_backrefs=False)
     try:
+        if migrate:  # before connecting: journal_mode=wal would rewrite a newer file's header
+            _refuse_newer(_peek_version(path), len(migration_modules()), path)
         db.connect()
         if migrate:
             apply_migrations(db, path)
@@ -100,6 +103,15 @@ def schema_version(db: SqliteDatabase) -> int:
     return db.execute_sql("PRAGMA user_version").fetchone()[0]
 
 
+def _peek_version(path: Path) -> int:
+    """PRAGMA user_version through a plain connection: no pragma that writes."""
+    con = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT)
+    try:
+        return con.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        con.close()
+
+
 def _refuse_newer(version: int, latest: int, path: Path) -> None:
     if version > latest:
         raise DatabaseError(
@@ -116,6 +128,10 @@ def _create_private(path: Path) -> None:
         pass
     except OSError as exc:
         raise DatabaseError(f"cannot create {path}: {exc.strerror}") from None
+
+
+def _tighten(path: Path) -> None:
+    """An existing database (checked to be SQLite) is made private too."""
     if path.stat().st_mode & 0o077:
         try:
             os.chmod(path, 0o600)
@@ -134,3 +150,39 @@ def _check_header(path: Path) -> None:
         raise DatabaseError(
             f"{path} is not a SQLite database (not created by Featherflow?); "
             "move it aside or point --db / FEATHERFLOW_DB elsewhere — it was not changed")
+
+
+READ_ONLY_TIMEOUT = 2  # seconds; a reader in WAL mode waits only while the WAL index is rebuilt
+
+
+def open_read_only(path: Path) -> SqliteDatabase:
+    """Open an existing database for reading only: no file created, no migration, no pragma.
+
+    For the dashboard, which must never write: SQLite itself refuses writes
+    through a `mode=ro` connection, and a reader never blocks `_mark` in WAL
+    mode. The models are not bound (the process may also hold the writable
+    database); Store's read-only queries use raw SQL through this connection.
+    """
+    from urllib.parse import quote
+
+    path = Path(path).absolute()
+    if not path.is_file():
+        raise DatabaseError(
+            f"no database at {path} yet (the first `featherflow run` or the scheduler creates it; "
+            "or point --db / FEATHERFLOW_DB at one)")
+    _check_header(path)
+    db = SqliteDatabase(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=READ_ONLY_TIMEOUT)
+    try:
+        db.connect()
+        version = db.execute_sql("PRAGMA user_version").fetchall()[0][0]
+    except Exception as exc:  # sqlite3 errors, or peewee's wrappers of them
+        db.close()
+        if isinstance(exc, sqlite3.Error) or exc.__class__.__module__ == "peewee":
+            raise DatabaseError(f"cannot read {path} ({exc})") from None
+        raise
+    try:
+        _refuse_newer(version, states.SCHEMA_VERSION, path)
+    except DatabaseError:
+        db.close()
+        raise
+    return db

@@ -7,6 +7,7 @@ After loading, a Flow does no I/O.
 """
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -94,6 +95,8 @@ def parse(text: str, source: str = "<flow>") -> Dict[str, Any]:
         ) from None
     except RecursionError:
         raise ValidationError(["not valid JSON: nested too deeply"], source) from None
+    except ValueError as exc:  # e.g. an integer longer than Python's 4300-digit limit
+        raise ValidationError([f"not valid JSON: {exc}"], source) from None
     return data
 
 
@@ -152,6 +155,10 @@ class _Validator:
         ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in _tuple(kinds))
         if not ok:
             self.err(path, f"must be {what}, not {_json_type(value)}")
+        elif isinstance(value, (int, float)) and float in _tuple(kinds) and not _finite(value):
+            # NaN/Infinity parse in Python's json, and float(10**400) overflows later.
+            self.err(path, f"must be {what}, not NaN, Infinity or a number that large")
+            ok = False
         return ok
 
     def no_nul(self, value, path) -> None:
@@ -235,7 +242,10 @@ class _Validator:
                 continue
             seen[task.id] = i
             tasks.append(task)
-        known = ", ".join(seen) or "none"
+        # A task with its own errors still exists: depending on it is not "unknown".
+        declared = dict.fromkeys(
+            t.get("id") for t in raw if isinstance(t, dict) and isinstance(t.get("id"), str))
+        known = ", ".join(declared) or "none"
         for i, item in enumerate(raw):
             task_id = item.get("id") if isinstance(item, dict) else None
             deps = item.get("depends_on") if isinstance(item, dict) else None
@@ -246,7 +256,7 @@ class _Validator:
                     continue
                 if dep == task_id:
                     self.err(f"tasks[{i}].depends_on[{j}]", f"task {dep!r} depends on itself")
-                elif dep not in seen:
+                elif dep not in declared:
                     self.err(f"tasks[{i}].depends_on[{j}]", f"unknown task {dep!r} (known: {known})")
         if self.errors:
             return None
@@ -278,7 +288,8 @@ class _Validator:
         if self.typed(deps, list, f"{path}.depends_on", "an array of task ids"):
             for j, dep in enumerate(deps):
                 self.typed(dep, str, f"{path}.depends_on[{j}]", "a task id string")
-            if len(set(d for d in deps if isinstance(d, str))) != len(deps):
+            strings = [d for d in deps if isinstance(d, str)]
+            if len(set(strings)) != len(strings):
                 self.err(f"{path}.depends_on", "lists a task more than once")
         args = self.args(item.get("args", []), f"{path}.args", params)
         env = item.get("env", {})
@@ -361,6 +372,13 @@ def _scalar(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value)) if abs(value) < 1e16 else repr(value)
     return str(value)
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _tuple(kinds):

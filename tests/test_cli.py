@@ -1,0 +1,295 @@
+"""The `list`, `validate` and `graph` commands, global options, help text, console script.
+
+The CLI is the interface: exit codes and the one-`error:`-line-per-problem
+format are what scripts and users rely on, so they are asserted exactly.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from featherflow import __version__, cli
+
+WEATHER = Path("/work/shared/compat/weather_observations_flow.json")
+
+
+def good(name, n=2, description=""):
+    tasks = [{"id": "t0", "script": "a.sh"}]
+    tasks += [{"id": f"t{i}", "script": "a.sh", "depends_on": [f"t{i - 1}"]} for i in range(1, n)]
+    return {"name": name, "description": description, "tasks": tasks}
+
+
+@pytest.fixture
+def flows(project):
+    """Two valid flows and one with three problems."""
+    project.write_task("a.sh", "echo hi\n")
+    project.write_flow(good("alpha", 2, "first flow"))
+    project.write_flow(good("beta", 3, "second flow"))
+    project.write_flow({"name": "broken", "tasks": [
+        {"id": "a", "script": "missing.sh"},
+        {"id": "b", "script": "a.sh", "depends_on": "a"},
+        {"id": "c", "script": "a.sh", "depends-on": ["a"]},
+    ]})
+    return project
+
+
+@pytest.fixture
+def weather(project):
+    shutil.copy(WEATHER, project.flows / WEATHER.name)
+    for script in ("get_observations.py", "aggregate_data_to_csv.py", "generate_synopsis.py"):
+        project.write_task(script, "print('ok')\n", executable=False)
+    return project
+
+
+def error_lines(result):
+    lines = result.err.splitlines()
+    assert lines, "expected errors on stderr"
+    assert all(line.startswith("error: ") for line in lines), result.err
+    assert "Traceback" not in result.err
+    return lines
+
+
+# -- list ------------------------------------------------------------------------
+
+def test_list_table_shows_broken_flows_and_still_lists_the_others(flows):
+    result = flows.cli("list")
+    assert result.code == 0 and result.err == ""
+    lines = result.out.splitlines()
+    assert [line.split()[0] for line in lines] == ["alpha", "beta", "broken"]  # sorted by name
+    by_name = {line.split()[0]: line for line in lines}
+    assert "2 tasks" in by_name["alpha"] and "first flow" in by_name["alpha"]
+    assert "3 tasks" in by_name["beta"] and "second flow" in by_name["beta"]
+    assert "INVALID" in by_name["broken"] and "tasks[0].script" in by_name["broken"]
+
+
+def test_list_json(flows):
+    result = flows.cli("list", "--json")
+    assert result.code == 0
+    infos = {i["name"]: i for i in json.loads(result.out)}
+    assert set(infos) == {"alpha", "beta", "broken"}
+    assert infos["alpha"]["tasks"] == 2 and infos["alpha"]["description"] == "first flow"
+    assert infos["alpha"]["error"] is None
+    assert infos["beta"]["path"] == str(flows.flows / "beta.json")
+    assert infos["broken"]["error"].startswith("tasks[0].script: ")
+
+
+def test_list_with_no_flows(project):
+    result = project.cli("list")
+    assert result.code == 0 and "no flows in" in result.out
+    assert json.loads(project.cli("list", "--json").out) == []
+
+
+def test_list_shows_a_file_that_is_not_json(flows):
+    (flows.flows / "garbled.json").write_text("{ nope")
+    result = flows.cli("list")
+    assert result.code == 0
+    line = next(l for l in result.out.splitlines() if l.startswith("garbled"))
+    assert "INVALID" in line and "not valid JSON" in line and "line 1 column 3" in line
+    assert "alpha" in result.out
+
+
+# -- validate ------------------------------------------------------------------------
+
+def test_validate_valid_flows_exit_0(flows):
+    result = flows.cli("validate", "alpha", "beta")
+    assert result.code == 0 and result.err == ""
+    assert result.out.splitlines() == ["alpha: valid", "beta: valid"]
+
+
+def test_validate_prints_one_error_line_per_problem(flows):
+    result = flows.cli("validate", "broken")
+    assert result.code == 2
+    lines = error_lines(result)
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("error: broken: tasks[0].script: ")
+    assert any(line.startswith("error: broken: tasks[1].depends_on: ") for line in lines)
+    assert any(line.startswith("error: broken: tasks[2].depends-on: ") for line in lines)
+
+
+def test_validate_all_flows_when_none_named(flows):
+    result = flows.cli("validate")
+    assert result.code == 2
+    assert "alpha: valid" in result.out and "beta: valid" in result.out
+    assert len(error_lines(result)) == 3
+
+
+def test_validate_with_no_flows_is_an_error(project):
+    result = project.cli("validate")
+    assert result.code == 2
+    (line,) = error_lines(result)
+    assert "no flows in" in line
+
+
+def test_validate_the_weather_flow(weather):
+    result = weather.cli("validate", "weather_observations_flow")
+    assert result.code == 0, result.err
+    assert result.out == "weather_observations_flow: valid\n"
+
+
+def test_validate_not_json_names_line_and_column(project):
+    (project.flows / "bad.json").write_text('{"name": "bad",\n "tasks": [}\n')
+    result = project.cli("validate", "bad")
+    assert result.code == 2
+    (line,) = error_lines(result)
+    assert "not valid JSON" in line and "line 2 column 12" in line
+
+
+@pytest.mark.parametrize("command", [["validate"], ["graph"]])
+def test_unknown_flow_names_the_known_flows(flows, command):
+    result = flows.cli(*command, "nope")
+    assert result.code == 2
+    (line,) = error_lines(result)
+    assert "'nope' not found" in line and "(known: alpha, beta, broken)" in line
+
+
+@pytest.mark.parametrize("name", ["../alpha", "/etc/passwd", "sub/alpha"])
+@pytest.mark.parametrize("command", ["validate", "graph"])
+def test_flow_names_that_leave_the_flows_dir(flows, command, name):
+    (flows.root / "alpha.json").write_text(json.dumps(good("alpha")))
+    result = flows.cli(command, name)
+    assert result.code == 2
+    (line,) = error_lines(result)
+    assert "invalid flow name" in line
+
+
+def test_traceback_only_with_debug_log_level(flows, caplog):
+    result = flows.cli("graph", "nope")
+    assert result.code == 2 and not any(r.exc_info for r in caplog.records)
+    result = flows.cli("-l", "DEBUG", "graph", "nope")
+    assert result.code == 2 and "error: flow 'nope' not found" in result.err
+    assert any(r.exc_info and r.exc_info[0].__name__ == "UsageError" for r in caplog.records)
+
+
+# -- graph --------------------------------------------------------------------------
+
+def test_graph_text(weather):
+    result = weather.cli("graph", "weather_observations_flow")
+    assert result.code == 0, result.err
+    out = result.out
+    assert out.startswith("weather_observations_flow: 5 tasks in 3 levels")
+    assert "<- get_lax_obs, get_sfo_obs, get_nyc_obs  [fan-in 3]" in out
+    assert "level 1  (run in parallel)" in out
+    assert out.index("get_lax_obs") < out.index("aggregate_data") < out.index("generate_synopsis")
+
+
+def test_graph_dot(weather):
+    result = weather.cli("graph", "weather_observations_flow", "--format", "dot")
+    assert result.code == 0
+    assert result.out.startswith('digraph "weather_observations_flow" {')
+    assert '"get_nyc_obs" -> "aggregate_data";' in result.out
+    assert '"aggregate_data" -> "generate_synopsis";' in result.out
+    assert result.out.count(" -> ") == 4
+
+
+def test_graph_mermaid(weather):
+    result = weather.cli("graph", "--format", "mermaid", "weather_observations_flow")
+    assert result.code == 0
+    lines = result.out.splitlines()
+    assert lines[0] == "flowchart LR"
+    assert sum(" --> " in line for line in lines) == 4
+    assert '["generate_synopsis"]' in result.out
+
+
+def test_graph_of_an_invalid_flow(flows):
+    result = flows.cli("graph", "broken")
+    assert result.code == 2
+    assert len(error_lines(result)) == 3
+
+
+def test_graph_bad_format_is_a_usage_error(weather):
+    result = weather.cli("graph", "weather_observations_flow", "--format", "png")
+    assert result.code == 2
+    assert "invalid choice" in result.err
+
+
+# -- global options, version, help ------------------------------------------------------
+
+def test_version(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"featherflow {__version__}"
+
+
+def run_main(argv, capsys):
+    code = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_global_options_before_and_after_the_command(flows, capsys):
+    dirs = ["-t", flows.tasks, "--config-dir", flows.home]
+    code, out, _ = run_main(["-f", flows.flows, *dirs, "list"], capsys)
+    assert code == 0 and "alpha" in out
+    code, out, _ = run_main(["list", "--flows-dir", flows.flows, *dirs], capsys)
+    assert code == 0 and "alpha" in out
+    code, out, _ = run_main(["--log-level", "warning", "validate", "alpha", "-f", flows.flows, *dirs], capsys)
+    assert code == 0 and out == "alpha: valid\n"
+    # Given both, the one after the command wins.
+    code, out, _ = run_main(["-f", flows.root / "elsewhere", "list", "-f", flows.flows, *dirs], capsys)
+    assert code == 0 and "alpha" in out
+    code, out, _ = run_main(["-f", flows.flows, "list", "-f", flows.root / "elsewhere", *dirs], capsys)
+    assert code == 0 and "no flows in" in out
+
+
+def test_relative_flows_dir_resolves_against_the_working_directory(flows, capsys, monkeypatch):
+    monkeypatch.chdir(flows.root)
+    code, out, _ = run_main(["validate", "alpha", "-f", "flows", "-t", "tasks", "--config-dir", "home"], capsys)
+    assert code == 0 and out == "alpha: valid\n"
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    code = cli.main([])
+    assert code == 2
+    assert "usage: featherflow" in capsys.readouterr().out
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    assert cli.main(["frobnicate"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def _subcommands(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield name, helps.get(name), sub
+
+
+def test_every_command_and_option_has_help_text():
+    """Every subcommand (at any depth) and every --option says what it is for."""
+    parser = cli.build_parser()
+    seen = set()
+    todo = [("featherflow", parser)]
+    while todo:
+        prefix, current = todo.pop()
+        for action in current._actions:
+            if action.option_strings and action.help is not argparse.SUPPRESS:
+                assert action.help and action.help.strip(), f"{prefix}: {action.option_strings}"
+        for name, help_text, sub in _subcommands(current):
+            assert help_text and help_text.strip(), f"{prefix} {name} has no help text"
+            assert sub.format_help()
+            seen.add(name)
+            todo.append((f"{prefix} {name}", sub))
+    assert {"list", "validate", "graph"} <= seen
+
+
+# -- the installed console script ---------------------------------------------------------------
+
+def test_installed_console_script(flows):
+    exe = shutil.which("featherflow", path=os.path.dirname(sys.executable)) or shutil.which("featherflow")
+    assert exe, "the featherflow console script is not installed next to the test interpreter"
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.strip() == f"featherflow {__version__}"
+    proc = subprocess.run([exe, *flows.args(), "validate", "alpha", "broken"], cwd=flows.root,
+                          env=flows.env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stdout == "alpha: valid\n"
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: broken: ") for line in lines)
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,250 @@
+"""The database: migrated schema matches the models, pragmas, refusals, permissions.
+
+The SQLite file is the single source of truth, so a schema drifting from the
+models, a newer file silently altered, or a world-readable file are all bugs
+that would only show up on a user's machine.
+"""
+
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+from peewee import IntegrityError, SqliteDatabase
+
+from featherflow import db as dbmod, errors, states
+from featherflow.errors import DatabaseError
+from featherflow.models import MODELS, TaskAttempt
+
+
+def affinity(declared: str) -> str:
+    """SQLite's column affinity rules (https://sqlite.org/datatype3.html, 3.1)."""
+    t = declared.upper()
+    if "INT" in t:
+        return "INTEGER"
+    if any(s in t for s in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in t or not t:
+        return "BLOB"
+    if any(s in t for s in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
+def columns(conn, table):
+    """{column: (affinity, notnull, pk)}; NOT NULL is implied for a primary key."""
+    rows = conn.execute(f'PRAGMA table_info("{table}")').fetchall()
+    return {name: (affinity(type_), bool(notnull) or bool(pk), bool(pk))
+            for _cid, name, type_, notnull, _default, pk in rows}
+
+
+def foreign_keys(conn, table):
+    rows = conn.execute(f'PRAGMA foreign_key_list("{table}")').fetchall()
+    return {(r[3], r[2], r[4], r[6]) for r in rows}  # (from, table, to, on_delete)
+
+
+def unique_columns(conn, table):
+    found = set()
+    for row in conn.execute(f'PRAGMA index_list("{table}")').fetchall():
+        name, unique = row[1], row[2]
+        if unique:
+            cols = tuple(r[2] for r in conn.execute(f'PRAGMA index_info("{name}")').fetchall())
+            found.add(cols)
+    return found
+
+
+def index_leads(conn, table):
+    """The first column of every index on the table."""
+    leads = set()
+    for row in conn.execute(f'PRAGMA index_list("{table}")').fetchall():
+        info = conn.execute(f'PRAGMA index_info("{row[1]}")').fetchall()
+        leads.add(min(info)[2])
+    return leads
+
+
+@pytest.fixture
+def migrated(tmp_path):
+    path = tmp_path / "home" / "featherflow.db"
+    database = dbmod.open_database(path, path.parent)
+    yield path, database
+    database.close()
+
+
+@pytest.fixture
+def from_models():
+    """The schema peewee itself would create from the models, as a reference."""
+    ref = SqliteDatabase(":memory:")
+    with ref.bind_ctx(MODELS, bind_refs=False, bind_backrefs=False):
+        ref.create_tables(MODELS)
+        yield ref.connection()
+    ref.close()
+
+
+def test_migrated_schema_matches_the_models(migrated, from_models):
+    path, _ = migrated
+    conn = sqlite3.connect(path)
+    try:
+        tables = {r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+        assert tables == {m._meta.table_name for m in MODELS}
+        for model in MODELS:
+            table = model._meta.table_name
+            assert columns(conn, table) == columns(from_models, table), table
+            assert set(columns(conn, table)) == {f.column_name for f in model._meta.sorted_fields}
+            assert foreign_keys(conn, table) == foreign_keys(from_models, table), table
+            for f in model._meta.sorted_fields:
+                if f.unique:
+                    assert (f.column_name,) in unique_columns(conn, table), (table, f.name)
+                if f.index and not f.unique:
+                    assert f.column_name in index_leads(conn, table), (table, f.name)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == states.SCHEMA_VERSION
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        conn.close()
+
+
+def test_schema_version_matches_the_migrations(migrated):
+    _, database = migrated
+    assert dbmod.schema_version(database) == states.SCHEMA_VERSION == len(dbmod.migration_modules())
+    assert dbmod.apply_migrations(database, migrated[0]) == states.SCHEMA_VERSION  # idempotent
+
+
+def test_pragmas_in_effect_on_a_connection(migrated):
+    _, database = migrated
+
+    def pragma(name):
+        return database.execute_sql(f"PRAGMA {name}").fetchone()[0]
+
+    assert pragma("journal_mode") == "wal"
+    assert pragma("synchronous") == 2  # FULL
+    assert pragma("foreign_keys") == 1
+    assert pragma("busy_timeout") >= 5000
+    with pytest.raises(IntegrityError):  # foreign keys are enforced, not just declared
+        with database.atomic("IMMEDIATE"):
+            TaskAttempt.create(run=12345, task_id="a", attempt=1, state="pending",
+                               created_at="2026-01-01 00:00:00")
+
+
+def test_reopening_an_up_to_date_database_does_not_change_it(tmp_path):
+    path = tmp_path / "home" / "featherflow.db"
+    dbmod.open_database(path, path.parent).close()
+    before = path.read_bytes()
+    mtime = path.stat().st_mtime_ns
+    again = dbmod.open_database(path, path.parent)
+    assert dbmod.schema_version(again) == states.SCHEMA_VERSION
+    again.close()
+    assert path.read_bytes() == before
+    assert path.stat().st_mtime_ns == mtime
+
+
+def _newer_database(path: Path) -> bytes:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE future (x)")
+    conn.execute("INSERT INTO future VALUES (1)")
+    conn.execute(f"PRAGMA user_version = {states.SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    return path.read_bytes()
+
+
+def test_newer_database_is_refused_and_left_untouched(tmp_path):
+    path = tmp_path / "featherflow.db"
+    before = _newer_database(path)
+    with pytest.raises(DatabaseError, match=r"schema version 2, newer than this Featherflow understands"):
+        dbmod.open_database(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["featherflow.db"]
+
+
+def test_newer_database_through_the_cli_exits_4_untouched(project):
+    project.write_task("a.sh", "echo\n")
+    project.write_flow({"name": "f", "tasks": [{"id": "a", "script": "a.sh"}]})
+    project.home.mkdir(mode=0o700)
+    before = _newer_database(project.db)
+    result = project.cli("run", "f", "--dry-run")
+    assert result.code == errors.EXIT_DATABASE == 4
+    lines = result.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "newer" in lines[0]
+    assert "Traceback" not in result.err
+    assert project.db.read_bytes() == before
+
+
+def test_file_that_is_not_sqlite_is_refused_and_left_untouched(project):
+    project.home.mkdir(mode=0o700)
+    content = b"my notes, not a database\n" * 50
+    project.db.write_bytes(content)
+    with pytest.raises(DatabaseError, match="not a SQLite database"):
+        dbmod.open_database(project.db, project.home)
+    assert project.db.read_bytes() == content
+    project.write_task("a.sh", "echo\n")
+    project.write_flow({"name": "f", "tasks": [{"id": "a", "script": "a.sh"}]})
+    result = project.cli("run", "f", "--dry-run")
+    assert result.code == 4 and result.err.startswith("error: ") and "Traceback" not in result.err
+    assert project.db.read_bytes() == content
+    assert sorted(p.name for p in project.home.iterdir()) == ["featherflow.db"]
+
+
+def test_failed_migration_leaves_the_database_at_its_old_version(tmp_path, monkeypatch):
+    (_, initial), = dbmod.migration_modules()
+    monkeypatch.setattr(initial, "STATEMENTS", initial.STATEMENTS + ["CREATE TABLE schedule (x)"])
+    path = tmp_path / "featherflow.db"
+    with pytest.raises(DatabaseError):
+        dbmod.open_database(path)
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0] == 0
+    finally:
+        conn.close()
+    monkeypatch.undo()
+    dbmod.open_database(path).close()  # the next open migrates cleanly
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_config_dir_0700_and_database_0600_under_umask_022(tmp_path, umask_022):
+    home = tmp_path / "deep" / "home"
+    path = home / "featherflow.db"
+    database = dbmod.open_database(path, home)
+    try:
+        # A write so that SQLite creates its -wal and -shm files too.
+        with database.atomic("IMMEDIATE"):
+            database.execute_sql("PRAGMA user_version")
+        assert mode(home) == 0o700
+        assert mode(path) == 0o600
+        for extra in home.glob("featherflow.db-*"):
+            assert mode(extra) & 0o077 == 0, extra
+    finally:
+        database.close()
+
+
+def test_existing_loose_permissions_are_tightened(tmp_path, umask_022):
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    path = home / "featherflow.db"
+    dbmod.open_database(path, home).close()
+    path.chmod(0o644)
+    dbmod.open_database(path, home).close()
+    assert mode(home) == 0o700
+    assert mode(path) == 0o600
+
+
+def test_cli_creates_the_private_config_dir(project, umask_022):
+    project.write_task("a.sh", "echo\n")
+    project.write_flow({"name": "f", "tasks": [{"id": "a", "script": "a.sh"}]})
+    result = project.cli("run", "f", "--dry-run")
+    assert result.code == 0, result.err
+    assert mode(project.home) == 0o700
+    assert mode(project.db) == 0o600
