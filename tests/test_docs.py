@@ -19,6 +19,8 @@ def _commands(parser, prefix=()):
     for action in parser._actions:
         if action.__class__.__name__ == "_SubParsersAction":
             for name, sub in action.choices.items():
+                if name.startswith("_"):  # hidden internals
+                    continue
                 yield prefix + (name,)
                 yield from _commands(sub, prefix + (name,))
 
