@@ -333,6 +333,11 @@ class _Validator:
             self.err(path, f"{script!r} not found in {tasks_dir}")
         elif not full.is_file():
             self.err(path, f"{script!r} is not a file")
+        elif not _inside(full, tasks_dir):
+            # A symlink (or a linked folder) leading out of the tasks dir is refused:
+            # what a flow can run is exactly what the tasks dir holds.
+            self.err(path, f"{script!r} leads outside the tasks dir (to {os.path.realpath(full)}); "
+                           "copy the script into the tasks dir instead of linking to it")
         elif not script.endswith((".py", ".sh")) and not os.access(full, os.X_OK):
             self.err(path, f"{script!r} is not executable (chmod +x it, or name it .py or .sh)")
 
@@ -366,6 +371,12 @@ class _Validator:
                 continue
             valid = ", ".join(f"{{{{ {b} }}}}" for b in BUILTIN_PLACEHOLDERS)
             self.err(path, f"unknown placeholder {{{{ {ref} }}}} (valid: {{{{ params.NAME }}}}, {valid})")
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    """True when `path`, symlinks resolved, is inside `directory` (itself resolved)."""
+    base = os.path.realpath(directory)
+    return os.path.realpath(path).startswith(base.rstrip(os.sep) + os.sep)
 
 
 def _scalar(value) -> str:

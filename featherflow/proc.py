@@ -20,14 +20,29 @@ def boot_id():
         return None
 
 
-def start_time(pid):
+def _stat_fields(pid):
+    """Fields 3.. of /proc/<pid>/stat (state first), or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
         # The command name may contain spaces and ')': fields start after the last ')'.
-        return int(stat[stat.rindex(b")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
+        return stat[stat.rindex(b")") + 2:].split()
+    except (OSError, ValueError):
         return None
+
+
+def start_time(pid):
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[19])
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def is_zombie(pid) -> bool:
+    """A process that has exited but was not reaped yet still answers kill(pid, 0)."""
+    fields = _stat_fields(pid)
+    return bool(fields) and fields[0] in (b"Z", b"X")
 
 
 def identity(pid):
@@ -48,6 +63,8 @@ def is_alive(pid, pid_start, recorded_boot, current_boot=None) -> bool:
         return False
     except PermissionError:
         pass  # exists, owned by someone else
+    if is_zombie(pid):
+        return False  # dead; its parent has not collected it yet
     if pid_start is not None and os.path.isdir("/proc"):
         now_start = start_time(pid)
         return now_start == pid_start
@@ -74,18 +91,53 @@ def processes_with_env(name: str, value: str):
     return found
 
 
+def processes_running_script(script: str):
+    """Pids of bash processes running `script`: a run's main process and its forks.
+
+    A subshell forked by the run's bash that has not exec'd yet (a task being
+    launched) does not show the run's variables in its environment (bash
+    exported them after it started); its command line (`bash <script>`) does.
+    """
+    found = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv[-1:] == [b""]:
+            argv.pop()
+        if (len(argv) == 2 and os.path.basename(argv[0]) in (b"bash", b"sh")
+                and argv[1] == os.fsencode(script)):
+            found.append(int(entry))
+    return found
+
+
 def kill_all(pids, sig=None) -> int:
-    """Signal each pid's process group (and the pid); returns how many were signalled."""
+    """Signal each pid, and the whole process group of each one that leads its group.
+
+    Only groups led by one of `pids` are signalled as a group (a task runs in
+    its own group, led by `timeout`): a run started without a group of its own
+    (from a script, cron or a test harness) shares its group with its parent,
+    which must survive. Returns how many were signalled.
+    """
     import signal  # not at the top: `_mark` imports this module and signal costs it 5 ms
 
     sig = signal.SIGKILL if sig is None else sig
     done = 0
     for pid in pids:
-        for target in (lambda: os.killpg(os.getpgid(pid), sig), lambda: os.kill(pid, sig)):
-            try:
-                target()
-                done += 1
-                break
-            except OSError:
-                continue
+        try:
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
+            done += 1
+        except OSError:
+            continue
     return done

@@ -7,18 +7,22 @@ its own process group under `timeout`, and reports every transition through
 stops the run if a transition cannot be recorded: nothing runs untracked.
 
 Every value that comes from JSON, params or the command line is quoted with
-shlex.quote; no string from a flow is ever interpreted by the shell.
+shlex.quote; no string from a flow is ever interpreted by the shell. A task's
+own `env` is passed through `env NAME=VALUE`, never `export`, so a name that
+bash treats specially (UID, SHELLOPTS, the script's own variables) reaches the
+task as it is and cannot change what the script runs.
 """
 
 import json
 import shlex
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from featherflow import flow as flowmod, graph
 
 KILL_GRACE = 10  # seconds between TERM and KILL when a task is stopped
 LOG_TAIL = 20  # lines of a failed task's log shown on the terminal
+LOCK_WAIT = 30.0  # seconds a transition waits for a locked database before the run stops
 
 
 @dataclass(frozen=True)
@@ -41,19 +45,33 @@ class RunSpec:
     keep: tuple = ()  # tasks that already succeeded (resume)
     keep_tmp: bool = False
     dry_run: bool = False
+    lock_wait: float = LOCK_WAIT
+    kill_grace: float = KILL_GRACE
+
+
+# Bash's reserved words: harmless as arguments, but quoted anyway so that
+# nobody (shellcheck included) reads `done` or `fi` as syntax.
+_KEYWORDS = frozenset("! case coproc do done elif else esac fi for function if in select "
+                      "then time until while { } [[ ]]".split())
 
 
 def q(value) -> str:
-    return shlex.quote(str(value))
+    """shlex.quote, which also quotes bash's reserved words."""
+    text = shlex.quote(str(value))
+    return f"'{text}'" if text in _KEYWORDS else text
 
 
 def substitute(value: str, spec: RunSpec, flow_name: str) -> str:
-    """Replace {{ params.X }}, {{ run_id }}, {{ flow }}, {{ scheduled_at }} (validated before)."""
+    """Replace {{ params.X }}, {{ run_id }}, {{ flow }}, {{ scheduled_at }} (validated before).
+
+    One pass: a param value that itself looks like a placeholder stays as it is.
+    A param that is not a string is written as JSON (1, true, [1, 2]).
+    """
     def one(match):
         ref = match.group(1)
         if ref.startswith("params."):
             found = spec.params[ref[len("params."):]]
-            return found if isinstance(found, str) else json.dumps(found)
+            return found if isinstance(found, str) else json.dumps(found, ensure_ascii=False)
         return {"run_id": str(spec.run_id), "flow": flow_name, "scheduled_at": spec.scheduled_at}[ref]
 
     return flowmod.PLACEHOLDER_RE.sub(one, value)
@@ -61,7 +79,7 @@ def substitute(value: str, spec: RunSpec, flow_name: str) -> str:
 
 def task_argv(task: flowmod.Task, spec: RunSpec, flow_name: str) -> List[str]:
     """The task's argument list. Object form: `k` gives -k VALUE, `key` gives
-    --key=VALUE, true gives a bare --key, false and null leave it out."""
+    --key=VALUE, true gives a bare --key (or -k), false and null leave it out."""
     if isinstance(task.args, dict):
         argv = []
         for key, value in task.args.items():
@@ -78,12 +96,19 @@ def task_argv(task: flowmod.Task, spec: RunSpec, flow_name: str) -> List[str]:
     return [substitute(arg, spec, flow_name) for arg in task.args]
 
 
+def task_env(task: flowmod.Task, spec: RunSpec, flow_name: str) -> Dict[str, str]:
+    """The task's own `env`, placeholders replaced."""
+    return {name: substitute(value, spec, flow_name) for name, value in task.env.items()}
+
+
 def task_command(task: flowmod.Task, spec: RunSpec, flow_name: str) -> List[str]:
+    """The words (already quoted) that run the task: `.py` with the Python that
+    runs Featherflow, `.sh` with the bash that runs the script, others directly."""
     path = f"{spec.tasks_dir.rstrip('/')}/{task.script}"
     if task.script.endswith(".py"):
-        head = ["$FF_PYTHON", "-u", q(path)]
+        head = ['"$FF_PYTHON"', "-u", q(path)]
     elif task.script.endswith(".sh"):
-        head = ["$BASH", q(path)]
+        head = ['"$BASH"', q(path)]
     else:
         head = [q(path)]
     return head + [q(a) for a in task_argv(task, spec, flow_name)]
@@ -101,7 +126,8 @@ def render(flow: flowmod.Flow, spec: RunSpec) -> str:
     settings = [
         ("FF_PYTHON", spec.python), ("FF_MARK", spec.mark), ("FF_DB", spec.db),
         ("RUN_ID", spec.run_id), ("RUN_DIR", spec.run_dir), ("MAX_PARALLEL", spec.max_parallel),
-        ("KILL_GRACE", KILL_GRACE), ("KEEP_TMP", int(spec.keep_tmp)),
+        ("KILL_GRACE", _seconds(spec.kill_grace)), ("LOCK_WAIT", _seconds(spec.lock_wait)),
+        ("KEEP_TMP", int(spec.keep_tmp)),
     ]
     out += [f"{name}={q(value)}" for name, value in settings]
     out.append("LOG_DIR=$RUN_DIR/logs")
@@ -116,12 +142,13 @@ def render(flow: flowmod.Flow, spec: RunSpec) -> str:
     out += [f"export {name}={q(value)}" for name, value in contract]
     out.append("")
     out.append("# The tasks, in dependency order. Each function runs one attempt of one task.")
-    out.append("declare -a T_ID T_DEPS T_DOWN T_RETRY_DELAYS T_TIMEOUT T_TIMEOUT_MS T_ATTEMPT T_STATE")
+    out.append("# T_RETRY_MS: the wait before each retry, in milliseconds.")
+    out.append("declare -a T_ID T_DEPS T_DOWN T_RETRY_MS T_TIMEOUT T_TIMEOUT_MS T_ATTEMPT T_STATE")
     for i, task_id in enumerate(order):
         task = flow.task(task_id)
         deps = " ".join(str(index[d]) for d in task.depends_on)
         below = " ".join(str(index[d]) for d in sorted(graph.descendants(flow.edges, [task_id]), key=index.get))
-        delays = " ".join(_seconds(task.retry_delay * task.retry_backoff ** n) for n in range(task.retries))
+        delays = [task.retry_delay * task.retry_backoff ** n for n in range(task.retries)]
         kept = task_id in spec.keep
         out.append("")
         title = f"# [{i}] {task_id}" + (f": {_comment(task.description)}" if task.description else "")
@@ -132,7 +159,8 @@ def render(flow: flowmod.Flow, spec: RunSpec) -> str:
         if down[task_id]:
             facts.append("before " + ", ".join(down[task_id]))
         if task.retries:
-            facts.append(f"{task.retries} retries")
+            waits = ", ".join(f"{_seconds(d)}s" for d in delays)
+            facts.append(f"{task.retries} retries (after {waits})")
         if task.timeout:
             facts.append(f"timeout {_seconds(task.timeout)}s")
         if kept:
@@ -140,14 +168,20 @@ def render(flow: flowmod.Flow, spec: RunSpec) -> str:
         if facts:
             out.append("#     " + "; ".join(facts))
         out.append(f"T_ID[{i}]={q(task_id)} T_DEPS[{i}]={q(deps)} T_DOWN[{i}]={q(below)}")
-        out.append(f"T_RETRY_DELAYS[{i}]={q(delays)} T_TIMEOUT[{i}]={q(_seconds(task.timeout or 0))} "
-                   f"T_TIMEOUT_MS[{i}]={int((task.timeout or 0) * 1000)} "
-                   f"T_ATTEMPT[{i}]={spec.attempts.get(task_id, 1)} T_STATE[{i}]={'ok' if kept else 'wait'}")
+        out.append(f"T_RETRY_MS[{i}]={q(' '.join(str(round(d * 1000)) for d in delays))} "
+                   f"T_TIMEOUT[{i}]={q(_seconds(task.timeout or 0))} "
+                   f"T_TIMEOUT_MS[{i}]={round((task.timeout or 0) * 1000)} "
+                   f"T_ATTEMPT[{i}]={spec.attempts.get(task_id, 1)} T_STATE[{i}]={'ok' if kept else 'pending'}")
         out.append(f"task_{i}() {{")
-        for name, value in task.env.items():
-            out.append(f"  export {name}={q(substitute(value, spec, flow.name))}")
-        timeout = _seconds(task.timeout or 0)
-        out.append(f'  exec timeout --verbose -k "$KILL_GRACE" {timeout} ' + " ".join(task_command(task, spec, flow.name)))
+        words = ["exec timeout --verbose -k \"$KILL_GRACE\"", _seconds(task.timeout or 0)]
+        env = task_env(task, spec, flow.name)
+        if env:
+            words.append("env")
+            lines = [" ".join(words)] + [f"{name}={q(value)}" for name, value in env.items()]
+            lines.append(" ".join(task_command(task, spec, flow.name)))
+            out.append("  " + " \\\n    ".join(lines))
+        else:
+            out.append("  " + " ".join(words + task_command(task, spec, flow.name)))
         out.append("}")
     out.append(_ENGINE)
     return "\n".join(out) + "\n"
@@ -168,7 +202,12 @@ _HEADER = """\
 # Every state change is recorded in the database through `_mark`; if one
 # cannot be recorded, the run stops. Exit codes: 0 success, 1 failed,
 # 3 refused by the state machine, 4 database problem, 5 cancelled.
-{note}set -u
+{note}#
+# Values from the flow are single-quoted on purpose (data, never expanded:
+# SC1003, SC2016, SC2088 would take them for mistakes), and
+# the task_N functions and traps are called indirectly:
+# shellcheck disable=SC1003,SC2016,SC2088,SC2317
+set -u
 umask 077  # logs and temp files are private to the user
 if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 501)); then
   echo "featherflow: bash >= 5.1 is needed to run flows (this is $BASH_VERSION)" >&2
@@ -180,23 +219,38 @@ _ENGINE = r"""
 # ---------------------------------------------------------------------------
 # The engine: the same for every flow.
 
-exec 9>&1 8>&2  # our own report goes to the terminal; bash's job chatter to run.log
-mkdir -p "$LOG_DIR" && exec 2>>"$RUN_DIR/run.log"
+# fd 9 and 8 keep the terminal for our own report and _mark's errors; bash's
+# own chatter ("Terminated", ...) goes to run.log.
+exec 9>&1 8>&2
+if ! mkdir -p -- "$LOG_DIR"; then
+  echo "featherflow: cannot create $LOG_DIR" >&2
+  exit 4
+fi
+exec 2>>"$RUN_DIR/run.log"
 
 say() { printf '%(%H:%M:%S)T  %s\n' -1 "$*" >&9; }
-now_ms() { local t=${EPOCHREALTIME/[.,]/}; NOW_MS=$((10#$t / 1000)); }
-seconds() { printf '%d.%02ds' $(($1 / 1000)) $(($1 % 1000 / 10)); }
-mark() { "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" "$@"; }
+mark() { "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --wait "$LOCK_WAIT" "$@"; }
+if [[ -r /proc/uptime ]]; then  # time since boot: does not jump when the clock is set
+  now_ms() { local up rest; read -r up rest </proc/uptime; NOW_MS=$((10#${up/./} * 10)); }
+else
+  now_ms() { local t=${EPOCHREALTIME/[.,]/}; NOW_MS=$((10#$t / 1000)); }
+fi
+duration() { printf -v TOOK '%d.%02ds' $(($1 / 1000)) $(($1 % 1000 / 10)); }
 
-declare -A PID_TASK=()
-declare -a START_MS=() MARKS=()
-RUNNING=0 CANCELLED=0 FAILED=0 BROKEN=0
+declare -A PID_TASK=() PID_TIMER=()  # running tasks and retry timers, by pid
+TICK=5 TICKER=  # a timer that bounds how long a task's end can go unnoticed (see collect)
+declare -a START_MS=() MARKS=() LOST=() starts=()
+declare -a T_FIRST_ATTEMPT=("${T_ATTEMPT[@]}")
+RUNNING=0 CANCELLED=0 FAILED=0 BROKEN=0 TOTAL=${#T_ID[@]} TOOK=
 
+# TERM every task's process group (timeout sends KILL after KILL_GRACE) and
+# drop the timers of retries that wait.
 stop_tasks() {
   local pid
   for pid in "${!PID_TASK[@]}"; do
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
   done
+  for pid in "${!PID_TIMER[@]}"; do kill "$pid" 2>/dev/null; done
 }
 
 on_signal() {
@@ -206,19 +260,58 @@ on_signal() {
   stop_tasks
 }
 
-cleanup() {
-  if ((KEEP_TMP)); then say "temp dir kept: $TMP_DIR"; else rm -rf -- "$TMP_DIR"; fi
+# A transition could not be recorded: stop every task, start nothing more.
+broken() {
+  ((BROKEN)) && return
+  BROKEN=1
+  say "error: could not record a state change in $FF_DB; stopping the run (nothing runs untracked)"
+  stop_tasks
 }
 
-# Record MARKS (and any extra arguments) in one transaction; stop the run if we cannot.
+# Record MARKS, then the start of each task index given, in one _mark call (one
+# transaction). Returns non-zero if that failed: then the tasks given must not
+# start, and the other marks are kept in LOST for a last try at the end.
 flush() {
-  ((${#MARKS[@]} + $#)) || return 0
-  if ! mark "$@" "${MARKS[@]}" 2>&8; then
-    say "error: could not record a state change in $FF_DB; stopping the run (nothing runs untracked)"
-    BROKEN=1
-    stop_tasks
+  local i starting=()
+  for i; do starting+=("${T_ID[i]}:${T_ATTEMPT[i]}:running"); done
+  ((${#MARKS[@]} + ${#starting[@]})) || return 0
+  if ((!BROKEN)) && mark "${MARKS[@]}" "${starting[@]}" 2>&8; then
+    MARKS=()
+    return 0
   fi
+  LOST+=("${MARKS[@]}")
   MARKS=()
+  broken
+  return 1
+}
+
+# Handle every task and timer that has ended; fails if there was none.
+# `wait -n` alone is not enough: bash forgets a background job that a signal
+# killed while it ran another command (a cancelled task, a timeout's KILL), and
+# only `wait PID` still reports it. So each pid is checked, and while several
+# are running a TICK timer makes sure the loop looks again.
+collect() {
+  local pid none=1
+  for pid in "${!PID_TASK[@]}" "${!PID_TIMER[@]}"; do
+    kill -0 "$pid" 2>/dev/null && continue
+    wait "$pid"
+    ended "$pid" $?
+    none=0
+  done
+  return "$none"
+}
+
+ended() {  # pid exit-code
+  local i
+  if [[ -n ${PID_TASK[$1]:-} ]]; then
+    finished "$1" "$2"
+  elif [[ -n ${PID_TIMER[$1]:-} ]]; then  # a retry's wait is over
+    i=${PID_TIMER[$1]}
+    unset "PID_TIMER[$1]"
+    [[ ${T_STATE[i]} == delay ]] && T_STATE[i]=pending
+  elif [[ $1 == "$TICKER" ]]; then
+    TICKER=
+  fi
 }
 
 deps_ok() {
@@ -226,71 +319,75 @@ deps_ok() {
   for d in ${T_DEPS[$1]}; do [[ ${T_STATE[d]} == ok ]] || return 1; done
 }
 
-launch() {  # index attempt delay
-  local i=$1 n=$2 delay=$3
-  local log="$LOG_DIR/${T_ID[i]}.$n.log"
+launch() {  # index
+  local i=$1 n=${T_ATTEMPT[$1]}
+  now_ms
+  START_MS[i]=$NOW_MS
   (
-    if [[ $delay != 0 ]]; then
-      sleep "$delay"
-      mark "${T_ID[i]}:$n:running" 2>&8 || exit 250
-    fi
     export FEATHERFLOW_TASK_ID="${T_ID[i]}" FEATHERFLOW_ATTEMPT="$n"
     "task_$i"
-  ) >"$log" 2>&1 </dev/null &
+  ) >"$LOG_DIR/${T_ID[i]}.$n.log" 2>&1 </dev/null 8>&- 9>&- &
   PID_TASK[$!]=$i
-  T_ATTEMPT[i]=$n
-  T_STATE[i]=run
-  now_ms; START_MS[i]=$NOW_MS
+  T_STATE[i]=running
   RUNNING=$((RUNNING + 1))
-  if [[ $delay == 0 ]]; then say "start   ${T_ID[i]} (attempt $n)"; else say "retry   ${T_ID[i]} (attempt $n) in ${delay}s"; fi
+  say "start   ${T_ID[i]} (attempt $n)"
 }
 
-finished() {  # index exit-code
-  local i=$1 rc=$2 n=${T_ATTEMPT[$1]} took reason=
-  now_ms; took=$((NOW_MS - START_MS[i]))
+finished() {  # pid exit-code
+  local pid=$1 rc=$2 i=${PID_TASK[$1]} n took reason d
+  n=${T_ATTEMPT[i]}
+  unset "PID_TASK[$pid]"
   RUNNING=$((RUNNING - 1))
-  if ((CANCELLED || BROKEN)); then
-    MARKS+=("${T_ID[i]}:$n:cancelled:$rc:run cancelled")
-    T_STATE[i]=stopped
-    say "stopped ${T_ID[i]} (attempt $n) after $(seconds "$took")"
-    return
-  fi
+  now_ms
+  took=$((NOW_MS - START_MS[i]))
+  duration "$took"
   if ((rc == 0)); then
     MARKS+=("${T_ID[i]}:$n:success:0")
     T_STATE[i]=ok
-    say "ok      ${T_ID[i]} (attempt $n) in $(seconds "$took")"
+    say "ok      ${T_ID[i]} (attempt $n) in $TOOK"
     return
   fi
-  if ((rc == 250)); then
-    BROKEN=1
+  if ((CANCELLED || BROKEN)); then
+    kill -KILL -- "-$pid" 2>/dev/null  # nothing of a stopped task outlives it
+    reason="run cancelled"
+    ((CANCELLED)) || reason="run stopped: a state change could not be recorded"
+    MARKS+=("${T_ID[i]}:$n:cancelled:$rc:$reason")
+    T_STATE[i]=stopped
+    say "stopped ${T_ID[i]} (attempt $n) after $TOOK"
     return
   fi
-  if ((T_TIMEOUT_MS[i] > 0 && (rc == 124 || rc == 137) && took >= T_TIMEOUT_MS[i])); then
+  # timeout exits 124 (137 if it had to KILL); `took` is measured to 10 ms, hence the margin
+  if ((T_TIMEOUT_MS[i] > 0 && (rc == 124 || rc == 137) && took + 100 >= T_TIMEOUT_MS[i])); then
     reason="timeout after ${T_TIMEOUT[i]}s"
+    kill -KILL -- "-$pid" 2>/dev/null  # children that ignored TERM
   else
     reason="exit code $rc"
   fi
   MARKS+=("${T_ID[i]}:$n:failed:$rc:$reason")
-  say "FAILED  ${T_ID[i]} (attempt $n) after $(seconds "$took"): $reason"
+  say "FAILED  ${T_ID[i]} (attempt $n) after $TOOK: $reason"
   tail -n LOG_TAIL_LINES -- "$LOG_DIR/${T_ID[i]}.$n.log" 2>/dev/null | tr -d '\000-\010\013-\037\177' | sed 's/^/        | /' >&9
-  local delays=(${T_RETRY_DELAYS[i]})
-  local used=$((n - T_FIRST_ATTEMPT[i]))
+  local delays used=$((n - T_FIRST_ATTEMPT[i]))
+  read -r -a delays <<<"${T_RETRY_MS[i]}"
   if ((used < ${#delays[@]})); then
-    local delay=${delays[used]}
-    if [[ $delay == 0 ]]; then
-      T_STATE[i]=wait T_ATTEMPT[i]=$((n + 1))  # started by the main loop with its mark
+    n=$((n + 1))
+    T_ATTEMPT[i]=$n
+    MARKS+=("${T_ID[i]}:$n:pending")
+    if ((delays[used] > 0)); then  # a timer; the main loop starts the task when it ends
+      local secs
+      printf -v secs '%d.%03d' $((delays[used] / 1000)) $((delays[used] % 1000))
+      sleep "$secs" >/dev/null 2>&1 8>&- 9>&- &
+      PID_TIMER[$!]=$i
+      T_STATE[i]=delay
+      say "retry   ${T_ID[i]} (attempt $n) in ${secs}s"
     else
-      MARKS+=("${T_ID[i]}:$((n + 1)):pending")
-      flush
-      ((BROKEN)) || launch "$i" $((n + 1)) "$delay"
+      T_STATE[i]=pending
     fi
     return
   fi
   T_STATE[i]=failed
   FAILED=$((FAILED + 1))
-  local d
   for d in ${T_DOWN[i]}; do
-    if [[ ${T_STATE[d]} == wait ]]; then
+    if [[ ${T_STATE[d]} == pending ]]; then
       T_STATE[d]=skipped
       MARKS+=("${T_ID[d]}:${T_ATTEMPT[d]}:upstream_failed::upstream ${T_ID[i]} failed")
       say "skip    ${T_ID[d]} (upstream ${T_ID[i]} failed)"
@@ -298,15 +395,19 @@ finished() {  # index exit-code
   done
 }
 
-declare -a T_FIRST_ATTEMPT=("${T_ATTEMPT[@]}")
-TOTAL=${#T_ID[@]}
-
-if ! mark --pid $$ --run running 2>&8; then
-  say "error: run $RUN_ID could not be started (see the message above)"
-  exit 3
-fi
 trap on_signal INT TERM HUP
-mkdir -p -m 700 "$TMP_DIR"
+mark --pid $$ --run running 2>&8
+rc=$?
+if ((rc)); then
+  say "error: run $RUN_ID could not be started (see the message above); no task ran"
+  ((rc == 3)) && exit 3
+  exit 4
+fi
+if ! mkdir -p -- "$TMP_DIR"; then
+  say "error: cannot create the run's temp dir $TMP_DIR; no task ran"
+  mark --run "failed:cannot create its temp dir" 2>&8
+  exit 1
+fi
 say "run $RUN_ID of $FEATHERFLOW_FLOW_NAME: $TOTAL task(s), up to $MAX_PARALLEL at once; logs in $LOG_DIR"
 for ((i = 0; i < TOTAL; i++)); do
   [[ ${T_STATE[i]} == ok ]] && say "kept    ${T_ID[i]} (succeeded before)"
@@ -316,45 +417,45 @@ while :; do
   starts=()
   if ((!CANCELLED && !BROKEN)); then
     for ((i = 0; i < TOTAL && RUNNING + ${#starts[@]} < MAX_PARALLEL; i++)); do
-      if [[ ${T_STATE[i]} == wait ]] && deps_ok "$i"; then
-        starts+=("$i")
-        MARKS+=("${T_ID[i]}:${T_ATTEMPT[i]}:running")
-      fi
+      if [[ ${T_STATE[i]} == pending ]] && deps_ok "$i"; then starts+=("$i"); fi
     done
   fi
-  flush
-  if ((!BROKEN)); then
-    for i in "${starts[@]}"; do launch "$i" "${T_ATTEMPT[i]}" 0; done
+  if flush "${starts[@]}"; then
+    for i in "${starts[@]}"; do launch "$i"; done
   fi
-  ((RUNNING > 0)) || break
-  pid=
+  ((RUNNING + ${#PID_TIMER[@]} > 0)) || break
+  collect && continue  # something ended meanwhile: record it, start what follows
+  if ((RUNNING + ${#PID_TIMER[@]} > 1)) && [[ -z $TICKER ]]; then
+    sleep "$TICK" >/dev/null 2>&1 8>&- 9>&- &
+    TICKER=$!
+  fi
   wait -n -p pid
   rc=$?
-  [[ -n $pid && -n ${PID_TASK[$pid]:-} ]] || continue  # a signal woke us; the trap acted
-  i=${PID_TASK[$pid]}
-  unset "PID_TASK[$pid]"
-  finished "$i" "$rc"
+  [[ -n ${pid:-} ]] && ended "$pid" "$rc"  # no pid: a signal woke us, and the trap acted
 done
+[[ -n $TICKER ]] && kill "$TICKER" 2>/dev/null
 
-cleanup
+trap '' INT TERM HUP  # the outcome is decided: record it
+if ((KEEP_TMP)); then say "temp dir kept: $TMP_DIR"; else rm -rf -- "$TMP_DIR"; fi
 if ((BROKEN)); then
-  mark --run "failed:a state change could not be recorded" 2>&8
+  mark "${LOST[@]}" --run "failed:a state change could not be recorded" 2>&8
   say "run $RUN_ID stopped: the database could not record its progress"
   exit 4
-elif ((CANCELLED)); then
+fi
+if ((CANCELLED)); then
   MARKS+=(--run cancelled)
-  flush
-  say "run $RUN_ID cancelled"
-  exit 5
+  outcome="cancelled" code=5
 elif ((FAILED)); then
   MARKS+=(--run "failed:$FAILED task(s) failed")
-  flush
-  say "run $RUN_ID failed: $FAILED task(s) failed"
-  exit 1
+  outcome="failed: $FAILED task(s) failed" code=1
+else
+  MARKS+=(--run success)
+  outcome="succeeded" code=0
 fi
-MARKS+=(--run success)
-flush
-((BROKEN)) && exit 4
-say "run $RUN_ID succeeded"
-exit 0
+if ! mark "${MARKS[@]}" 2>&8; then
+  say "error: could not record the end of run $RUN_ID in $FF_DB"
+  exit 4
+fi
+say "run $RUN_ID $outcome"
+exit "$code"
 """.replace("LOG_TAIL_LINES", str(LOG_TAIL))

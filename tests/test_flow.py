@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from featherflow import flow as flowmod, graph
 from featherflow.errors import UsageError, ValidationError
 
-WEATHER = Path("/work/shared/compat/weather_observations_flow.json")
+WEATHER = Path(__file__).parent / "data" / "weather_observations_flow.json"
 
 
 @pytest.fixture
