@@ -56,3 +56,12 @@ def ensure_private_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     if path.stat().st_mode & 0o777 != 0o700:
         os.chmod(path, 0o700)
+
+
+def scheduler_env(env: Optional[Mapping[str, str]] = None) -> dict:
+    """What the scheduler takes from the environment: the zone ($TZ), the user behind sudo
+    ($SUDO_USER, for `scheduler install`), and FEATHERFLOW_FAULT, a test-only hook naming a
+    point of the fire path where the daemon kills itself (fault-injection tests)."""
+    env = os.environ if env is None else env
+    return {"tz": env.get("TZ") or None, "sudo_user": env.get("SUDO_USER") or None,
+            "fault": env.get("FEATHERFLOW_FAULT") or None}

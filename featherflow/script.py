@@ -227,6 +227,9 @@ if ! mkdir -p -- "$LOG_DIR"; then
   exit 4
 fi
 exec 2>>"$RUN_DIR/run.log"
+# A reader that goes away (`featherflow run F | head`) must not kill the run:
+# a trap, unlike '', is not inherited, so tasks still get the default SIGPIPE.
+trap : PIPE
 
 say() { printf '%(%H:%M:%S)T  %s\n' -1 "$*" >&9; }
 mark() { "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --wait "$LOCK_WAIT" "$@"; }
@@ -436,7 +439,15 @@ done
 [[ -n $TICKER ]] && kill "$TICKER" 2>/dev/null
 
 trap '' INT TERM HUP  # the outcome is decided: record it
-if ((KEEP_TMP)); then say "temp dir kept: $TMP_DIR"; else rm -rf -- "$TMP_DIR"; fi
+# A failed run keeps its temp dir: what the kept tasks left there is needed by
+# `runs resume`; `runs prune` removes it with the run.
+if ((KEEP_TMP)); then
+  say "temp dir kept: $TMP_DIR"
+elif ((FAILED || BROKEN)); then
+  say "temp dir kept for \`featherflow runs resume $RUN_ID\`: $TMP_DIR"
+else
+  rm -rf -- "$TMP_DIR"
+fi
 if ((BROKEN)); then
   mark "${LOST[@]}" --run "failed:a state change could not be recorded" 2>&8
   say "run $RUN_ID stopped: the database could not record its progress"

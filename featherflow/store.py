@@ -10,13 +10,13 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-from peewee import SqliteDatabase, fn
+from peewee import JOIN, SqliteDatabase, fn
 
 from featherflow import states
-from featherflow.errors import UsageError
-from featherflow.models import FlowRun, TaskAttempt
+from featherflow.errors import ConflictError, UsageError
+from featherflow.models import FlowRun, Schedule as ScheduleModel, ScheduleSlot, SchedulerState, TaskAttempt
 
 
 @dataclass
@@ -195,6 +195,11 @@ class Store:
         now = states.utcnow()
         with self.db.atomic("IMMEDIATE"):
             cur = self.db.cursor()
+            row = cur.execute("SELECT state FROM flow_run WHERE id = ?", (run_id,)).fetchone()
+            if row is not None and row[0] not in states.RESUMABLE:
+                # Checked inside the transaction: two resumes racing (a user and the
+                # scheduler's auto-resume) must not both run the same attempts.
+                raise ConflictError(f"run {run_id} is {row[0]}; only failed or interrupted runs can be resumed")
             states.apply_run(cur, run_id, states.RUNNING, now, reason=None, pid=pid,
                              pid_start=pid_start, boot_id=boot_id, resume=True)
             numbers = {}
@@ -591,13 +596,6 @@ def _times(row: Dict, *names: str) -> Dict:
 
 
 # -- schedules (plain objects) --------------------------------------------------
-
-from typing import Callable  # noqa: E402
-
-from peewee import JOIN  # noqa: E402
-
-from featherflow.errors import ConflictError  # noqa: E402
-from featherflow.models import Schedule as ScheduleModel, ScheduleSlot, SchedulerState  # noqa: E402
 
 SLOT_FIRED, SLOT_WAITING, SLOT_SKIPPED = "fired", "waiting", "skipped"
 

@@ -576,3 +576,35 @@ def test_python_api(project, tmp_path):
         assert ff.last_run.state == "failed" and ff.last_run.id == 2
     finally:
         ff.close()
+
+
+def test_a_failed_run_keeps_its_temp_dir_for_resume_and_success_removes_it(project):
+    marker = project.root / "fixed"
+    project.write_task("make.sh", 'echo made > "$TMP_DIR/made.txt"\n')
+    project.write_task("use.sh", f'test -e {marker} || exit 7\ncat "$TMP_DIR/made.txt"\n')
+    project.write_flow({"name": "tmpflow", "tasks": [
+        {"id": "make", "script": "make.sh"},
+        {"id": "use", "script": "use.sh", "depends_on": ["make"]}]})
+    assert project.sh("run", "tmpflow").code == 1
+    app = project.app()
+    run = app.store.list_runs()[0]
+    tmp = runner.run_dir(run) / "tmp"
+    assert (tmp / "made.txt").read_text() == "made\n"
+    marker.write_text("")
+    resumed = project.sh("runs", "resume", run.id)
+    assert resumed.code == 0, resumed.out + resumed.err
+    log = runner.log_path(run, "use", 2).read_text()
+    assert log == "made\n"  # the kept task's output was still there
+    assert not tmp.exists()
+
+
+def test_a_reader_that_goes_away_does_not_kill_the_run(project):
+    project.write_task("a.sh", "echo a\n")
+    project.write_flow({"name": "piped", "tasks": [
+        {"id": f"t{i}", "script": "a.sh", "depends_on": [f"t{i - 1}"] if i else []} for i in range(5)]})
+    command = " ".join([sys.executable, "-m", "featherflow"] + project.args() + ["run", "piped"])
+    proc = subprocess.run(["bash", "-c", f"{command} | head -1; exit ${{PIPESTATUS[0]}}"],
+                          cwd=project.root, env=project.env, capture_output=True, text=True, timeout=WAIT)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 1
+    assert only_run(project)[0].state == "success"
