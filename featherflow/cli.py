@@ -48,8 +48,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     except BrokenPipeError:
         return errors.EXIT_OK
+    except Exception as exc:
+        # A database error outside the paths that translate their own (locked past
+        # the busy timeout, disk full, I/O error): one line, not a traceback.
+        if not _is_database_error(exc):
+            raise
+        if args.log_level == "DEBUG":
+            log.exception("error")
+        print(f"error: database {app.config.db_path}: {exc} (retry; `featherflow doctor` checks it)",
+              file=sys.stderr)
+        return errors.EXIT_DATABASE
     finally:
         app.close()
+
+
+def _is_database_error(exc: BaseException) -> bool:
+    import sqlite3
+
+    return isinstance(exc, sqlite3.Error) or (
+        exc.__class__.__module__ == "peewee" and "Error" in exc.__class__.__name__)
 
 
 def _error_lines(exc: FeatherflowError) -> List[str]:
