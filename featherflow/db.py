@@ -61,7 +61,9 @@ def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool 
     db.bind(MODELS, bind_refs=False, bind_backrefs=False)
     try:
         if migrate:  # before connecting: journal_mode=wal would rewrite a newer file's header
-            _refuse_newer(_peek_version(path), len(migration_modules()), path)
+            version, tables = _peek(path)
+            _refuse_newer(version, len(migration_modules()), path)
+            _refuse_foreign(version, tables, path)
         db.connect()
         if migrate:
             apply_migrations(db, path)
@@ -103,13 +105,26 @@ def schema_version(db: SqliteDatabase) -> int:
     return db.execute_sql("PRAGMA user_version").fetchone()[0]
 
 
-def _peek_version(path: Path) -> int:
-    """PRAGMA user_version through a plain connection: no pragma that writes."""
+def _peek(path: Path) -> Tuple[int, int]:
+    """(user_version, number of tables) through a plain connection: no pragma that writes."""
     con = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT)
     try:
-        return con.execute("PRAGMA user_version").fetchone()[0]
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        tables = con.execute(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'").fetchone()[0]
+        return version, tables
     finally:
         con.close()
+
+
+def _refuse_foreign(version: int, tables: int, path: Path) -> None:
+    """A SQLite file with tables but no schema version was not made by Featherflow:
+    migrating it would add our tables to someone else's database."""
+    if version == 0 and tables:
+        raise DatabaseError(
+            f"{path} is a SQLite database but not a Featherflow one ({tables} table(s), no "
+            "Featherflow schema version); point --db / FEATHERFLOW_DB elsewhere or move it aside "
+            "— it was not changed")
 
 
 def _refuse_newer(version: int, latest: int, path: Path) -> None:

@@ -39,6 +39,12 @@ from typing import Dict, List, Optional
 from featherflow import config as configmod, flow as flowmod, graph, proc, runner, schedules, states
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
 
+
+# The heartbeat is written every tick and a tick comes at least this often; a
+# heartbeat older than HEARTBEAT_STALE (two and a half ticks) means the daemon
+# is hung or gone. `doctor` and the dashboard judge it by the same limit.
+HEARTBEAT_EVERY = 60.0
+HEARTBEAT_STALE = 150.0
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "scheduler.lock"
@@ -300,9 +306,10 @@ class Scheduler:
     # -- the loop --
 
     def next_wake(self, now: datetime) -> float:
-        """Seconds until the next due slot, or the check interval, whichever is sooner."""
+        """Seconds until the next due slot, or the check interval, whichever is sooner
+        (and never more than HEARTBEAT_EVERY, so the heartbeat stays fresh)."""
         store = self.app.store
-        soonest = self.check_interval
+        soonest = min(self.check_interval, HEARTBEAT_EVERY)
         for schedule in store.list_schedules(enabled_only=True):
             try:
                 nxt = next_fire(store, schedule, now)
