@@ -49,7 +49,9 @@ def select(runs, now: datetime, older_than: Optional[timedelta], keep_last: Opti
 
 def prune(store, db_path: Path, now: datetime, older_than: Optional[timedelta] = None,
           keep_last: Optional[int] = None, flow: Optional[str] = None,
-          dry_run: bool = False) -> PruneReport:
+          dry_run: bool = False, output_dir: Optional[Path] = None) -> PruneReport:
+    """Delete the runs `select` chooses; `output_dir` (the current one) is also
+    searched for leftover run dirs, even when no run of this database uses it."""
     from featherflow.runner import run_dir
 
     report = PruneReport(db_bytes_before=_size(db_path))
@@ -59,15 +61,24 @@ def prune(store, db_path: Path, now: datetime, older_than: Optional[timedelta] =
     dirs = [run_dir(r) for r in doomed]
     report.files_bytes = sum(_tree_size(d) for d in dirs)
     output_dirs = {Path(r.output_dir) for r in store.list_runs(limit=None)} | {Path(r.output_dir) for r in doomed}
+    if output_dir is not None:
+        output_dirs.add(Path(output_dir))
     if dry_run:
         report.db_bytes_after = report.db_bytes_before
         return report
     store.delete_runs(report.runs)
+    # A run resumed since it was chosen is not deleted (delete_runs checks the
+    # state in its transaction): keep its files, and leave it out of the report.
+    kept = [r for r in doomed if r.id in store.run_uids()]
+    if kept:
+        report.attempts -= store.attempt_count([r.id for r in kept])
+        report.files_bytes -= sum(_tree_size(run_dir(r)) for r in kept)
+        report.runs = [i for i in report.runs if i not in {r.id for r in kept}]
+        dirs = [run_dir(r) for r in doomed if r not in kept]
     for directory in dirs:
         shutil.rmtree(directory, ignore_errors=True)
-    known = store.run_uids()
-    for output in output_dirs:
-        for orphan in _orphans(output / "runs", known, str(db_path)):
+    for output in sorted(output_dirs):
+        for orphan in _orphans(output / "runs", store.run_uids, str(db_path)):
             report.files_bytes += _tree_size(orphan)
             shutil.rmtree(orphan, ignore_errors=True)
             report.orphan_dirs.append(str(orphan))
@@ -76,12 +87,18 @@ def prune(store, db_path: Path, now: datetime, older_than: Optional[timedelta] =
     return report
 
 
-def _orphans(runs_dir: Path, known: dict, db_path: str):
-    """Run dirs written by this database for runs it no longer has."""
+def _orphans(runs_dir: Path, known_runs, db_path: str):
+    """Run dirs written by this database for runs it no longer has.
+
+    The directory is listed before the database is asked (`known_runs()`): a
+    run's row is committed before its dir is made, so a run started meanwhile
+    is known and its dir is never taken for a leftover.
+    """
     try:
         entries = list(runs_dir.iterdir())
     except OSError:
         return
+    known = known_runs()
     marker = f"FF_DB={_quote(db_path)}"
     for entry in entries:
         match = RUN_DIR_RE.fullmatch(entry.name)

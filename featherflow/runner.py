@@ -299,16 +299,22 @@ def reconcile(store, current_boot: Optional[str] = None) -> List[Tuple[int, str]
             reason = f"its process {run.pid} is gone (the pid now belongs to another process)"
         else:
             reason = f"its process {run.pid} is gone (killed, crashed or out of memory)"
-        if store.get_run(run.id).state != run.state:
-            continue  # it ended (or was reconciled) meanwhile
         # Kill before recording: a leftover `_mark` call, or a task forked just
         # before the run died, could otherwise record a task `running` (or run
-        # it untracked) after the run is marked interrupted.
-        killed = kill_leftovers(run)
-        if killed:
-            log.warning("run %s: killed %d leftover process(es)", run.id, killed)
-        if store.interrupt(run.id, run.state, reason):
-            done.append((run.id, reason))
+        # it untracked) after the run is marked interrupted. A `_mark` already
+        # under way may still move the run from queued to running meanwhile:
+        # then look again (bounded), as long as it is the same dead process.
+        for _ in range(3):
+            current = store.get_run(run.id)
+            if (current.state not in (states.QUEUED, states.RUNNING)
+                    or proc.is_alive(current.pid, current.pid_start, current.boot_id, current_boot)):
+                break  # it ended, was reconciled, or was resumed by a live process meanwhile
+            killed = kill_leftovers(current)
+            if killed:
+                log.warning("run %s: killed %d leftover process(es)", run.id, killed)
+            if store.interrupt(run.id, current.state, reason):
+                done.append((run.id, reason))
+                break
     return done
 
 

@@ -50,6 +50,16 @@ def human_seconds(seconds: Optional[float]) -> str:
     return f"{hours // 24}d{hours % 24:02d}h"
 
 
+def human_bytes(size: int) -> str:
+    """1234567 -> `1.2 MB` (powers of 1000, like `df -H`); small sizes stay exact."""
+    if size < 1000:
+        return f"{size} B"
+    for unit in ("kB", "MB", "GB"):
+        size /= 1000
+        if size < 1000 or unit == "GB":
+            return f"{size:.1f} {unit}"
+
+
 def parse_age(text: str) -> timedelta:
     """`30d`, `12h`, `15m`, `90s`, `2w` -> timedelta (ValueError otherwise)."""
     match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text or "")

@@ -1,0 +1,161 @@
+"""Benchmark: the wall time of one `_mark` call against a floor process that writes SQLite.
+
+Every task pays for `_mark` process starts, so this is the first number to
+watch. The generated script calls `python -I -S /abs/featherflow/mark.py DB
+RUN_ID TASK:1:running`; the floor is a process started the same way that does
+one INSERT in its own BEGIN IMMEDIATE transaction on a WAL database with
+synchronous=FULL, in the same directory (same disk, same fsync cost).
+Target: mark.py at most 2x the `-I -S` floor.
+
+    python bench/bench_mark.py [--repeat N] [--dir DIR]
+
+Calls are interleaved in a shuffled order each round, so load from other users
+of the machine spreads over every row alike; the figures are medians.
+"""
+
+import argparse
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import featherflow.mark
+from featherflow.api import Featherflow
+
+FLOOR_CODE = """\
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], timeout=10, isolation_level=None)
+c.execute('PRAGMA journal_mode=WAL')
+c.execute('PRAGMA synchronous=FULL')
+c.execute('BEGIN IMMEDIATE')
+c.execute('INSERT INTO t (v) VALUES (?)', ('x',))
+c.execute('COMMIT')
+c.close()
+"""
+
+
+def console_script() -> list:
+    """The installed `featherflow` next to this interpreter, else `python -m featherflow`."""
+    found = Path(sys.executable).parent / "featherflow"
+    return [str(found)] if found.exists() else [sys.executable, "-m", "featherflow"]
+
+
+def child_env(base: Path) -> dict:
+    """The environment of the commands timed: a private FEATHERFLOW_HOME, and
+    bytecode caching on (into the temp dir), as after a normal install; with
+    PYTHONDONTWRITEBYTECODE set, every `featherflow` start would compile its modules."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FEATHERFLOW_DB", "PYTHONDONTWRITEBYTECODE")}
+    env["FEATHERFLOW_HOME"] = str(base / "home")
+    env["PYTHONPYCACHEPREFIX"] = str(base / "pycache")
+    return env
+
+
+def timed(argv, env=None) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, env=env)
+    took = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"bench_mark: {' '.join(argv[:4])} ... exited {done.returncode}: "
+                 f"{done.stderr.decode(errors='replace').strip()}")
+    return took
+
+
+def setup(base: Path, tasks: int):
+    """A migrated Featherflow database with one running run of `tasks` pending tasks,
+    and a fresh floor database (WAL, one table) in the same directory."""
+    for sub in ("flows", "tasks", "out"):
+        (base / sub).mkdir()
+    app = Featherflow(base / "flows", base / "tasks", base / "out", config_dir=base / "home", env={})
+    try:
+        run = app.store.create_run(
+            "bench", [f"{p}{i}" for p in "tu" for i in range(tasks)], "{}", {}, "manual",
+            str(base / "flows"), str(base / "tasks"), str(base / "out"), 1)
+        db = str(app.config.db_path)
+    finally:
+        app.close()
+    floor = str(Path(db).with_name("floor.db"))
+    conn = sqlite3.connect(floor, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    conn.close()
+    return db, run.id, floor
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=60, help="timed calls per row (default 60)")
+    parser.add_argument("--dir", help="where the databases go (default: the temp dir); "
+                        "use a disk like the one the real database lives on")
+    args = parser.parse_args(argv)
+
+    base = Path(tempfile.mkdtemp(prefix="ffbench-mark-", dir=args.dir))
+    try:
+        warmup = 3
+        db, run_id, floor = setup(base, args.repeat + warmup)
+        py, mark, ff = sys.executable, os.path.abspath(featherflow.mark.__file__), console_script()
+        env = child_env(base)
+        # The run is started the way the script starts it, so attempts can move.
+        timed([py, "-I", "-S", mark, db, str(run_id), "--run", "running"])
+        rows = {
+            "process start: /bin/true": lambda k: ["/bin/true"],
+            "floor: python -I -S -c insert": lambda k: [py, "-I", "-S", "-c", FLOOR_CODE, floor],
+            "floor: python -c insert (with site)": lambda k: [py, "-c", FLOOR_CODE, floor],
+            "floor: sqlite3 CLI insert": lambda k: (
+                ["sqlite3", floor, "PRAGMA synchronous=FULL; BEGIN IMMEDIATE; "
+                 "INSERT INTO t (v) VALUES ('x'); COMMIT;"] if shutil.which("sqlite3") else None),
+            "mark.py -I -S  TASK:1:running": lambda k: [py, "-I", "-S", mark, db, str(run_id), f"t{k}:1:running"],
+            "mark.py -I -S  TASK:1:success": lambda k: [py, "-I", "-S", mark, db, str(run_id), f"t{k}:1:success:0"],
+            "featherflow _mark TASK:1:running": lambda k: [*ff, "_mark", db, str(run_id), f"u{k}:1:running"],
+            "featherflow _mark TASK:1:success": lambda k: [*ff, "_mark", db, str(run_id), f"u{k}:1:success:0"],
+        }
+        rows = {name: make for name, make in rows.items() if make(0) is not None}
+        times = {name: [] for name in rows}
+        # Tasks t<k> (mark.py) and u<k> (console script) go pending -> running
+        # -> success, as in a real run: every call is a legal transition and a real write.
+        order = list(rows)
+        for k in range(args.repeat + warmup):
+            random.shuffle(order)
+            # shuffle freely, but keep each task's marks in their legal order
+            marks = [n for n in rows if "TASK" in n]
+            others = [n for n in order if "TASK" not in n]
+            slots = sorted(random.sample(range(len(order)), len(marks)))
+            sequence = list(others)
+            for slot, name in zip(slots, marks):
+                sequence.insert(slot, name)
+            for name in sequence:
+                took = timed(rows[name](k), env)
+                if k >= warmup:
+                    times[name].append(took)
+        check = sqlite3.connect(db)
+        done = check.execute("SELECT COUNT(*) FROM task_attempt WHERE run_id = ? AND state = 'success'",
+                             (run_id,)).fetchone()[0]
+        check.close()
+        if done != 2 * (args.repeat + warmup):
+            sys.exit(f"bench_mark: expected {2 * (args.repeat + warmup)} successful attempts, found {done}")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    med = {name: statistics.median(values) * 1000 for name, values in times.items()}
+    floor_name = "floor: python -I -S -c insert"
+    print(f"_mark wall time, {args.repeat} calls per row, medians (python {sys.version.split()[0]}, "
+          f"{sys.executable})")
+    print(f"{'':38} {'median ms':>10} {'p10':>7} {'p90':>7} {'x floor':>8}")
+    for name, values in times.items():
+        ms = sorted(v * 1000 for v in values)
+        p10, p90 = ms[len(ms) // 10], ms[(len(ms) * 9) // 10]
+        print(f"{name:38} {med[name]:10.2f} {p10:7.2f} {p90:7.2f} {med[name] / med[floor_name]:8.2f}")
+    ratio = med["mark.py -I -S  TASK:1:running"] / med[floor_name]
+    print(f"\nmark.py (TASK:1:running) / floor (python -I -S -c insert) = {ratio:.2f}x  "
+          f"(target <= 2.0x: {'met' if ratio <= 2.0 else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Benchmark: the memory a running flow costs besides its tasks.
+
+While a flow of 4 parallel long sleeps runs, this sums RSS and PSS (from
+/proc/PID/smaps_rollup) over the run's own processes: everything in the run's
+process tree except the task processes, i.e. the bash running run.sh and the
+`timeout` wrapper of each task (plus any `_mark` caught mid-flight). The
+baseline is one idle bash (`bash -c 'sleep 30; :'`; the `; :` keeps bash from
+exec-ing sleep). PSS splits shared pages (libc, the bash binary) among the
+processes that map them, so it is the fairer "what does this run cost" figure.
+Target: under 16 MB. Linux only.
+
+    python bench/bench_memory.py [--repeat N] [--samples K] [--dir DIR]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TASKS = 4
+DEADLINE = 30.0  # seconds to wait for the tasks to be running
+
+
+def console_script() -> list:
+    """The installed `featherflow` next to this interpreter, else `python -m featherflow`."""
+    found = Path(sys.executable).parent / "featherflow"
+    return [str(found)] if found.exists() else [sys.executable, "-m", "featherflow"]
+
+
+def child_env(base: Path) -> dict:
+    """The environment of the commands timed: a private FEATHERFLOW_HOME, and
+    bytecode caching on (into the temp dir), as after a normal install; with
+    PYTHONDONTWRITEBYTECODE set, every `featherflow` start would compile its modules."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FEATHERFLOW_DB", "PYTHONDONTWRITEBYTECODE")}
+    env["FEATHERFLOW_HOME"] = str(base / "home")
+    env["PYTHONPYCACHEPREFIX"] = str(base / "pycache")
+    return env
+
+
+def children() -> dict:
+    """{parent pid: [child pids]} for every process we can see."""
+    tree = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def memory(pid: int):
+    """(RSS kB, PSS kB) of one process, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = {}
+    for line in text.splitlines()[1:]:  # the first line is the [rollup] address range
+        key, _, value = line.partition(":")
+        fields[key] = value
+    try:
+        return int(fields["Rss"].split()[0]), int(fields["Pss"].split()[0])
+    except (KeyError, ValueError, IndexError):
+        return None
+
+
+def run_tree(root: int):
+    """(own pids, task pids) under `root`: a task is what a `timeout` started, and below."""
+    tree = children()
+    own, tasks = [], []
+
+    def walk(pid, in_task):
+        (tasks if in_task else own).append(pid)
+        for child in tree.get(pid, []):
+            walk(child, in_task or comm(pid) == "timeout")
+
+    walk(root, False)
+    return own, tasks
+
+
+def total(pids):
+    found = [m for m in map(memory, pids) if m is not None]
+    return sum(m[0] for m in found) / 1024, sum(m[1] for m in found) / 1024
+
+
+def setup(base: Path, seconds: int) -> None:
+    (base / "flows").mkdir()
+    (base / "tasks").mkdir()
+    (base / "tasks" / "sleep.sh").write_text(f"#!/bin/bash\nsleep {seconds}\n")
+    flow = {"name": "sleeps", "description": f"{TASKS} parallel sleeps",
+            "tasks": [{"id": f"s{i}", "script": "sleep.sh"} for i in range(TASKS)]}
+    (base / "flows" / "sleeps.json").write_text(json.dumps(flow))
+
+
+def stop(proc: subprocess.Popen, pids) -> None:
+    """End what we started: TERM to the run (its trap stops the tasks), then KILL leftovers."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def measure_run(base: Path, env: dict, samples: int):
+    """Start the flow, wait for its tasks, sample; returns [(own RSS, own PSS, own count)]."""
+    argv = console_script() + ["-f", str(base / "flows"), "-t", str(base / "tasks"),
+                               "-o", str(base / "out"), "run", "sleeps", "--max-parallel", str(TASKS)]
+    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    seen = set()
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            own, tasks = run_tree(proc.pid)
+            seen.update(own + tasks)
+            names = [comm(p) for p in own]
+            if sum(comm(p) == "sleep" for p in tasks) == TASKS and \
+                    not any(name.startswith("python") for name in names):
+                break  # settled: every task asleep, no `_mark` (nor featherflow) in flight
+            if proc.poll() is not None:
+                sys.exit(f"bench_memory: the run ended early (exit {proc.returncode})")
+            if time.monotonic() > deadline:
+                sys.exit(f"bench_memory: tasks not running after {DEADLINE:.0f}s: {names}")
+            time.sleep(0.05)
+        found = []
+        for _ in range(samples):
+            own, tasks = run_tree(proc.pid)
+            seen.update(own + tasks)
+            rss, pss = total(own)
+            found.append((rss, pss, len(own), sorted(comm(p) for p in own)))
+            time.sleep(0.1)
+        return found
+    finally:
+        stop(proc, seen)
+
+
+def measure_idle_bash(samples: int):
+    proc = subprocess.Popen(["bash", "-c", "sleep 30; :"], stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(0.2)
+        found = []
+        for _ in range(samples):
+            found.append(memory(proc.pid))
+            time.sleep(0.05)
+        return [m for m in found if m]
+    finally:
+        proc.kill()
+        proc.wait()
+        for child in children().get(proc.pid, []):  # its sleep, if reparenting lags
+            try:
+                os.kill(child, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5, help="flows started and measured (default 5)")
+    parser.add_argument("--samples", type=int, default=10, help="samples per flow (default 10)")
+    parser.add_argument("--dir", help="where the project and database go (default: the temp dir)")
+    args = parser.parse_args(argv)
+    if not os.path.exists("/proc/self/smaps_rollup"):
+        sys.exit("bench_memory: needs Linux >= 4.14 (/proc/PID/smaps_rollup)")
+
+    base = Path(tempfile.mkdtemp(prefix="ffbench-memory-", dir=args.dir))
+    env = child_env(base)
+    try:
+        setup(base, 60)
+        idle = []
+        runs = []
+        for _ in range(args.repeat):
+            idle += measure_idle_bash(args.samples)
+            runs += measure_run(base, env, args.samples)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+    idle_rss = statistics.median(m[0] for m in idle) / 1024
+    idle_pss = statistics.median(m[1] for m in idle) / 1024
+    rss = statistics.median(r[0] for r in runs)
+    pss = statistics.median(r[1] for r in runs)
+    procs = statistics.median(r[2] for r in runs)
+    names = max(runs, key=lambda r: r[2])[3]
+    print(f"memory of a running flow ({TASKS} parallel sleeps) besides its tasks; "
+          f"{args.repeat} runs x {args.samples} samples, medians")
+    print(f"{'':40} {'RSS MB':>8} {'PSS MB':>8} {'x idle bash (PSS)':>18}")
+    label = "idle bash (bash -c 'sleep 30; :')"
+    print(f"{label:40} {idle_rss:8.2f} {idle_pss:8.2f} {1:18.2f}")
+    label = f"run's own processes ({procs:g})"
+    print(f"{label:40} {rss:8.2f} {pss:8.2f} {pss / idle_pss:18.2f}")
+    print(f"\nown processes: {', '.join(names)}")
+    worst = max(rss, pss)
+    print(f"run overhead: RSS {rss:.2f} MB, PSS {pss:.2f} MB  (target < 16 MB: "
+          f"{'met' if worst < 16 else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

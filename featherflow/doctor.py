@@ -1,0 +1,497 @@
+"""`featherflow doctor`: check an installation and say how to fix what is wrong.
+
+Each check returns Findings (name, status, detail, fix) and never prints,
+exits or writes: the doctor reads the database through a read-only
+connection and does not create, migrate or reconcile anything, so it can be
+run on a machine in trouble. The deciding parts are pure functions of what
+was read (mount table, clock state, heartbeat time, `now`), tested without
+the machine they describe.
+
+Statuses: `ok`; `warning` (worth knowing, not a failure: the clock state is
+unknown, logs take space); `problem` (something will go wrong or is wrong:
+`featherflow doctor` exits 1).
+"""
+
+import os
+import stat
+import subprocess
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from urllib.parse import quote
+
+from featherflow import proc, states
+from featherflow.scheduler import HEARTBEAT_STALE  # one limit for doctor and dashboard
+
+OK, WARNING, PROBLEM = "ok", "warning", "problem"
+
+MIN_FREE_BYTES = 100 * 1024 * 1024  # below this a run can fail on its next write
+MIN_FREE_RATIO = 0.05  # ... or below 5 % free, unless more than LOTS_FREE remain
+LOTS_FREE = 1024 ** 3
+WAL_WARN_BYTES = 64 * 1024 * 1024  # a WAL this big means a reader keeps it from being checkpointed
+LOGS_WARN_BYTES = 1024 ** 3
+EARLIEST_PLAUSIBLE = datetime(2024, 1, 1)  # a clock before this was never set (no RTC, no network)
+PRUNE = "featherflow runs prune --older-than 30d"
+# SQLite's locking (and WAL's shared memory) does not work over these: two
+# machines, or even two processes, can corrupt the database.
+NETWORK_FILESYSTEMS = {
+    "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "sshfs", "fuse.sshfs", "9p", "afs",
+    "ceph", "fuse.ceph", "glusterfs", "fuse.glusterfs", "lustre", "gpfs", "davfs", "fuse.davfs2",
+    "fuse.rclone", "fuse.s3fs", "ncpfs", "coda",
+}
+
+
+@dataclass
+class Finding:
+    name: str
+    status: str  # ok | warning | problem
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> Dict:
+        return asdict(self)
+
+
+def problems(findings: Iterable[Finding]) -> List[Finding]:
+    return [f for f in findings if f.status == PROBLEM]
+
+
+def diagnose(config, now: datetime) -> List[Finding]:
+    """Every check, in the order a person would look (`now`: naive UTC)."""
+    db_path = Path(config.db_path)
+    findings = [check_filesystem(db_path, read_mountinfo())]
+    con, finding = _connect(db_path)
+    findings.append(finding)
+    if con is not None:
+        try:
+            findings += _database_checks(con, db_path, now)
+        finally:
+            con.close()
+    findings.append(check_wal_size(_size(Path(f"{db_path}-wal"))))
+    findings += check_permissions(db_path, Path(config.config_dir), Path(config.output_dir), os.getuid())
+    findings += check_free_space(_free_spaces([db_path.parent, Path(config.output_dir)]))
+    findings.append(check_clock(clock_synchronised(), now))
+    findings.append(check_logs(*log_usage(Path(config.output_dir) / "runs")))
+    return sorted(findings, key=lambda f: ORDER.index(f.name) if f.name in ORDER else len(ORDER))
+
+
+# The order a person reads them in: the database, the machine, then what runs.
+ORDER = ["database filesystem", "database integrity", "schema version", "database tables", "WAL size",
+         "database permissions", "config dir permissions", "output dir permissions", "free disk space",
+         "clock", "scheduler", "stuck runs", "orphaned processes", "logs disk use"]
+
+
+# -- database ------------------------------------------------------------------
+
+def _connect(db_path: Path):
+    """A read-only connection and the integrity finding; no connection if unusable."""
+    import sqlite3
+
+    name = "database integrity"
+    if not db_path.exists():
+        return None, Finding(name, WARNING, f"no database at {db_path} yet",
+                             "the first `featherflow run` or `featherflow scheduler start` creates it")
+    try:
+        with open(db_path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        return None, Finding(name, PROBLEM, f"cannot read {db_path}: {exc.strerror}",
+                             f"check its owner and mode (ls -l {db_path})")
+    if head and head != b"SQLite format 3\x00":
+        return None, Finding(name, PROBLEM, f"{db_path} is not a SQLite database",
+                             "move it aside and point --db / FEATHERFLOW_DB at the real database")
+    con = None
+    try:
+        con = sqlite3.connect(f"file:{quote(str(db_path))}?mode=ro", uri=True, timeout=5)
+        result = [row[0] for row in con.execute("PRAGMA quick_check")]
+    except sqlite3.Error as exc:
+        if con is not None:
+            con.close()
+        return None, Finding(name, PROBLEM, f"{db_path} cannot be read: {exc}", _restore(db_path))
+    if result != ["ok"]:
+        con.close()
+        return None, Finding(name, PROBLEM, f"quick_check found damage in {db_path}: {'; '.join(result[:3])}",
+                             _restore(db_path))
+    return con, Finding(name, OK, f"quick_check ok ({db_path})")
+
+
+def _restore(db_path: Path) -> str:
+    return (f"stop the scheduler, move the file aside (mv {db_path} {db_path}.damaged) and copy a backup "
+            "in its place (`featherflow db backup PATH` makes one), or let the next run start a new one")
+
+
+def _database_checks(con, db_path: Path, now: datetime) -> List[Finding]:
+    import sqlite3
+
+    version = con.execute("PRAGMA user_version").fetchone()[0]
+    finding = check_schema(version, _table_count(con), states.SCHEMA_VERSION)
+    found = [finding]
+    if finding.status == PROBLEM or version < 1:
+        return found
+    try:
+        row = con.execute("SELECT pid, pid_start, boot_id, heartbeat_at, stopped_at FROM scheduler "
+                          "WHERE id = 1").fetchone()
+        enabled = con.execute("SELECT COUNT(*) FROM schedule WHERE enabled = 1").fetchone()[0]
+        active = con.execute("SELECT id, flow_name, state, pid, pid_start, boot_id FROM flow_run "
+                             "WHERE state IN ('queued', 'running') ORDER BY id").fetchall()
+        by_pid = uids_by_pid()
+        uids = set(by_pid.values())
+        known = {}
+        if uids:
+            marks = ", ".join("?" * len(uids))
+            known = {uid: (run_id, state) for uid, run_id, state in con.execute(
+                f"SELECT uid, id, state FROM flow_run WHERE uid IN ({marks})", sorted(uids))}
+    except sqlite3.Error as exc:
+        return found + [Finding("database tables", PROBLEM, f"cannot read {db_path}: {exc}", _restore(db_path))]
+    alive = proc.is_alive(row[0], row[1], row[2]) if row else False
+    found.append(check_scheduler(row and {"pid": row[0], "heartbeat_at": row[3], "stopped_at": row[4]},
+                                 alive, enabled, now))
+    stuck = [(run_id, flow, state) for run_id, flow, state, pid, start, boot in active
+             if not proc.is_alive(pid, start, boot)]
+    found.append(check_stuck(stuck))
+    leftovers = {pid: known[uid] for pid, uid in by_pid.items() if uid in known}
+    found.append(check_orphans(leftovers))
+    return found
+
+
+def _table_count(con) -> int:
+    return con.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' "
+                       "AND name NOT LIKE 'sqlite_%'").fetchone()[0]
+
+
+def check_schema(version: int, tables: int, latest: int) -> Finding:
+    name = "schema version"
+    if version == 0 and tables:
+        return Finding(name, PROBLEM, f"a SQLite database with {tables} table(s) but no Featherflow schema",
+                       "this is not a Featherflow database: point --db / FEATHERFLOW_DB at the right file")
+    if version == 0:
+        return Finding(name, OK, "empty: the next command creates the tables")
+    if version > latest:
+        return Finding(name, PROBLEM, f"version {version}, newer than this Featherflow ({latest})",
+                       "upgrade Featherflow (pip install -U featherflow); the database is refused, never altered")
+    if version < latest:
+        return Finding(name, OK, f"version {version}; the next command upgrades it to {latest} "
+                                 "(back it up first: featherflow db backup PATH)")
+    return Finding(name, OK, f"version {version} (current)")
+
+
+def check_wal_size(size: Optional[int]) -> Finding:
+    name = "WAL size"
+    if size is None:
+        return Finding(name, OK, "no WAL file (nothing written since the last checkpoint)")
+    if size > WAL_WARN_BYTES:
+        return Finding(name, WARNING, f"{_mb(size)}: a long-lived reader keeps it from being checkpointed",
+                       "close long-running readers (an open dashboard, a `sqlite3` shell); "
+                       f"`{PRUNE}` checkpoints and truncates it")
+    return Finding(name, OK, _mb(size))
+
+
+# -- permissions -----------------------------------------------------------------
+
+def check_permissions(db_path: Path, config_dir: Path, output_dir: Path, uid: int) -> List[Finding]:
+    """Database files 0600 and the config dir 0700, owned by us; the output dir
+    (logs may hold secrets; a writable one lets others plant files) private too."""
+    found = []
+    files = []
+    for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        st = _lstat(path)
+        if st is not None:
+            files.append(_private(path, st, uid, 0o077, "600"))
+    bad = [f for f in files if f]
+    found.append(Finding("database permissions", PROBLEM if bad else OK,
+                         "; ".join(d for d, _ in bad) if bad else "private to its owner (0600)",
+                         "; ".join(x for _, x in bad)))
+    st = _lstat(config_dir)
+    if st is None:
+        found.append(Finding("config dir permissions", OK, f"{config_dir} does not exist yet (created 0700)"))
+    else:
+        problem = _private(config_dir, st, uid, 0o077, "700")
+        found.append(Finding("config dir permissions", PROBLEM if problem else OK,
+                             problem[0] if problem else f"{config_dir} is private (0700)",
+                             problem[1] if problem else ""))
+    found.append(check_output_dir(output_dir, uid))
+    return found
+
+
+def check_output_dir(output_dir: Path, uid: int) -> Finding:
+    name = "output dir permissions"
+    details, fixes, status = [], [], OK
+    for path in (output_dir, output_dir / "runs"):
+        st = _lstat(path)
+        if st is None:
+            continue
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid != uid:
+            status = PROBLEM
+            details.append(f"{path} is owned by uid {st.st_uid}, not you ({uid})")
+            fixes.append(f"chown -R $(id -u) {path}")
+        if mode & 0o022:
+            status = PROBLEM
+            details.append(f"{path} is {mode:04o}: others can write into it (and plant files or symlinks)")
+            fixes.append(f"chmod go-rwx {path}")
+        elif mode & 0o044:
+            status = WARNING if status == OK else status
+            details.append(f"{path} is {mode:04o}: others can read task logs")
+            fixes.append(f"chmod go-rwx {path}")
+    if not details:
+        return Finding(name, OK, f"{output_dir} is private" if output_dir.exists()
+                       else f"{output_dir} does not exist yet (created 0700)")
+    return Finding(name, status, "; ".join(details), "; ".join(dict.fromkeys(fixes)))
+
+
+def _private(path: Path, st, uid: int, forbidden: int, wanted: str) -> Optional[Tuple[str, str]]:
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symlink", f"replace {path} by the file it points to"
+    if st.st_uid != uid:
+        return f"{path} is owned by uid {st.st_uid}, not you ({uid})", f"chown $(id -u) {path}"
+    if mode & forbidden:
+        return f"{path} is {mode:04o}, readable or writable by others", f"chmod {wanted} {path}"
+    return None
+
+
+# -- filesystem and disk ---------------------------------------------------------------
+
+def read_mountinfo() -> str:
+    for source in ("/proc/self/mountinfo", "/proc/mounts"):
+        try:
+            with open(source) as f:
+                return f.read()
+        except OSError:
+            continue
+    return ""
+
+
+def filesystem_of(path: str, mountinfo: str) -> Optional[Tuple[str, str]]:
+    """(mount point, filesystem type) holding `path`, from /proc/self/mountinfo
+    (or /proc/mounts) text: the longest mount point that contains it."""
+    best = None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if " - " in line:  # mountinfo: ... mount_point options [optional...] - fstype source ...
+            head, _, tail = line.partition(" - ")
+            parts = head.split()
+            if len(parts) < 5 or not tail.split():
+                continue
+            point, fstype = _unescape(parts[4]), tail.split()[0]
+        elif len(fields) >= 3:  # /proc/mounts: source mount_point fstype ...
+            point, fstype = _unescape(fields[1]), fields[2]
+        else:
+            continue
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best[0])):
+            best = (point, fstype)
+    return best
+
+
+def _unescape(text: str) -> str:
+    """Mount tables write space, tab, newline and backslash as octal escapes."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        text = text.replace(code, char)
+    return text
+
+
+def check_filesystem(db_path: Path, mountinfo: str) -> Finding:
+    name = "database filesystem"
+    real = os.path.realpath(db_path if db_path.exists() else db_path.parent)
+    found = filesystem_of(real, mountinfo)
+    if found is None:
+        return Finding(name, WARNING, f"cannot tell which filesystem holds {real} (no mount table)")
+    point, fstype = found
+    if fstype in NETWORK_FILESYSTEMS or fstype.split(".")[-1] in NETWORK_FILESYSTEMS:
+        return Finding(name, PROBLEM,
+                       f"{real} is on a network filesystem ({fstype} at {point}): SQLite's locking and WAL "
+                       "do not work there and the database can be corrupted",
+                       "keep the database on a local disk: --db / FEATHERFLOW_DB /var/lib/... "
+                       "or FEATHERFLOW_HOME on a local path")
+    return Finding(name, OK, f"local ({fstype} at {point})")
+
+
+def _free_spaces(paths: Sequence[Path]) -> List[Tuple[str, int, int]]:
+    """(path, free bytes, total bytes) once per filesystem, for the nearest existing dir."""
+    seen, found = set(), []
+    for path in paths:
+        existing = Path(os.path.abspath(path))
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        try:
+            st = os.statvfs(existing)
+            dev = os.stat(existing).st_dev
+        except OSError:
+            continue
+        if dev in seen:
+            continue
+        seen.add(dev)
+        found.append((str(existing), st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
+    return found
+
+
+def check_free_space(spaces: Sequence[Tuple[str, int, int]]) -> List[Finding]:
+    """A problem under 100 MB free, or under 5 % free unless over 1 GB remain
+    (5 % of a 4 TB disk is plenty; 5 % of an 8 GB SD card is not)."""
+    found = []
+    for path, free, total in spaces:
+        low = free < MIN_FREE_BYTES or (total and free < total * MIN_FREE_RATIO and free < LOTS_FREE)
+        share = f" ({free / total:.0%})" if total else ""
+        if low:
+            found.append(Finding("free disk space", PROBLEM, f"{_mb(free)} free on the filesystem of {path}{share}",
+                                 f"free space: `{PRUNE}` deletes old runs' logs; a run stops (and can be "
+                                 "resumed) when the database cannot be written"))
+        else:
+            found.append(Finding("free disk space", OK, f"{_mb(free)} free on the filesystem of {path}{share}"))
+    return found
+
+
+def log_usage(runs_dir: Path) -> Tuple[int, int, str]:
+    """(bytes, run dirs, where) of the scripts and logs under <output>/runs; symlinks not followed."""
+    total = dirs = 0
+    try:
+        entries = list(os.scandir(runs_dir))
+    except OSError:
+        return 0, 0, str(runs_dir)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            dirs += 1
+            for root, subdirs, files in os.walk(entry.path):
+                for name in files:
+                    try:
+                        total += os.lstat(os.path.join(root, name)).st_size
+                    except OSError:
+                        pass
+    return total, dirs, str(runs_dir)
+
+
+def check_logs(size: int, dirs: int, where: str) -> Finding:
+    detail = f"{_mb(size)} in {dirs} run dir(s) under {where}"
+    if size > LOGS_WARN_BYTES:
+        return Finding("logs disk use", WARNING, detail, f"`{PRUNE}` deletes finished runs older than 30 days")
+    return Finding("logs disk use", OK, detail, f"to free it: `{PRUNE}`" if dirs else "")
+
+
+# -- clock -------------------------------------------------------------------------
+
+def clock_synchronised() -> Optional[bool]:
+    """True/False from systemd (timedatectl, or timesyncd's flag file); None when unknown."""
+    try:
+        out = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized"], capture_output=True,
+                             text=True, timeout=3)
+        if out.returncode == 0:
+            value = out.stdout.strip().partition("=")[2]
+            if value in ("yes", "no"):
+                return value == "yes"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if os.path.exists("/run/systemd/timesync/synchronized"):
+        return True
+    return None
+
+
+def check_clock(synchronised: Optional[bool], now: datetime) -> Finding:
+    """Schedules fire by the clock: a Pi has no RTC and boots in the past until NTP answers."""
+    name = "clock"
+    if now < EARLIEST_PLAUSIBLE:
+        return Finding(name, PROBLEM, f"the clock says {now:%Y-%m-%d %H:%M} UTC: it was never set",
+                       "connect the machine to the network and enable time sync "
+                       "(timedatectl set-ntp true), or set it by hand (date -s)")
+    if synchronised:
+        return Finding(name, OK, "synchronised (NTP)")
+    fix = "enable time sync: timedatectl set-ntp true (or install chrony); schedules fire by this clock"
+    if synchronised is False:
+        return Finding(name, WARNING, "not synchronised: schedules may fire at the wrong time", fix)
+    return Finding(name, WARNING, "synchronisation unknown (no timedatectl, no timesyncd flag)", fix)
+
+
+# -- scheduler and runs -----------------------------------------------------------------
+
+def check_scheduler(row: Optional[Dict], alive: bool, enabled_schedules: int, now: datetime,
+                    stale_after: float = HEARTBEAT_STALE) -> Finding:
+    """Needed only when an enabled schedule exists; alive means the recorded process
+    (pid, start time, boot id) still exists, fresh means a heartbeat within `stale_after`."""
+    name = "scheduler"
+    start = "featherflow scheduler start (or start its systemd unit)"
+    if row is None or row.get("stopped_at") or not alive:
+        why = ("never started" if row is None else
+               "stopped" if row.get("stopped_at") else f"not running (its process {row['pid']} is gone)")
+        if enabled_schedules:
+            return Finding(name, PROBLEM, f"{why}, and {enabled_schedules} schedule(s) are enabled: none will fire",
+                           start)
+        return Finding(name, OK, f"{why} (no enabled schedule needs it)")
+    beat = _parse_time(row.get("heartbeat_at"))
+    age = (now - beat).total_seconds() if beat else None
+    if age is None or age > stale_after:
+        said = "no heartbeat" if age is None else f"last heartbeat {age:.0f}s ago"
+        return Finding(name, PROBLEM, f"pid {row['pid']} is alive but hung ({said}; limit {stale_after:.0f}s)",
+                       f"kill {row['pid']} and {start}; its log is in <config dir>/logs")
+    return Finding(name, OK, f"running (pid {row['pid']}, heartbeat {max(age, 0):.0f}s ago)")
+
+
+def check_stuck(stuck: Sequence[Tuple[int, str, str]]) -> Finding:
+    """Queued or running in the database, but their process is gone."""
+    if not stuck:
+        return Finding("stuck runs", OK, "none: every queued or running run has a live process")
+    ids = ", ".join(f"{run_id} ({flow}, {state})" for run_id, flow, state in stuck)
+    return Finding("stuck runs", PROBLEM, f"{len(stuck)} run(s) whose process is gone: {ids}",
+                   "`featherflow runs list` marks them interrupted and stops what they left; "
+                   "then `featherflow runs resume RUN_ID`")
+
+
+def check_orphans(leftovers: Dict[int, Tuple[int, str]]) -> Finding:
+    """Processes of runs that are over: they run untracked."""
+    over = {pid: run for pid, run in leftovers.items() if run[1] not in (states.QUEUED, states.RUNNING)}
+    if not over:
+        return Finding("orphaned processes", OK, "none: no task runs outside a live run")
+    listed = ", ".join(f"pid {pid} (run {run_id}, {state})" for pid, (run_id, state) in sorted(over.items()))
+    return Finding("orphaned processes", PROBLEM, f"{len(over)} process(es) of finished runs still run: {listed}",
+                   f"kill {' '.join(str(p) for p in sorted(over))}")
+
+
+def uids_by_pid() -> Dict[int, str]:
+    """{pid: FEATHERFLOW_RUN_UID} of the live processes we can read (Linux /proc)."""
+    found = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        for item in env:
+            if item.startswith(b"FEATHERFLOW_RUN_UID="):
+                uid = item.partition(b"=")[2].decode("ascii", "replace")
+                if not proc.is_zombie(int(entry)):
+                    found[int(entry)] = uid
+                break
+    return found
+
+
+# -- small helpers --------------------------------------------------------------------
+
+def _parse_time(value) -> Optional[datetime]:
+    if isinstance(value, datetime):
+        return value
+    try:
+        return datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _lstat(path: Path):
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def _size(path: Path) -> Optional[int]:
+    st = _lstat(path)
+    return st.st_size if st is not None else None
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
