@@ -82,6 +82,13 @@ def apply_run(cur, run_id, new, now=None, reason=None, pid=None, pid_start=None,
     if new not in RUN_MOVES.get(old, ()) or (old in RESUMABLE and not resume):
         hint = " (resume it with `featherflow runs resume`)" if old in RESUMABLE else ""
         raise IllegalTransition(f"run {run_id} cannot go from {old} to {new}{hint}")
+    if new == SUCCESS:
+        open_task = cur.execute(
+            "SELECT task_id FROM task_attempt WHERE run_id = ? AND state IN (?, ?) LIMIT 1",
+            (run_id, PENDING, RUNNING)).fetchone()
+        if open_task is not None:
+            raise IllegalTransition(
+                f"run {run_id} cannot succeed while task {open_task[0]!r} is still open")
     sets, values = ["state = ?", "reason = ?"], [new, reason]
     if new == RUNNING:
         sets.append("started_at = COALESCE(started_at, ?)")
@@ -102,31 +109,43 @@ def apply_run(cur, run_id, new, now=None, reason=None, pid=None, pid_start=None,
     return old
 
 
+def _require_running_run(cur, run_id):
+    run = cur.execute("SELECT state FROM flow_run WHERE id = ?", (run_id,)).fetchone()
+    if run is None:
+        raise IllegalTransition(f"run {run_id} does not exist")
+    if run[0] != RUNNING:
+        raise IllegalTransition(f"run {run_id} is {run[0]}: no attempt can start")
+
+
 def apply_attempt(cur, run_id, task_id, attempt, new, now=None, exit_code=None,
                   reason=None) -> str:
     """Move attempt `attempt` of `task_id` to `new`; returns its previous state.
 
     An attempt that does not exist yet is created (a retry, or a resume) when
-    it is the next number for that task and starts `pending` or `running`.
+    it is the next number for that task, the previous one has finished, and it
+    starts `pending` or `running`. Only a running run starts attempts.
     """
     now = now or utcnow()
     row = cur.execute(
         "SELECT state FROM task_attempt WHERE run_id = ? AND task_id = ? AND attempt = ?",
         (run_id, task_id, attempt)).fetchone()
+    if new == RUNNING and (row is None or row[0] != RUNNING):
+        _require_running_run(cur, run_id)
     if row is None:
         if new not in (PENDING, RUNNING):
             raise IllegalTransition(f"attempt {attempt} of task {task_id!r} in run {run_id} does not exist")
         last = cur.execute(
-            "SELECT MAX(attempt), COUNT(*) FROM task_attempt WHERE run_id = ? AND task_id = ?",
-            (run_id, task_id)).fetchone()
-        if not last[1]:
+            "SELECT attempt, state FROM task_attempt WHERE run_id = ? AND task_id = ? "
+            "ORDER BY attempt DESC LIMIT 1", (run_id, task_id)).fetchone()
+        if last is None:
             raise IllegalTransition(f"run {run_id} has no task {task_id!r}")
         if attempt != last[0] + 1:
             raise IllegalTransition(
                 f"attempt {attempt} of task {task_id!r} is out of order (next is {last[0] + 1})")
-        run = cur.execute("SELECT state FROM flow_run WHERE id = ?", (run_id,)).fetchone()
-        if run[0] != RUNNING:
-            raise IllegalTransition(f"run {run_id} is {run[0]}: no new attempts")
+        if last[1] not in ATTEMPT_FINISHED:
+            raise IllegalTransition(
+                f"attempt {attempt} of task {task_id!r} cannot start: attempt {last[0]} is {last[1]}")
+        _require_running_run(cur, run_id)
         cur.execute(
             "INSERT INTO task_attempt (run_id, task_id, attempt, state, created_at, started_at) "
             "VALUES (?, ?, ?, ?, ?, ?)",

@@ -380,30 +380,20 @@ def dead_pid() -> int:
     return child.pid
 
 
-def test_a_first_mark_that_lands_after_its_process_died_still_ends_interrupted(project, store):
-    """The real `_mark --pid P --run running` of a run killed meanwhile records no start
-    time (P is gone); reconcile must still see the run as dead."""
+def test_a_first_mark_that_lands_after_its_process_died_is_refused_and_the_run_interrupted(
+        project, store):
+    """The real `_mark --pid P --run running` of a run killed meanwhile must not record P
+    without its start time (the run would look alive to any process reusing P)."""
     from featherflow import mark
 
     pid = dead_pid()
     run = store.create_run("fake", ["a"], "{}", {}, "manual", "/f", "/t", "/o", 1,
                            pid=pid, pid_start=12345, boot_id=proc.boot_id())
-    assert mark.main([str(project.db), str(run.id), "--pid", str(pid), "--run", "running"]) == 0
-    assert store.get_run(run.id).pid_start is None  # see the xfail below
+    assert mark.main([str(project.db), str(run.id), "--pid", str(pid), "--run", "running"]) == 3
+    row = store.get_run(run.id)
+    assert (row.state, row.pid_start) == (states.QUEUED, 12345)
     assert [r for r, _ in runner.reconcile(store)] == [run.id]
     assert store.get_run(run.id).state == states.INTERRUPTED
-
-
-@pytest.mark.xfail(strict=True, reason="mark.py records `--pid P --run running` when P is gone, "
-                   "with pid_start NULL: the run then looks alive to any process that reuses P")
-def test_mark_refuses_to_start_a_run_whose_process_is_gone(project, store):
-    from featherflow import mark
-
-    pid = dead_pid()
-    run = store.create_run("fake", ["a"], "{}", {}, "manual", "/f", "/t", "/o", 1,
-                           pid=pid, pid_start=12345, boot_id=proc.boot_id())
-    mark.main([str(project.db), str(run.id), "--pid", str(pid), "--run", "running"])
-    assert store.get_run(run.id).state == states.QUEUED
 
 
 def test_a_fork_of_the_script_that_has_not_exec_d_yet_is_killed(project, store):
