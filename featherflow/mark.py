@@ -2,6 +2,15 @@
 
     mark.py DB RUN_ID [--wait SECONDS] [--pid PID] [--run STATE[:REASON]]
             [TASK:ATTEMPT:STATE[:EXIT[:REASON]] ...]
+    mark.py DB RUN_ID [--wait SECONDS] [--idle SECONDS] --serve
+
+With --serve it is the run's co-process: it reads one call per line on stdin
+(the same words, separated by tabs), records it, and only then answers with
+the exit code on a line of its own. One process for a burst of transitions:
+each costs about a millisecond instead of a process start. End of input ends
+it, and so do --idle seconds without a call (default 3): while tasks run for
+minutes, no Python waits in memory for nothing; the script starts another
+co-process when it next needs one.
 
 This is on the path of every task, so it is kept to the standard library: the
 generated script runs it as `python -I -S .../featherflow/mark.py`, which skips
@@ -26,8 +35,9 @@ import time
 
 BUSY_TIMEOUT = 10.0  # seconds SQLite waits for the write lock, per try
 DEADLINE = 30.0  # seconds before giving up on "database is locked" for good (--wait)
+IDLE = 3.0  # seconds --serve waits for a call before it ends (--idle)
 USAGE = ("usage: _mark DB RUN_ID [--wait SECONDS] [--pid PID] [--run STATE[:REASON]] "
-         "[TASK:ATTEMPT:STATE[:EXIT[:REASON]] ...]")
+         "[TASK:ATTEMPT:STATE[:EXIT[:REASON]] ...] | _mark DB RUN_ID [--wait S] [--idle S] --serve")
 
 
 def parse(argv):
@@ -35,20 +45,30 @@ def parse(argv):
         raise ValueError("the database and the run id are required")
     db, run_id, rest = argv[0], int(argv[1]), list(argv[2:])
     pid = run = None
-    wait = DEADLINE
+    wait, idle = DEADLINE, IDLE
     specs = []
     while rest:
         word = rest.pop(0)
-        if word == "--pid":
+        if word == "--serve":
+            if specs:
+                raise ValueError("--serve takes no transitions: they come on stdin")
+            specs = None
+        elif word == "--pid":
             pid = int(rest.pop(0))
-        elif word == "--wait":
-            wait = float(rest.pop(0))
-            if not wait >= 0:
-                raise ValueError(f"--wait must be a number of seconds >= 0, not {wait}")
+        elif word in ("--wait", "--idle"):
+            seconds = float(rest.pop(0))
+            if not 0 <= seconds < float("inf"):
+                raise ValueError(f"{word} must be a number of seconds >= 0, not {seconds}")
+            if word == "--wait":
+                wait = seconds
+            else:
+                idle = seconds
         elif word == "--run":
             state, _, reason = rest.pop(0).partition(":")
             run = (state, reason or None)
         else:
+            if specs is None:
+                raise ValueError("--serve takes no transitions: they come on stdin")
             parts = word.split(":", 4)
             if len(parts) < 3:
                 raise ValueError(f"bad transition {word!r} (TASK:ATTEMPT:STATE[:EXIT[:REASON]])")
@@ -63,7 +83,7 @@ def parse(argv):
             wait = -1.0
         if not 0 <= wait < float("inf"):
             raise ValueError(f"FEATHERFLOW_MARK_DEADLINE must be a number of seconds >= 0, not {override!r}")
-    return db, run_id, pid, run, specs, wait
+    return db, run_id, pid, run, specs, wait, idle
 
 
 def _uri(path):
@@ -121,12 +141,12 @@ def record(db, run_id, pid, run, specs, states, deadline=DEADLINE):
                 conn.close()
 
 
-def main(argv=None) -> int:
-    from featherflow import states
-
-    argv = sys.argv[1:] if argv is None else argv
+def call(argv, states) -> int:
+    """One `_mark` call: its exit code, and its error on stderr."""
     try:
-        db, run_id, pid, run, specs, wait = parse(argv)
+        db, run_id, pid, run, specs, wait, _ = parse(argv)
+        if specs is None:
+            raise ValueError("--serve is a whole process, not one call")
     except (ValueError, IndexError) as exc:
         print(f"featherflow _mark: error: {exc} ({USAGE})", file=sys.stderr)
         return 2
@@ -139,6 +159,59 @@ def main(argv=None) -> int:
         print(f"featherflow _mark: error: cannot record run {run_id} in {db}: {exc}", file=sys.stderr)
         return 4
     return 0
+
+
+def serve(db, run_id, wait, states, lines, answer) -> None:
+    """Answer each call read from `lines` (tab-separated words) with its exit code.
+
+    `lines` ends at the end of input or when it has been idle too long. Each
+    call opens and closes its own connection: between calls the database is
+    not held open (a remount read-only, a move aside or a restore sees no
+    writer), and that costs a fraction of a millisecond.
+    """
+    for line in lines:
+        words = line.decode("utf-8", "surrogateescape").split("\t")
+        answer(f"{call([db, str(run_id), '--wait', repr(wait)] + words, states)}\n")
+
+
+def main(argv=None) -> int:
+    from featherflow import states
+
+    argv = sys.argv[1:] if argv is None else argv
+    if "--serve" not in argv:
+        return call(argv, states)
+    try:
+        db, run_id, _, _, _, wait, idle = parse(argv)
+    except (ValueError, IndexError) as exc:
+        print(f"featherflow _mark: error: {exc} ({USAGE})", file=sys.stderr)
+        return 2
+
+    def answer(text):
+        os.write(1, text.encode())
+
+    serve(db, run_id, wait, states, lines(0, idle), answer)
+    return 0
+
+
+def lines(fd, idle):
+    """Lines read from `fd` until its end or `idle` seconds without one.
+
+    Unbuffered reads, so that no call waits in a buffer while select sees an
+    empty pipe; the script sends one call at a time and waits for the answer.
+    """
+    import select
+
+    pending = b""
+    while True:
+        if not pending and not select.select([fd], [], [], idle)[0]:
+            return
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            yield line
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Render a flow run as a readable bash script: a pure function, no I/O.
 
-The script is the run's only process while tasks execute: it starts each task
-as soon as its own dependencies succeeded (up to MAX_PARALLEL at once), each in
-its own process group under `timeout`, and reports every transition through
-`_mark`, batching a task's end with its dependents' start into one call. It
-stops the run if a transition cannot be recorded: nothing runs untracked.
+The script is the run's only process while tasks execute (with, during bursts
+of transitions, one `_mark --serve` co-process): it starts each task as soon as
+its own dependencies succeeded (up to MAX_PARALLEL at once), each in a process
+group (a session) of its own, under `timeout` when it has one, and reports
+every transition through `_mark`, batching a task's end with its dependents'
+start into one call. It stops the run if a transition cannot be recorded:
+nothing runs untracked.
 
 Every value that comes from JSON, params or the command line is quoted with
 shlex.quote; no string from a flow is ever interpreted by the shell. A task's
@@ -173,7 +175,12 @@ def render(flow: flowmod.Flow, spec: RunSpec) -> str:
                    f"T_TIMEOUT_MS[{i}]={round((task.timeout or 0) * 1000)} "
                    f"T_ATTEMPT[{i}]={spec.attempts.get(task_id, 1)} T_STATE[{i}]={'ok' if kept else 'pending'}")
         out.append(f"task_{i}() {{")
-        words = ["exec timeout --verbose -k \"$KILL_GRACE\"", _seconds(task.timeout or 0)]
+        # `timeout` leads the task's group when there is a timeout; otherwise
+        # setsid makes the task itself the leader (no extra process per task).
+        if task.timeout:
+            words = ["exec timeout --verbose -k \"$KILL_GRACE\"", _seconds(task.timeout)]
+        else:
+            words = ["exec setsid -w"]
         env = task_env(task, spec, flow.name)
         if env:
             words.append("env")
@@ -232,7 +239,49 @@ exec 2>>"$RUN_DIR/run.log"
 trap : PIPE
 
 say() { printf '%(%H:%M:%S)T  %s\n' -1 "$*" >&9; }
-mark() { "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --wait "$LOCK_WAIT" "$@"; }
+
+# A long-lived _mark, a co-process on fds 6 (its answers) and 7 (our calls),
+# records the transitions: one line of tab-separated words per call, answered
+# with the exit code once committed. It ends after a few idle seconds (no
+# Python waits in memory while tasks run for minutes) and is started again on
+# the next call. Repeating a transition is harmless, so a call whose answer was
+# lost is simply made again; if a fresh co-process cannot answer either, every
+# later call starts a _mark of its own. Fds 6 and 7 are closed in every child,
+# so that the co-process sees the end of its input when we are gone.
+MARKD_UP=0 MARKD_OFF=0 MARKER=
+start_marker() {
+  coproc MARKD { exec "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --wait "$LOCK_WAIT" --serve 8>&- 9>&-; }
+  MARKER=$MARKD_PID  # bash unsets MARKD_PID once the co-process is gone
+  exec 6<&"${MARKD[0]}" 7>&"${MARKD[1]}"
+  MARKD_UP=1
+}
+stop_marker() {
+  exec 6<&- 7>&-
+  MARKD_UP=0
+  kill -KILL "$MARKER" 2>/dev/null  # it has ended or is ending; never leave a stuck one
+  wait "$MARKER" 2>/dev/null
+}
+mark() {
+  local IFS=$'\t' reply='' rc _
+  for _ in 1 2; do  # a fresh co-process gets one more chance
+    ((MARKD_OFF)) && break
+    ((MARKD_UP)) || start_marker
+    if printf '%s\n' "$*" >&7 2>/dev/null; then
+      while :; do
+        read -r -u 6 reply && break
+        rc=$?
+        ((rc > 128)) || break  # > 128: a signal (its trap has run); anything else: end of input
+      done
+      if [[ $reply == [0-9] ]]; then return "$reply"; fi
+    fi
+    stop_marker
+  done
+  if ((!MARKD_OFF)); then
+    MARKD_OFF=1
+    echo "featherflow: the _mark co-process does not answer; one _mark process per call from now on" >&2
+  fi
+  "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --wait "$LOCK_WAIT" "$@" 6<&- 7>&-
+}
 if [[ -r /proc/uptime ]]; then  # time since boot: does not jump when the clock is set
   now_ms() { local up rest; read -r up rest </proc/uptime; NOW_MS=$((10#${up/./} * 10)); }
 else
@@ -242,18 +291,29 @@ duration() { printf -v TOOK '%d.%02ds' $(($1 / 1000)) $(($1 % 1000 / 10)); }
 
 declare -A PID_TASK=() PID_TIMER=()  # running tasks and retry timers, by pid
 TICK=5 TICKER=  # a timer that bounds how long a task's end can go unnoticed (see collect)
+GRACE=  # the timer after which stopped tasks that are still there are killed
 declare -a START_MS=() MARKS=() LOST=() starts=()
 declare -a T_FIRST_ATTEMPT=("${T_ATTEMPT[@]}")
 RUNNING=0 CANCELLED=0 FAILED=0 BROKEN=0 TOTAL=${#T_ID[@]} TOOK=
 
-# TERM every task's process group (timeout sends KILL after KILL_GRACE) and
-# drop the timers of retries that wait.
-stop_tasks() {
+# Send a signal to every running task's process group.
+signal_tasks() {  # signal
   local pid
   for pid in "${!PID_TASK[@]}"; do
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+    kill "-$1" -- "-$pid" 2>/dev/null || kill "-$1" "$pid" 2>/dev/null
   done
+}
+
+# TERM every task's process group, KILL what is left KILL_GRACE seconds later
+# (the GRACE timer), and drop the timers of retries that wait.
+stop_tasks() {
+  local pid
+  signal_tasks TERM
   for pid in "${!PID_TIMER[@]}"; do kill "$pid" 2>/dev/null; done
+  if ((RUNNING)) && [[ -z $GRACE ]]; then
+    sleep "$KILL_GRACE" >/dev/null 2>&1 6<&- 7>&- 8>&- 9>&- &
+    GRACE=$!
+  fi
 }
 
 on_signal() {
@@ -295,7 +355,7 @@ flush() {
 # are running a TICK timer makes sure the loop looks again.
 collect() {
   local pid none=1
-  for pid in "${!PID_TASK[@]}" "${!PID_TIMER[@]}"; do
+  for pid in "${!PID_TASK[@]}" "${!PID_TIMER[@]}" ${GRACE:+"$GRACE"}; do
     kill -0 "$pid" 2>/dev/null && continue
     wait "$pid"
     ended "$pid" $?
@@ -314,6 +374,9 @@ ended() {  # pid exit-code
     [[ ${T_STATE[i]} == delay ]] && T_STATE[i]=pending
   elif [[ $1 == "$TICKER" ]]; then
     TICKER=
+  elif [[ $1 == "$GRACE" ]]; then
+    GRACE=
+    signal_tasks KILL
   fi
 }
 
@@ -329,11 +392,13 @@ launch() {  # index
   (
     export FEATHERFLOW_TASK_ID="${T_ID[i]}" FEATHERFLOW_ATTEMPT="$n"
     "task_$i"
-  ) >"$LOG_DIR/${T_ID[i]}.$n.log" 2>&1 </dev/null 8>&- 9>&- &
+  ) >"$LOG_DIR/${T_ID[i]}.$n.log" 2>&1 </dev/null 6<&- 7>&- 8>&- 9>&- &
   PID_TASK[$!]=$i
   T_STATE[i]=running
   RUNNING=$((RUNNING + 1))
   say "start   ${T_ID[i]} (attempt $n)"
+  # A signal whose trap ran between the fork and the line above missed this task.
+  if ((CANCELLED || BROKEN)); then stop_tasks; fi
 }
 
 finished() {  # pid exit-code
@@ -378,7 +443,7 @@ finished() {  # pid exit-code
     if ((delays[used] > 0)); then  # a timer; the main loop starts the task when it ends
       local secs
       printf -v secs '%d.%03d' $((delays[used] / 1000)) $((delays[used] % 1000))
-      sleep "$secs" >/dev/null 2>&1 8>&- 9>&- &
+      sleep "$secs" >/dev/null 2>&1 6<&- 7>&- 8>&- 9>&- &
       PID_TIMER[$!]=$i
       T_STATE[i]=delay
       say "retry   ${T_ID[i]} (attempt $n) in ${secs}s"
@@ -424,12 +489,19 @@ while :; do
     done
   fi
   if flush "${starts[@]}"; then
-    for i in "${starts[@]}"; do launch "$i"; done
+    for i in "${starts[@]}"; do
+      if ((CANCELLED)); then  # the signal came after their start was recorded
+        MARKS+=("${T_ID[i]}:${T_ATTEMPT[i]}:cancelled::run cancelled before the task started")
+        T_STATE[i]=stopped
+      else
+        launch "$i"
+      fi
+    done
   fi
   ((RUNNING + ${#PID_TIMER[@]} > 0)) || break
   collect && continue  # something ended meanwhile: record it, start what follows
   if ((RUNNING + ${#PID_TIMER[@]} > 1)) && [[ -z $TICKER ]]; then
-    sleep "$TICK" >/dev/null 2>&1 8>&- 9>&- &
+    sleep "$TICK" >/dev/null 2>&1 6<&- 7>&- 8>&- 9>&- &
     TICKER=$!
   fi
   wait -n -p pid
@@ -437,6 +509,7 @@ while :; do
   [[ -n ${pid:-} ]] && ended "$pid" "$rc"  # no pid: a signal woke us, and the trap acted
 done
 [[ -n $TICKER ]] && kill "$TICKER" 2>/dev/null
+[[ -n $GRACE ]] && kill "$GRACE" 2>/dev/null
 
 trap '' INT TERM HUP  # the outcome is decided: record it
 # A failed run keeps its temp dir: what the kept tasks left there is needed by
@@ -449,7 +522,7 @@ else
   rm -rf -- "$TMP_DIR"
 fi
 if ((BROKEN)); then
-  mark "${LOST[@]}" --run "failed:a state change could not be recorded" 2>&8
+  mark "${LOST[@]}" "${MARKS[@]}" --run "failed:a state change could not be recorded" 2>&8
   say "run $RUN_ID stopped: the database could not record its progress"
   exit 4
 fi

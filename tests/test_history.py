@@ -537,6 +537,53 @@ def test_sigterm_ends_a_run_cancelled_by_its_own_script(project):
                 run.wait()
 
 
+@pytest.mark.slow
+def test_a_cancel_that_lands_while_a_start_is_being_recorded_starts_nothing(project):
+    """SIGTERM while the script waits for `_mark` to record `w` starting (the database is
+    locked): the trap runs, the start is then recorded, and `w` must not be launched after
+    all (it would wait for its gate forever, with no trap left to stop it)."""
+    gate, pids = gated(project)
+    go = project.root / "go"
+    project.write_task("first.sh", f'while [ ! -e {shlex.quote(str(go))} ]; do sleep 0.02; done\n')
+    project.write_flow({"name": "gated", "tasks": [
+        {"id": "first", "script": "first.sh"},
+        {"id": "w", "script": "gated.sh", "args": [str(gate), str(pids)], "depends_on": ["first"]}]})
+    run = start(project, "run", "gated", stdout=subprocess.PIPE, text=True, start_new_session=True)
+    lines = Lines(run)
+    holder = None
+    try:
+        running_task(project, "first")
+        holder = sqlite3.connect(str(project.db), isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # the next state change (first ends, w starts) waits
+        go.touch()
+        assert wait_until(lambda: b"pipe_read" in Path(f"/proc/{run.pid}/wchan").read_bytes(), timeout=30)
+        run.send_signal(signal.SIGTERM)
+        assert lines.wait_for("cancelling run")  # the trap has run; the start is not recorded yet
+        holder.execute("COMMIT")
+        assert run.wait(timeout=30) == 5, lines.rest()
+    finally:
+        if holder is not None:
+            holder.close()
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+        for started in pids.glob("w.pid"):  # a task leads its own group: not in the run's
+            try:
+                os.killpg(int(started.read_text()), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert not list(pids.glob("w.pid"))  # w never ran
+    app = project.app()
+    try:
+        (row,) = app.store.list_runs()
+        assert row.state == states.CANCELLED
+        assert {a.task_id: (a.state, a.reason) for a in app.store.attempts(row.id)} == {
+            "first": (states.SUCCESS, None),
+            "w": (states.CANCELLED, "run cancelled before the task started")}
+    finally:
+        app.close()
+
+
 # -- runs resume ------------------------------------------------------------------
 
 @pytest.fixture

@@ -164,27 +164,42 @@ def survivors(pids, uid: str):
 
 # -- the kill loop ---------------------------------------------------------------
 
+def moment(pid: int) -> str:
+    """What the run's bash is doing: waiting for a `_mark` answer (from its co-process,
+    or a one-shot `_mark` child), with a task running, or neither."""
+    kids = children(pid)
+    if b"pipe_read" in read(f"/proc/{pid}/wchan") or any(
+            b"mark.py" in argv and b"--serve" not in argv
+            for argv in (read(f"/proc/{c}/cmdline").split(b"\0") for c in kids)):
+        return "in_mark"
+    if any(leads_group(c) for c in kids):  # a task: setsid or `timeout` made it a group leader
+        return "in_task"
+    return "between"
+
+
+def leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
 def _kill_at(popen: subprocess.Popen, mode: str, rng: random.Random, span: float) -> str:
     """Wait for the moment `mode` asks for, then SIGKILL the run. Returns what was hit."""
     pid = popen.pid
     if mode == "random":
         time.sleep(rng.uniform(0.0, span))  # the moment itself is what is random
+        what = moment(pid)
     else:
         time.sleep(rng.uniform(0.0, span * 0.7))
+        seen = []
 
         def hit():
-            if popen.poll() is not None:
-                return True
-            kids = [read(f"/proc/{c}/cmdline") for c in children(pid)]
-            if mode == "mark":
-                return any(b"mark.py" in k for k in kids)
-            return any(k.startswith(b"timeout") for k in kids)
+            seen[:] = [moment(pid)]
+            return popen.poll() is not None or seen[0] == mode
 
-        wait_until(hit, timeout=span * 2, interval=0.001)
-    kids = [read(f"/proc/{c}/cmdline") for c in children(pid)]
-    what = ("in_mark" if any(b"mark.py" in k for k in kids)
-            else "in_task" if any(k.startswith(b"timeout") for k in kids)
-            else "between")
+        wait_until(hit, timeout=span * 2, interval=0.0005)
+        what = seen[0] if seen else moment(pid)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -207,7 +222,7 @@ def test_sigkill_at_random_moments_leaves_nothing_running_and_resumes(killable):
 
     counts = dict(kills=0, stuck=0, survivors=0, resumed_ok=0, finished_anyway=0,
                   in_mark=0, in_task=0, between=0, no_run=0, missed=0)
-    modes = ["mark", "task", "random"]
+    modes = ["in_mark", "in_task", "random"]
     tries = 0
     last_run_id = 1
     while counts["kills"] < KILLS and tries < KILLS * 3:

@@ -332,6 +332,34 @@ def test_sigterm_cancels_the_run(project, tmp_path):
     assert "cancelling run 1" in out and "run 1 cancelled" in out
 
 
+def test_a_cancelled_task_that_ignores_term_is_killed_after_the_grace(project, tmp_path):
+    """No timeout, so no `timeout` to escalate: the script's own GRACE timer KILLs the group."""
+    state = tmp_path / "state"
+    state.mkdir()
+    project.write_task("stubborn.sh", 'trap "" TERM\necho $$ >"$1/pid"\n'
+                                      '(trap "" TERM; exec sleep 321) &\nwhile :; do sleep 0.1; done\n')
+    project.write_flow({"name": "f", "tasks": [{"id": "s", "script": "stubborn.sh", "args": [str(state)]}]})
+    app = project.app()
+    prepared = runner.prepare(app, "f", {}, kill_grace=0.5)
+    app.close()
+    proc = subprocess.Popen(["bash", str(prepared.script_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: (state / "pid").exists() or proc.poll() is not None, "the task to start")
+        task_pid = int((state / "pid").read_text())
+        assert os.getpgid(task_pid) == task_pid  # the task leads its own group (setsid)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 5, out + err
+    run, attempts = only_run(project)
+    assert (run.state, attempts[("s", 1)].state) == ("cancelled", "cancelled")
+    assert attempts[("s", 1)].exit_code == 137
+    assert not alive(task_pid) and group_members(task_pid) == []
+
+
 def test_temp_dir_is_private_removed_or_kept(project):
     project.write_task("t.sh", 'echo data >"$TMP_DIR/file"; [ "$TMP_DIR" = "$TEMP_DIR" ]\n')
     project.write_flow({"name": "f", "tasks": [{"id": "t", "script": "t.sh"}]})

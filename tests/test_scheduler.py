@@ -210,6 +210,9 @@ def test_tick_queue_fires_the_waiting_slot_when_the_run_ends(project):
     sched.tick(T0 + timedelta(minutes=20, seconds=1))
     assert app.store.recent_slots(s.id)[0].state == "waiting"
     app.store.transition_run(first, states.RUNNING)
+    for attempt in app.store.attempts(first):
+        app.store.transition_attempt(first, attempt.task_id, attempt.attempt, states.RUNNING)
+        app.store.transition_attempt(first, attempt.task_id, attempt.attempt, states.SUCCESS, exit_code=0)
     app.store.transition_run(first, states.SUCCESS)
     report = sched.tick(T0 + timedelta(minutes=21))
     newest = app.store.recent_slots(s.id)[0]

@@ -99,8 +99,7 @@ def test_array_args_arrive_as_given_after_the_interpreter():
     flow = make_flow([{"id": "t", "script": "t.py", "args": NASTY}])
     words = exec_words(script.render(flow, spec()), 0)
     assert words[-len(NASTY):] == NASTY
-    assert words[:-len(NASTY)] == ["exec", "timeout", "--verbose", "-k", "$KILL_GRACE", "0",
-                                   "$FF_PYTHON", "-u", "/srv/my tasks/t.py"]
+    assert words[:-len(NASTY)] == ["exec", "setsid", "-w", "$FF_PYTHON", "-u", "/srv/my tasks/t.py"]
 
 
 def test_object_args_mapping():
@@ -120,7 +119,7 @@ def test_interpreters_py_with_generating_python_sh_with_bash_others_directly():
     tails = {}
     for i in range(3):
         words = exec_words(text, i)
-        tails[words[-1]] = words[6:]  # after `exec timeout --verbose -k $KILL_GRACE 0`
+        tails[words[-1]] = words[3:]  # after `exec setsid -w`
     assert tails["/srv/my tasks/a.py"] == ["$FF_PYTHON", "-u", "/srv/my tasks/a.py"]
     assert tails["/srv/my tasks/b.sh"] == ["$BASH", "/srv/my tasks/b.sh"]
     assert tails["/srv/my tasks/sub dir/c.bin"] == ["/srv/my tasks/sub dir/c.bin"]
