@@ -41,7 +41,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.log_level == "DEBUG":
             log.exception("error")
         for line in _error_lines(exc):
-            print(f"error: {line}", file=sys.stderr)
+            print(f"error: {_text(line, sys.stderr)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -105,13 +105,15 @@ def cmd_list(app, args) -> int:
     if not infos:
         print(f"no flows in {app.config.flows_dir}")
         return 0
-    width = max(len(i.name) for i in infos)
+    # Names, descriptions and errors come from flow files: escaped on a terminal, like task output.
+    width = max(len(_text(i.name)) for i in infos)
     for info in infos:
+        name = _text(info.name).ljust(width)
         if info.error:
-            print(f"{info.name.ljust(width)}  INVALID  {info.error}")
+            print(f"{name}  INVALID  {_text(info.error)}")
         else:
             tasks = f"{info.tasks} task{'s' if info.tasks != 1 else ''}"
-            print(f"{info.name.ljust(width)}  {tasks:>9}  {info.description}".rstrip())
+            print(f"{name}  {tasks:>9}  {_text(info.description)}".rstrip())
     return 0
 
 
@@ -122,7 +124,7 @@ def cmd_validate(app, args) -> int:
         if errs:
             bad += 1
             for e in errs:
-                print(f"error: {name}: {e}", file=sys.stderr)
+                print(f"error: {_text(f'{name}: {e}', sys.stderr)}", file=sys.stderr)
         else:
             print(f"{name}: valid")
     return errors.EXIT_USAGE if bad else 0
@@ -188,11 +190,12 @@ def _reconciled(app):
     return app.store
 
 
-def _text(value: str) -> str:
-    """Task output on a terminal: control characters escaped, so no escape sequence acts."""
+def _text(value: str, stream=None) -> str:
+    """Text from files or tasks, for a terminal: control characters escaped, so no
+    escape sequence acts. `stream` (default stdout) is where it is printed."""
     from featherflow import views
 
-    return views.safe(value) if sys.stdout.isatty() else value
+    return views.safe(value) if (stream or sys.stdout).isatty() else value
 
 
 def cmd_runs_list(app, args) -> int:

@@ -73,12 +73,12 @@ def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool 
     except sqlite3.DatabaseError as exc:
         db.close()
         raise DatabaseError(
-            f"{path} is not a usable Featherflow database ({exc}); move it aside or restore a backup") from None
+            f"{path} is not a usable Featherflow database ({exc}); move it aside with its -wal and -shm files, or restore a backup") from None
     except Exception as exc:  # peewee wraps sqlite3 errors in its own classes
         db.close()
         if exc.__class__.__module__ == "peewee":
             raise DatabaseError(
-                f"{path} is not a usable Featherflow database ({exc}); move it aside or restore a backup") from None
+                f"{path} is not a usable Featherflow database ({exc}); move it aside with its -wal and -shm files, or restore a backup") from None
         raise
     return db
 

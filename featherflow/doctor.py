@@ -13,6 +13,7 @@ unknown, logs take space); `problem` (something will go wrong or is wrong:
 """
 
 import os
+import shlex
 import stat
 import subprocess
 from dataclasses import asdict, dataclass
@@ -117,8 +118,10 @@ def _connect(db_path: Path):
 
 
 def _restore(db_path: Path) -> str:
-    return (f"stop the scheduler, move the file aside (mv {db_path} {db_path}.damaged) and copy a backup "
-            "in its place (`featherflow db backup PATH` makes one), or let the next run start a new one")
+    # Its -wal and -shm go too: a leftover -wal would be replayed into the restored copy.
+    return (f"stop the scheduler, move the database and its -wal/-shm files aside "
+            f"(for f in {shlex.quote(str(db_path))}*; do mv \"$f\" \"$f.damaged\"; done) and copy a backup in its place "
+            "(`featherflow db backup PATH` makes one), or let the next run start a new one")
 
 
 def _database_checks(con, db_path: Path, now: datetime) -> List[Finding]:

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -265,3 +266,16 @@ def test_a_damaged_database_is_a_problem_not_a_traceback(project, synced):
     integrity = next(f for f in json.loads(result.out)["findings"] if f["name"] == "database integrity")
     assert integrity["status"] == PROBLEM and "backup" in integrity["fix"]
     assert project.db.read_bytes() == before
+
+
+def test_the_restore_advice_moves_the_wal_aside_too(tmp_path):
+    """A -wal left beside a restored backup would be replayed into it: the advice moves all three."""
+    db = tmp_path / "my dir" / "featherflow.db"
+    db.parent.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").write_text(suffix)
+    fix = doctor._restore(db)
+    command = fix[fix.index("(for ") + 1:fix.index("done)") + 4]
+    subprocess.run(["bash", "-c", command], check=True)
+    assert sorted(p.name for p in db.parent.iterdir()) == [
+        "featherflow.db-shm.damaged", "featherflow.db-wal.damaged", "featherflow.db.damaged"]

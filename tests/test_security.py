@@ -373,10 +373,11 @@ def test_scheduler_start_under_umask_022_leaves_nothing_loose(project):
 ESCAPES = "title\x1b]0;owned\x07 clear\x1b[2J red\x1b[31m csi\u009b31m bell\x07 cr\roverwrite del\x7f\n"
 
 
-def read_through_pty(argv, env, cwd) -> bytes:
+def read_through_pty(argv, env, cwd, stderr=False, code=0) -> bytes:
+    """What `argv` writes to a terminal on its stdout (and its stderr, if `stderr`)."""
     master, slave = pty.openpty()
-    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave, stderr=subprocess.PIPE,
-                             env=env, cwd=cwd)
+    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=slave,
+                             stderr=slave if stderr else subprocess.PIPE, env=env, cwd=cwd)
     os.close(slave)
     out = b""
     while True:
@@ -391,7 +392,7 @@ def read_through_pty(argv, env, cwd) -> bytes:
             break
         out += chunk
     os.close(master)
-    assert child.wait(timeout=30) == 0, child.stderr.read()
+    assert child.wait(timeout=30) == code, out if stderr else child.stderr.read()
     return out
 
 
@@ -407,3 +408,29 @@ def test_runs_logs_on_a_terminal_escapes_control_sequences(project):
         assert "\\x1b]0;owned" in text and "\\x1b[2J" in text and "\\x9b31m" in text
     piped = project.sh("runs", "logs", "1", "t")
     assert "\x1b]0;owned\x07" in piped.out  # into a pipe or a file the log is passed on as it is
+
+
+def test_list_on_a_terminal_escapes_control_sequences_from_flow_files(project):
+    """`list` prints descriptions (and errors that quote a flow file): escaped on a tty, as-is piped."""
+    project.write_task("t.sh", "true\n")
+    project.write_flow({**task_with(), "description": ESCAPES})
+    project.write_flow({"name": "broken", "tasks": [{"id": "t", "script": "t.sh", "x\x1b[2J\x07": 1}]})
+    argv = [sys.executable, "-m", "featherflow", *project.args(), "list"]
+    text = read_through_pty(argv, project.env, project.root).decode("utf-8", "replace").replace("\r\n", "\n")
+    assert "\x1b" not in text and "\x07" not in text and "\u009b" not in text and "\x7f" not in text
+    assert "\\x1b]0;owned\\x07" in text and "\\x1b[2J" in text and "\\x9b31m" in text
+    assert "broken  INVALID  tasks[0].x\\x1b[2J\\x07" in text  # the error quotes the file's key
+    piped = project.sh("list")
+    assert piped.code == 0 and "\x1b]0;owned\x07" in piped.out  # into a pipe: unchanged
+
+
+def test_errors_on_a_terminal_escape_control_sequences_from_flow_files(project):
+    """`validate` quotes a flow file's bad key in its `error:` line: escaped on a tty."""
+    project.write_task("t.sh", "true\n")
+    project.write_flow({"name": "broken", "tasks": [{"id": "t", "script": "t.sh", "x\x1b[2J\x07": 1}]})
+    argv = [sys.executable, "-m", "featherflow", *project.args(), "validate", "broken"]
+    text = read_through_pty(argv, project.env, project.root, stderr=True, code=2).decode("utf-8", "replace")
+    assert "\x1b" not in text and "\x07" not in text
+    assert "error: broken: tasks[0].x\\x1b[2J\\x07" in text
+    piped = project.sh("validate", "broken")
+    assert piped.code == 2 and "x\x1b[2J\x07" in piped.err  # into a pipe: unchanged
