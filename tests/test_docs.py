@@ -79,3 +79,55 @@ def test_the_quick_start_runs_in_a_fresh_dir(tmp_path):
             proc = subprocess.run([sys.executable, "-m", "featherflow"] + argv[1:], cwd=cwd, env=env,
                                   capture_output=True, text=True, timeout=120)
             assert proc.returncode == 0, f"{part}\n{proc.stdout}\n{proc.stderr}"
+
+
+def _tables(text):
+    """Markdown tables in `text`: lists of rows, each a list of stripped cells."""
+    tables, rows = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif rows:
+            tables.append(rows)
+            rows = []
+    return tables
+
+
+def test_every_reliability_figure_has_a_producer():
+    """Each figures table in "Reliability" has bench/figures.py's columns, and each row and
+    note is one that a test in tests/test_faults.py records: no figure without a producer."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("figures", ROOT / "bench" / "figures.py")
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    header = [cell.strip() for cell in figures.table({}).splitlines()[0].strip("|").split("|")]
+    faults = (ROOT / "tests" / "test_faults.py").read_text()
+    producers = [re.escape(name).replace(r"\{how\}", "(remount|chattr|chmod)")
+                 for name in re.findall(r'record_figures\(f?"([^"]+)"', faults)]
+    tables = [t for t in _tables(_section("Reliability")) if t[0][0] == "scenario"]
+    assert len(tables) == 2, "the CI table and the soak table"
+    for table in tables:
+        assert table[0] == header
+        for row in table[2:-1]:
+            assert any(re.fullmatch(p, row[0]) for p in producers), f"no test records {row[0]!r}"
+            for note in filter(None, row[-1].split(", ")):
+                key = note.rsplit(" ", 1)[0].replace(" ", "_")
+                assert f"{key}=" in faults, f"{row[0]!r}: no test records {key!r}"
+        assert table[-1][0] == "**total**"
+
+
+def test_every_section_the_readme_points_to_exists():
+    titles = re.findall(r"^#+ (.+)$", README, re.M)
+    names = {" ".join(n.split()) for n in re.findall(r'(?:[Ss]ee|under|in) "([A-Z][^"]+)"', README)}
+    assert "Backups" in names
+    for name in names:
+        assert any(t == name or t.startswith(name + ":") for t in titles), f'README points to "{name}"'
+
+
+def test_the_doctor_example_shows_real_checks():
+    from featherflow import doctor
+
+    block = re.search(r"```\n\$ featherflow doctor\n(.*?)```", README, re.S).group(1)
+    shown = [m.group(1).strip() for m in re.finditer(r"^(?:ok|warning|PROBLEM) +(.+?)  ", block, re.M)]
+    assert shown and all(name in doctor.ORDER for name in shown), shown
