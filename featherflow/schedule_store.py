@@ -1,0 +1,323 @@
+"""The schedules' part of the store: schedules, the slots they fired, queued or
+skipped, and the scheduler's own row; `store.Store` inherits it.
+
+UNIQUE(schedule_id, slot_at) means a slot is recorded once, whatever crashes;
+a fired slot and its queued run are written in the same transaction, so no
+fired slot lacks its run. Each write is one short BEGIN IMMEDIATE transaction.
+"""
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+from peewee import JOIN
+
+from featherflow import states
+from featherflow.errors import ConflictError, UsageError
+from featherflow.models import FlowRun, Schedule as ScheduleModel, ScheduleSlot, SchedulerState
+from featherflow.records import Run, as_run
+
+
+class ScheduleStore:
+    """Schedule queries; mixed into store.Store, which provides `self.db`."""
+
+    def add_schedule(self, name: str, flow_name: str, cron: str, tz: str, params: Dict,
+                     flows_dir: str, tasks_dir: str, output_dir: str, catchup: str = "latest",
+                     overlap: str = "skip", on_interrupt: str = "resume", enabled: bool = True,
+                     description: str = "", now: Optional[datetime] = None) -> "Schedule":
+        stamp = states.format_time(now) if now else states.utcnow()
+        with self.db.atomic("IMMEDIATE"):
+            if ScheduleModel.select().where(ScheduleModel.name == name).exists():
+                raise ConflictError(f"a schedule named {name!r} already exists "
+                                    "(remove it first, or give this one another --name)")
+            schedule_id = ScheduleModel.insert(
+                name=name, flow_name=flow_name, cron=cron, tz=tz,
+                params=json.dumps(params, sort_keys=True), catchup=catchup, overlap=overlap,
+                on_interrupt=on_interrupt, enabled=enabled, description=description or "",
+                flows_dir=flows_dir, tasks_dir=tasks_dir, output_dir=output_dir,
+                created_at=stamp, updated_at=stamp).execute()
+        return self.get_schedule(schedule_id)
+
+    def get_schedule(self, key) -> "Schedule":
+        """By id (int) or name (str)."""
+        where = ScheduleModel.id == key if isinstance(key, int) else ScheduleModel.name == key
+        row = ScheduleModel.select().where(where).dicts().first()
+        if row is None:
+            known = ", ".join(s.name for s in self.list_schedules()) or "none"
+            raise UsageError(f"no schedule named {key!r} (known: {known})")
+        return _schedule(row)
+
+    def list_schedules(self, enabled_only: bool = False) -> List["Schedule"]:
+        query = ScheduleModel.select().order_by(ScheduleModel.name)
+        if enabled_only:
+            query = query.where(ScheduleModel.enabled == True)  # noqa: E712 (peewee expression)
+        return [_schedule(row) for row in query.dicts()]
+
+    def remove_schedule(self, name: str) -> "Schedule":
+        """Delete a schedule and its slots; its runs stay in the history (schedule_id NULL)."""
+        schedule = self.get_schedule(name)
+        with self.db.atomic("IMMEDIATE"):
+            ScheduleModel.delete().where(ScheduleModel.id == schedule.id).execute()
+        return schedule
+
+    def set_schedule_enabled(self, name: str, enabled: bool, now: Optional[datetime] = None) -> "Schedule":
+        """Enable (slots count from now on: none missed while disabled) or disable it.
+
+        Disabling skips the slots it had waiting, so enabling it later does not
+        run a backlog from before.
+        """
+        stamp = states.format_time(now) if now else states.utcnow()
+        schedule = self.get_schedule(name)
+        with self.db.atomic("IMMEDIATE"):
+            if enabled and not schedule.enabled:
+                ScheduleModel.update(enabled=True, updated_at=stamp).where(
+                    ScheduleModel.id == schedule.id).execute()
+            elif not enabled:
+                ScheduleModel.update(enabled=False).where(ScheduleModel.id == schedule.id).execute()
+                ScheduleSlot.update(state=SLOT_SKIPPED, reason="the schedule was disabled before it ran").where(
+                    ScheduleSlot.schedule == schedule.id, ScheduleSlot.state == SLOT_WAITING).execute()
+        return self.get_schedule(schedule.id)
+
+    def latest_slot_at(self, schedule_id: int) -> Optional[datetime]:
+        """The latest slot recorded in any state: no slot at or before it is ever due again."""
+        row = (ScheduleSlot.select(ScheduleSlot.slot_at).where(ScheduleSlot.schedule == schedule_id)
+               .order_by(ScheduleSlot.slot_at.desc()).first())
+        return row.slot_at if row else None
+
+    def waiting_slots(self, schedule_id: int) -> List[datetime]:
+        query = (ScheduleSlot.select(ScheduleSlot.slot_at)
+                 .where(ScheduleSlot.schedule == schedule_id, ScheduleSlot.state == SLOT_WAITING)
+                 .order_by(ScheduleSlot.slot_at))
+        return [row.slot_at for row in query]
+
+    def record_decision(self, schedule_id: int, skip: Sequence = (), wait: Sequence = (),
+                        fire: Sequence = (), now: Optional[datetime] = None,
+                        before_commit: "Optional[Callable[[], None]]" = None) -> List[Run]:
+        """Record skipped and waiting slots, and fire slots, all in ONE transaction.
+
+        `skip` and `wait` are (slot, reason) pairs; `fire` is (slot, run) pairs where
+        `run` holds Store.create_run's arguments. A fired slot gets its queued run
+        (trigger `schedule`, scheduled_at = the slot) in the same transaction. A slot
+        already recorded is left alone, except a waiting one, which may fire or be
+        skipped now. Returns the runs created. `before_commit` is called just before
+        the commit (fault-injection tests).
+        """
+        stamp = states.format_time(now) if now else states.utcnow()
+        created = []
+        with self.db.atomic("IMMEDIATE"):
+            for slot_at, reason in skip:
+                self._put_slot(schedule_id, slot_at, SLOT_SKIPPED, reason, stamp)
+            for slot_at, reason in wait:
+                self._put_slot(schedule_id, slot_at, SLOT_WAITING, reason, stamp)
+            for slot_at, run in fire:
+                if self._slot_state(schedule_id, slot_at) not in (None, SLOT_WAITING):
+                    continue
+                new = self.create_run(**{**run, "trigger": "schedule", "schedule_id": schedule_id,
+                                         "scheduled_at": states.format_time(slot_at)})
+                self._put_slot(schedule_id, slot_at, SLOT_FIRED, None, stamp, run_id=new.id)
+                created.append(new)
+            if before_commit is not None:
+                before_commit()
+        return created
+
+    def fire_slot(self, schedule_id: int, slot_at: datetime, run: Dict, now: Optional[datetime] = None,
+                  before_commit: "Optional[Callable[[], None]]" = None) -> Optional[Run]:
+        """Insert the slot row and create its queued run in one transaction; None if already recorded."""
+        created = self.record_decision(schedule_id, fire=[(slot_at, run)], now=now, before_commit=before_commit)
+        return created[0] if created else None
+
+    def record_slot(self, schedule_id: int, slot_at: datetime, state: str, reason: str,
+                    now: Optional[datetime] = None) -> None:
+        """Record a slot as skipped or waiting, with the reason."""
+        if state not in (SLOT_SKIPPED, SLOT_WAITING):
+            raise ValueError(f"record_slot: state must be {SLOT_SKIPPED} or {SLOT_WAITING}, not {state}")
+        pairs = [(slot_at, reason)]
+        self.record_decision(schedule_id, skip=pairs if state == SLOT_SKIPPED else (),
+                             wait=pairs if state == SLOT_WAITING else (), now=now)
+
+    def _slot_state(self, schedule_id: int, slot_at: datetime) -> Optional[str]:
+        row = (ScheduleSlot.select(ScheduleSlot.state)
+               .where(ScheduleSlot.schedule == schedule_id,
+                      ScheduleSlot.slot_at == states.format_time(slot_at)).first())
+        return row.state if row else None
+
+    def _put_slot(self, schedule_id, slot_at, state, reason, stamp, run_id=None) -> bool:
+        """Insert the slot, or move a waiting one on; inside the caller's transaction."""
+        key = states.format_time(slot_at)
+        old = self._slot_state(schedule_id, slot_at)
+        if old is None:
+            ScheduleSlot.insert(schedule=schedule_id, slot_at=key, state=state, reason=reason,
+                                run=run_id, created_at=stamp).execute()
+            return True
+        if old == SLOT_WAITING and state != SLOT_WAITING:
+            updates = {ScheduleSlot.state: state, ScheduleSlot.run: run_id}
+            if reason is not None:
+                updates[ScheduleSlot.reason] = reason
+            ScheduleSlot.update(updates).where(ScheduleSlot.schedule == schedule_id,
+                                               ScheduleSlot.slot_at == key).execute()
+            return True
+        return False
+
+    def recent_slots(self, schedule_id: int, limit: Optional[int] = 20) -> List["Slot"]:
+        """Newest first, each with the state of its run (if it still exists)."""
+        query = (ScheduleSlot.select(ScheduleSlot, FlowRun.state.alias("run_state"))
+                 .join(FlowRun, JOIN.LEFT_OUTER, on=(ScheduleSlot.run == FlowRun.id))
+                 .where(ScheduleSlot.schedule == schedule_id)
+                 .order_by(ScheduleSlot.slot_at.desc()))
+        if limit:
+            query = query.limit(limit)
+        return [_slot(row) for row in query.dicts()]
+
+    def slot_count(self, schedule_id: int) -> int:
+        return ScheduleSlot.select().where(ScheduleSlot.schedule == schedule_id).count()
+
+    def trim_slots(self, schedule_id: int, keep: int) -> int:
+        """Delete all but the newest `keep` slots of a schedule (the latest always stays)."""
+        keep = max(1, keep)
+        cutoff = (ScheduleSlot.select(ScheduleSlot.slot_at).where(ScheduleSlot.schedule == schedule_id)
+                  .order_by(ScheduleSlot.slot_at.desc()).offset(keep - 1).limit(1).scalar())
+        if cutoff is None:
+            return 0
+        with self.db.atomic("IMMEDIATE"):
+            return ScheduleSlot.delete().where(
+                ScheduleSlot.schedule == schedule_id, ScheduleSlot.slot_at < cutoff,
+                ScheduleSlot.state != SLOT_WAITING).execute()
+
+    def schedule_runs(self, schedule_id: int, states_in: Iterable[str]) -> List[Run]:
+        query = (FlowRun.select().where(FlowRun.schedule == schedule_id, FlowRun.state.in_(list(states_in)))
+                 .order_by(FlowRun.id))
+        return [as_run(row) for row in query.dicts()]
+
+    def runs_to_auto_resume(self) -> List[Run]:
+        """Interrupted scheduled runs never auto-resumed, of enabled schedules with on_interrupt=resume."""
+        query = (FlowRun.select(FlowRun).join(ScheduleModel, on=(FlowRun.schedule == ScheduleModel.id))
+                 .where(FlowRun.state == states.INTERRUPTED, FlowRun.auto_resumed == False,  # noqa: E712
+                        FlowRun.trigger == "schedule", ScheduleModel.on_interrupt == "resume",
+                        ScheduleModel.enabled == True)  # noqa: E712
+                 .order_by(FlowRun.id))
+        return [as_run(row) for row in query.dicts()]
+
+    def claim_auto_resume(self, run_id: int) -> bool:
+        """Mark an interrupted run auto-resumed BEFORE resuming it: at most once, whatever crashes."""
+        with self.db.atomic("IMMEDIATE"):
+            return FlowRun.update(auto_resumed=True).where(
+                FlowRun.id == run_id, FlowRun.state == states.INTERRUPTED,
+                FlowRun.auto_resumed == False).execute() == 1  # noqa: E712
+
+    def adopt_run(self, run_id: int, expected_pid: Optional[int], pid: int, pid_start: Optional[int],
+                  boot_id: Optional[str]) -> bool:
+        """Hand a queued run to another process, if it is still queued and held by `expected_pid`."""
+        held = FlowRun.pid.is_null() if expected_pid is None else FlowRun.pid == expected_pid
+        with self.db.atomic("IMMEDIATE"):
+            return FlowRun.update(pid=pid, pid_start=pid_start, boot_id=boot_id).where(
+                FlowRun.id == run_id, FlowRun.state == states.QUEUED, held).execute() == 1
+
+    def claim_queued(self, run_id: int, allowed_pids: Iterable[Optional[int]], pid: int,
+                     pid_start: Optional[int], boot_id: Optional[str]) -> Run:
+        """Take a queued run to start it: only if it is queued and held by one of `allowed_pids`.
+
+        So two processes started for one run (by a scheduler that died and by the
+        one that adopted its runs) never both run it.
+        """
+        allowed = set(allowed_pids)
+        with self.db.atomic("IMMEDIATE"):
+            row = FlowRun.select(FlowRun.state, FlowRun.pid).where(FlowRun.id == run_id).first()
+            if row is None:
+                raise UsageError(f"run {run_id} not found (see `featherflow runs list`)")
+            if row.state != states.QUEUED:
+                raise ConflictError(f"run {run_id} is {row.state}, not queued: it was started already")
+            if row.pid not in allowed:
+                raise ConflictError(f"run {run_id} is held by process {row.pid}: not starting it twice")
+            FlowRun.update(pid=pid, pid_start=pid_start, boot_id=boot_id).where(FlowRun.id == run_id).execute()
+        return self.get_run(run_id)
+
+    def scheduler_row(self) -> Optional["SchedulerRow"]:
+        row = SchedulerState.select().where(SchedulerState.id == 1).dicts().first()
+        if row is None:
+            return None
+        row.pop("id")
+        return SchedulerRow(**row)
+
+    def scheduler_started(self, pid: int, pid_start: Optional[int], boot_id: Optional[str],
+                          now: datetime, is_alive: "Callable[[SchedulerRow], bool]") -> Optional["SchedulerRow"]:
+        """Record this process as the database's scheduler; if another live one is, return it instead."""
+        stamp = states.format_time(now)
+        with self.db.atomic("IMMEDIATE"):
+            row = self.scheduler_row()
+            if row is not None and row.stopped_at is None and row.pid != pid and is_alive(row):
+                return row
+            SchedulerState.replace(id=1, pid=pid, pid_start=pid_start, boot_id=boot_id, started_at=stamp,
+                                   heartbeat_at=stamp, stopped_at=None).execute()
+        return None
+
+    def scheduler_heartbeat(self, pid: int, now: datetime) -> None:
+        with self.db.atomic("IMMEDIATE"):
+            SchedulerState.update(heartbeat_at=states.format_time(now)).where(
+                SchedulerState.id == 1, SchedulerState.pid == pid).execute()
+
+    def scheduler_stopped(self, pid: int, now: datetime) -> None:
+        with self.db.atomic("IMMEDIATE"):
+            SchedulerState.update(stopped_at=states.format_time(now)).where(
+                SchedulerState.id == 1, SchedulerState.pid == pid).execute()
+
+
+# -- schedules (plain objects) --------------------------------------------------
+
+SLOT_FIRED, SLOT_WAITING, SLOT_SKIPPED = "fired", "waiting", "skipped"
+
+
+@dataclass
+class Schedule:
+    id: int
+    name: str
+    flow_name: str
+    cron: str
+    tz: str
+    params: Dict
+    catchup: str
+    overlap: str
+    on_interrupt: str
+    enabled: bool
+    description: str
+    flows_dir: str
+    tasks_dir: str
+    output_dir: str
+    created_at: datetime
+    updated_at: datetime  # added, or last enabled: slots before it are never due
+
+
+@dataclass
+class Slot:
+    schedule_id: int
+    slot_at: datetime
+    state: str  # fired | waiting | skipped
+    reason: Optional[str]
+    run_id: Optional[int]
+    created_at: datetime
+    run_state: Optional[str] = None
+
+
+@dataclass
+class SchedulerRow:
+    pid: int
+    pid_start: Optional[int]
+    boot_id: Optional[str]
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: Optional[datetime]
+
+
+def _schedule(row: dict) -> Schedule:
+    row = dict(row)
+    row["params"] = json.loads(row["params"])
+    row["enabled"] = bool(row["enabled"])
+    return Schedule(**row)
+
+
+def _slot(row: dict) -> Slot:
+    row = dict(row)
+    row.pop("id", None)
+    row["schedule_id"] = row.pop("schedule")
+    row["run_id"] = row.pop("run")
+    return Slot(**row)
