@@ -452,23 +452,11 @@ def check_orphans(leftovers: Dict[int, Tuple[int, str]]) -> Finding:
 def uids_by_pid() -> Dict[int, str]:
     """{pid: FEATHERFLOW_RUN_UID} of the live processes we can read (Linux /proc)."""
     found = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        for item in env:
+    for pid, env in proc.each_process("environ"):
+        for item in env.split(b"\0"):
             if item.startswith(b"FEATHERFLOW_RUN_UID="):
-                uid = item.partition(b"=")[2].decode("ascii", "replace")
-                if not proc.is_zombie(int(entry)):
-                    found[int(entry)] = uid
+                if not proc.is_zombie(pid):
+                    found[pid] = item.partition(b"=")[2].decode("ascii", "replace")
                 break
     return found
 

@@ -71,24 +71,26 @@ def is_alive(pid, pid_start, recorded_boot, current_boot=None) -> bool:
     return True
 
 
-def processes_with_env(name: str, value: str):
-    """Pids of processes whose environment holds NAME=value (Linux /proc only)."""
-    needle = f"{name}={value}".encode()
-    found = []
+def each_process(what: str):
+    """(pid, contents of /proc/<pid>/<what>) of every other process we can read."""
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return found
+        return
     for entry in entries:
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
         try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    found.append(int(entry))
+            with open(f"/proc/{entry}/{what}", "rb") as f:
+                yield int(entry), f.read()
         except OSError:
             continue
-    return found
+
+
+def processes_with_env(name: str, value: str):
+    """Pids of processes whose environment holds NAME=value (Linux /proc only)."""
+    needle = f"{name}={value}".encode()
+    return [pid for pid, env in each_process("environ") if needle in env.split(b"\0")]
 
 
 def processes_running_script(script: str):
@@ -99,23 +101,13 @@ def processes_running_script(script: str):
     exported them after it started); its command line (`bash <script>`) does.
     """
     found = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
+    for pid, cmdline in each_process("cmdline"):
+        argv = cmdline.split(b"\0")
         if argv[-1:] == [b""]:
             argv.pop()
         if (len(argv) == 2 and os.path.basename(argv[0]) in (b"bash", b"sh")
                 and argv[1] == os.fsencode(script)):
-            found.append(int(entry))
+            found.append(pid)
     return found
 
 
