@@ -301,6 +301,22 @@ time.sleep(300)
 """
 
 
+def sigterm_once_started(proc, started: Path, ready_check):
+    """SIGTERM `proc` once `started` exists and `ready_check()` holds; its (out, err)."""
+    try:
+        wait_for(lambda: started.exists() or proc.poll() is not None, "the task to start")
+        assert ready_check()
+        proc.send_signal(signal.SIGTERM)
+        return proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def pgid_of(state: Path) -> int:
+    return int((state / "ids").read_text().split()[2])
+
+
 def test_sigterm_cancels_the_run(project, tmp_path):
     state = tmp_path / "state"
     state.mkdir()
@@ -311,15 +327,8 @@ def test_sigterm_cancels_the_run(project, tmp_path):
         {"id": "after", "script": "after.sh", "depends_on": ["long"], "args": [str(state)]},
     ]})
     proc = start_run(project, "f")
-    try:
-        wait_for(lambda: (state / "started").exists() or proc.poll() is not None, "the task to start")
-        task_pid, child_pid, pgid = (int(x) for x in (state / "ids").read_text().split())
-        assert group_members(pgid)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = sigterm_once_started(proc, state / "started", lambda: group_members(pgid_of(state)))
+    task_pid, child_pid, pgid = (int(x) for x in (state / "ids").read_text().split())
     assert proc.returncode == 5, out + err
     run, attempts = only_run(project)
     assert run.state == "cancelled"
@@ -344,15 +353,13 @@ def test_a_cancelled_task_that_ignores_term_is_killed_after_the_grace(project, t
     app.close()
     proc = subprocess.Popen(["bash", str(prepared.script_path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: (state / "pid").exists() or proc.poll() is not None, "the task to start")
-        task_pid = int((state / "pid").read_text())
-        assert os.getpgid(task_pid) == task_pid  # the task leads its own group (setsid)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=WAIT)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    def leads_its_group():  # the task leads its own group (setsid)
+        pid = int((state / "pid").read_text())
+        return os.getpgid(pid) == pid
+
+    out, err = sigterm_once_started(proc, state / "pid", leads_its_group)
+    task_pid = int((state / "pid").read_text())
     assert proc.returncode == 5, out + err
     run, attempts = only_run(project)
     assert (run.state, attempts[("s", 1)].state) == ("cancelled", "cancelled")
