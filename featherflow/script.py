@@ -352,7 +352,7 @@ flush() {
 # `wait -n` alone is not enough: bash forgets a background job that a signal
 # killed while it ran another command (a cancelled task, a timeout's KILL), and
 # only `wait PID` still reports it. So each pid is checked, and while several
-# are running a TICK timer makes sure the loop looks again.
+# are running a TICK timer (or the co-process's idle exit) makes sure the loop looks again.
 collect() {
   local pid none=1
   for pid in "${!PID_TASK[@]}" "${!PID_TIMER[@]}" ${GRACE:+"$GRACE"}; do
@@ -372,6 +372,9 @@ ended() {  # pid exit-code
     i=${PID_TIMER[$1]}
     unset "PID_TIMER[$1]"
     [[ ${T_STATE[i]} == delay ]] && T_STATE[i]=pending
+  elif [[ $1 == "$MARKER" ]] && ((MARKD_UP)); then  # it ended (idle): the next call starts one
+    exec 6<&- 7>&-
+    MARKD_UP=0
   elif [[ $1 == "$TICKER" ]]; then
     TICKER=
   elif [[ $1 == "$GRACE" ]]; then
@@ -500,7 +503,10 @@ while :; do
   fi
   ((RUNNING + ${#PID_TIMER[@]} > 0)) || break
   collect && continue  # something ended meanwhile: record it, start what follows
-  if ((RUNNING + ${#PID_TIMER[@]} > 1)) && [[ -z $TICKER ]]; then
+  # A co-process that lives ends within its idle seconds and wakes `wait -n`
+  # just as the TICK timer would: no timer process beside it.
+  if ((RUNNING + ${#PID_TIMER[@]} > 1)) && [[ -z $TICKER ]] &&
+    ! { ((MARKD_UP)) && kill -0 "$MARKER" 2>/dev/null; }; then
     sleep "$TICK" >/dev/null 2>&1 6<&- 7>&- 8>&- 9>&- &
     TICKER=$!
   fi
