@@ -45,7 +45,7 @@ class FlowRun(BaseModel):
     max_parallel = IntegerField()
     schedule = ForeignKeyField(Schedule, null=True, on_delete="SET NULL", column_name="schedule_id")
     scheduled_at = DateTimeField(null=True)
-    created_at = DateTimeField()
+    created_at = DateTimeField(index=True)  # migration 0002: runs list --since
     started_at = DateTimeField(null=True)
     ended_at = DateTimeField(null=True)
     pid = IntegerField(null=True)
@@ -54,6 +54,9 @@ class FlowRun(BaseModel):
     reason = TextField(null=True)
     resumes = IntegerField(default=0)
     auto_resumed = BooleanField(default=False)
+
+    class Meta:
+        indexes = ((("flow_name", "state", "id"), False),)  # migration 0002: runs list --flow F --state S
 
 
 class TaskAttempt(BaseModel):

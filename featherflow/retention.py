@@ -60,7 +60,7 @@ def prune(store, db_path: Path, now: datetime, older_than: Optional[timedelta] =
     report.attempts = store.attempt_count([r.id for r in doomed])
     dirs = [run_dir(r) for r in doomed]
     report.files_bytes = sum(_tree_size(d) for d in dirs)
-    output_dirs = {Path(r.output_dir) for r in store.list_runs(limit=None)} | {Path(r.output_dir) for r in doomed}
+    output_dirs = {Path(d) for d in store.output_dirs()} | {Path(r.output_dir) for r in doomed}
     if output_dir is not None:
         output_dirs.add(Path(output_dir))
     if dry_run:

@@ -12,7 +12,7 @@ import uuid
 from datetime import datetime
 from typing import Dict, Iterable, List, Optional, Sequence
 
-from peewee import SqliteDatabase, fn
+from peewee import SQL, SqliteDatabase, fn
 
 from featherflow import states
 from featherflow.errors import ConflictError, UsageError
@@ -76,7 +76,13 @@ class Store(ScheduleStore):
         if states_in is not None:
             query = query.where(FlowRun.state.in_(list(states_in)))
         if since is not None:
-            query = query.where(FlowRun.created_at >= states.format_time(since))
+            stamp = states.format_time(since)
+            # Also from the window's lowest id, found in the created_at index (migration
+            # 0002): the newest-first walk stops there even when the window holds fewer
+            # runs than the limit, instead of reading every run. Exact whatever the clock
+            # did: every run in the window has an id >= that one (none: NULL, no rows).
+            query = query.where(FlowRun.created_at >= stamp, FlowRun.id >= SQL(
+                "(SELECT MIN(id) FROM flow_run INDEXED BY flow_run_created WHERE created_at >= ?)", [stamp]))
         query = query.order_by(FlowRun.id.desc())
         if limit:
             query = query.limit(limit)
@@ -87,14 +93,19 @@ class Store(ScheduleStore):
     def _add_failed_tasks(self, runs: List[Run]) -> None:
         """Failed runs carry the tasks whose latest attempt failed."""
         failed = [r.id for r in runs if r.state == states.FAILED]
-        if failed:
+        latest = {}
+        for start in range(0, len(failed), 500):  # old SQLite allows 999 variables
             rows = (TaskAttempt.select(TaskAttempt.run, TaskAttempt.task_id, TaskAttempt.state)
-                    .where(TaskAttempt.run.in_(failed))
+                    .where(TaskAttempt.run.in_(failed[start:start + 500]))
                     .order_by(TaskAttempt.run, TaskAttempt.task_id, TaskAttempt.attempt).tuples())
-            latest = {(run_id, task_id): state for run_id, task_id, state in rows}
-            for run in runs:
-                run.failed_tasks = [task for (run_id, task), state in latest.items()
-                                    if run_id == run.id and state == states.FAILED]
+            latest.update({(run_id, task_id): state for run_id, task_id, state in rows})
+        by_run: Dict[int, List[str]] = {}  # one pass: 100,000 runs listed at once stay linear
+        for (run_id, task), state in latest.items():
+            if state == states.FAILED:
+                by_run.setdefault(run_id, []).append(task)
+        for run in runs:
+            if run.state == states.FAILED:
+                run.failed_tasks = by_run.get(run.id, [])
 
     def latest_run(self, flow: str, states_in: Iterable[str]) -> Optional[Run]:
         runs = self.list_runs(flow=flow, states_in=states_in, limit=1)
@@ -194,6 +205,10 @@ class Store(ScheduleStore):
 
     def run_uids(self) -> Dict[int, str]:
         return dict(FlowRun.select(FlowRun.id, FlowRun.uid).tuples())
+
+    def output_dirs(self) -> List[str]:
+        """Every output dir a run of this database was started with."""
+        return [d for (d,) in FlowRun.select(FlowRun.output_dir).distinct().tuples()]
 
     def compact(self) -> None:
         """Give space back after deletions: checkpoint the WAL; VACUUM when a quarter is free."""

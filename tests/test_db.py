@@ -151,7 +151,8 @@ def _newer_database(path: Path) -> bytes:
 def test_newer_database_is_refused_and_left_untouched(tmp_path):
     path = tmp_path / "featherflow.db"
     before = _newer_database(path)
-    with pytest.raises(DatabaseError, match=r"schema version 2, newer than this Featherflow understands"):
+    newer = states.SCHEMA_VERSION + 1
+    with pytest.raises(DatabaseError, match=rf"schema version {newer}, newer than this Featherflow understands"):
         dbmod.open_database(path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["featherflow.db"]
@@ -186,7 +187,7 @@ def test_file_that_is_not_sqlite_is_refused_and_left_untouched(project):
 
 
 def test_failed_migration_leaves_the_database_at_its_old_version(tmp_path, monkeypatch):
-    (_, initial), = dbmod.migration_modules()
+    _, initial = dbmod.migration_modules()[0]
     monkeypatch.setattr(initial, "STATEMENTS", initial.STATEMENTS + ["CREATE TABLE schedule (x)"])
     path = tmp_path / "featherflow.db"
     with pytest.raises(DatabaseError):
@@ -199,6 +200,50 @@ def test_failed_migration_leaves_the_database_at_its_old_version(tmp_path, monke
         conn.close()
     monkeypatch.undo()
     dbmod.open_database(path).close()  # the next open migrates cleanly
+
+
+def test_migration_2_adds_history_indexes_to_a_v1_database_and_since_is_exact(tmp_path, monkeypatch):
+    """A version-1 database with runs is migrated on open; `since` then walks the index, exactly."""
+    from datetime import datetime
+
+    from featherflow.store import Store
+
+    path = tmp_path / "featherflow.db"
+    monkeypatch.setattr(dbmod, "migration_modules", lambda real=dbmod.migration_modules: real()[:1])
+    monkeypatch.setattr(states, "SCHEMA_VERSION", 1)
+    dbmod.open_database(path).close()
+    # Run ids and creation times out of step (a clock set back between runs 2 and 3).
+    created = {1: "2026-03-01 10:00:00.000000", 2: "2026-03-05 10:00:00.000000",
+               3: "2026-02-01 10:00:00.000000", 4: "2026-03-04 10:00:00.000000"}
+    conn = sqlite3.connect(path)
+    conn.executemany(
+        "INSERT INTO flow_run (id, uid, flow_name, state, trigger, params, snapshot, flows_dir, tasks_dir, "
+        "output_dir, max_parallel, created_at) VALUES (?, ?, 'f', 'success', 'manual', '{}', '{}', '/f', '/t', "
+        "'/o', 1, ?)", [(n, f"uid{n}", stamp) for n, stamp in created.items()])
+    conn.commit()
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    conn.close()
+    monkeypatch.undo()
+
+    database = dbmod.open_database(path)
+    try:
+        assert dbmod.schema_version(database) == states.SCHEMA_VERSION >= 2
+        for name, columns in (("flow_run_created", ["created_at"]),
+                              ("flow_run_flow_state", ["flow_name", "state", "id"])):
+            assert [row[2] for row in database.execute_sql(f"PRAGMA index_info({name})").fetchall()] == columns
+        assert database.execute_sql("SELECT COUNT(*) FROM flow_run").fetchone()[0] == 4  # rows kept
+        store = Store(database)
+        assert [r.id for r in store.list_runs(since=datetime(2026, 3, 1, 10))] == [4, 2, 1]
+        assert [r.id for r in store.list_runs(since=datetime(2026, 3, 2), limit=1)] == [4]
+        assert [r.id for r in store.list_runs(since=datetime(2026, 1, 1))] == [4, 3, 2, 1]
+        assert store.list_runs(since=datetime(2026, 4, 1)) == []
+        assert [r.id for r in store.list_runs(flow="f", state="success", since=datetime(2026, 3, 2))] == [4, 2]
+        plan = " ".join(row[-1] for row in database.execute_sql(
+            "EXPLAIN QUERY PLAN SELECT MIN(id) FROM flow_run INDEXED BY flow_run_created WHERE created_at >= ?",
+            ["2026-03-01"]).fetchall())
+        assert "flow_run_created" in plan
+    finally:
+        database.close()
 
 
 @pytest.fixture

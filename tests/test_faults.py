@@ -516,9 +516,10 @@ def test_killing_a_migration_leaves_the_old_or_the_new_schema_and_a_second_open_
     markers = project.root / "markers"
     kills = checks = lost_total = stale_writes = after_commit = 0
     points = list(range(1, 5)) + ["random"]
+    old = states.SCHEMA_VERSION  # the test migration comes next
     for _ in range(MIGRATION_ROUNDS):
         for point in points:
-            assert schema_state(project.db)[0] == 1
+            assert schema_state(project.db)[0] == old
             run_id = run_with_tasks(project, 6)
             transitions = [f"t{i}:1:running" for i in range(6)]
             pause_at = point if point != "random" else 0
@@ -538,13 +539,13 @@ def test_killing_a_migration_leaves_the_old_or_the_new_schema_and_a_second_open_
             kills += 1
             marks.join(timeout=120)
             version, table, column = schema_state(project.db)
-            assert (version, table, column) in ((1, False, False), (2, True, True)), (point, version, table, column)
+            assert (version, table, column) in ((old, False, False), (old + 1, True, True)), (point, version, table, column)
             assert integrity(project.db) == "ok"
             checks += 1
             for transition, code, err in traffic:
                 assert code == 0 or "error:" in err, (transition, code, err)  # never silently dropped
             lost_total += lost(project.db, run_id, traffic)
-            if version == 2:  # the random kill came after the commit: start again from version 1
+            if version == old + 1:  # the random kill came after the commit: start again from the old version
                 after_commit += 1
                 reset_to_v1(project.db)
                 continue
@@ -553,7 +554,7 @@ def test_killing_a_migration_leaves_the_old_or_the_new_schema_and_a_second_open_
             wait_for(lambda: (markers / "step1").exists() or child.poll() is not None, what="the second open")
             late = concurrent_marks(project.db, run_id, [f"t{i}:1:success:0" for i in range(6)], deadline=30)
             assert child.wait(timeout=60) == 0, child.stderr.read()
-            assert schema_state(project.db) == (2, True, True)
+            assert schema_state(project.db) == (old + 1, True, True)
             assert integrity(project.db) == "ok"
             checks += 1
             lost_total += lost(project.db, run_id, late)
@@ -580,13 +581,13 @@ def writes_after_upgrade(db: Path, run_id: int) -> int:
 
 
 def reset_to_v1(db: Path) -> None:
-    """Undo the test migration (a test-only downgrade) so the next round starts at version 1."""
+    """Undo the test migration (a test-only downgrade) so the next round starts at the old version."""
     con = sqlite3.connect(str(db), isolation_level=None)
     try:
         con.execute("BEGIN IMMEDIATE")
         con.execute("DROP TABLE fault_v2")
         con.execute("ALTER TABLE task_attempt DROP COLUMN v2_note")
-        con.execute("PRAGMA user_version = 1")
+        con.execute(f"PRAGMA user_version = {states.SCHEMA_VERSION}")
         con.execute("COMMIT")
     finally:
         con.close()
