@@ -7,10 +7,10 @@
 With --serve it is the run's co-process: it reads one call per line on stdin
 (the same words, separated by tabs), records it, and only then answers with
 the exit code on a line of its own. One process for a burst of transitions:
-each costs about a millisecond instead of a process start. End of input ends
-it, and so do --idle seconds without a call (default 3): while tasks run for
-minutes, no Python waits in memory for nothing; the script starts another
-co-process when it next needs one.
+each costs a few milliseconds instead of a process start (tens of them). End
+of input ends it, and so do --idle seconds without a call (default 3): while
+tasks run for minutes, no Python waits in memory for nothing; the script
+starts another co-process when it next needs one.
 
 This is on the path of every task, so it is kept to the standard library: the
 generated script runs it as `python -I -S .../featherflow/mark.py`, which skips
