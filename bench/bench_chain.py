@@ -16,42 +16,14 @@ apart from the cost of each further task.
 
 import argparse
 import json
-import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-
-def console_script() -> list:
-    """The installed `featherflow` next to this interpreter, else `python -m featherflow`."""
-    found = Path(sys.executable).parent / "featherflow"
-    return [str(found)] if found.exists() else [sys.executable, "-m", "featherflow"]
-
-
-def child_env(base: Path) -> dict:
-    """The environment of the commands timed: a private FEATHERFLOW_HOME, and
-    bytecode caching on (into the temp dir), as after a normal install; with
-    PYTHONDONTWRITEBYTECODE set, every `featherflow` start would compile its modules."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FEATHERFLOW_DB", "PYTHONDONTWRITEBYTECODE")}
-    env["FEATHERFLOW_HOME"] = str(base / "home")
-    env["PYTHONPYCACHEPREFIX"] = str(base / "pycache")
-    return env
-
-
-def timed(argv, env=None) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, env=env)
-    took = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"bench_chain: {' '.join(argv)} exited {done.returncode}: "
-                 f"{done.stderr.decode(errors='replace').strip()[-2000:]}")
-    return took
+from common import child_env, console_script, timed
 
 
 def chain_flow(name: str, count: int) -> dict:

@@ -53,6 +53,8 @@ sys.path.insert(0, str(ROOT))
 from featherflow import db as dbmod, proc, runner, states  # noqa: E402
 from featherflow.store import Store  # noqa: E402
 
+from common import console_script  # noqa: E402
+
 FLOWS = [f"flow-{i:02d}" for i in range(20)]
 RARE = "monthly"  # a flow run once every 3,333 runs: filters on it must not walk everything
 TASKS = ["fetch", "unpack", "clean", "dedupe", "enrich", "aggregate", "score", "export", "archive", "notify"]
@@ -233,12 +235,6 @@ def show_plans(path: Path, cases, repeat: int = 5) -> bool:
 
 
 # -- timing the CLI ------------------------------------------------------------
-
-def console_script() -> list:
-    """The installed `featherflow` next to this interpreter, else `python -m featherflow`."""
-    found = Path(sys.executable).parent / "featherflow"
-    return [str(found)] if found.exists() else [sys.executable, "-m", "featherflow"]
-
 
 def timed(argv, env, cwd):
     """(wall seconds, bytes the command read from disk); exits if it failed or complained."""

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import featherflow.mark
+from common import child_env, console_script, timed
 from featherflow.api import Featherflow
 
 FLOOR_CODE = """\
@@ -42,33 +43,6 @@ c.execute('INSERT INTO t (v) VALUES (?)', ('x',))
 c.execute('COMMIT')
 c.close()
 """
-
-
-def console_script() -> list:
-    """The installed `featherflow` next to this interpreter, else `python -m featherflow`."""
-    found = Path(sys.executable).parent / "featherflow"
-    return [str(found)] if found.exists() else [sys.executable, "-m", "featherflow"]
-
-
-def child_env(base: Path) -> dict:
-    """The environment of the commands timed: a private FEATHERFLOW_HOME, and
-    bytecode caching on (into the temp dir), as after a normal install; with
-    PYTHONDONTWRITEBYTECODE set, every `featherflow` start would compile its modules."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FEATHERFLOW_DB", "PYTHONDONTWRITEBYTECODE")}
-    env["FEATHERFLOW_HOME"] = str(base / "home")
-    env["PYTHONPYCACHEPREFIX"] = str(base / "pycache")
-    return env
-
-
-def timed(argv, env=None) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, env=env)
-    took = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"bench_mark: {' '.join(argv[:4])} ... exited {done.returncode}: "
-                 f"{done.stderr.decode(errors='replace').strip()}")
-    return took
 
 
 def setup(base: Path, tasks: int):

@@ -30,24 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import child_env, console_script
+
 TASKS = 4
 DEADLINE = 30.0  # seconds to wait for the tasks to be running
-
-
-def console_script() -> list:
-    """The installed `featherflow` next to this interpreter, else `python -m featherflow`."""
-    found = Path(sys.executable).parent / "featherflow"
-    return [str(found)] if found.exists() else [sys.executable, "-m", "featherflow"]
-
-
-def child_env(base: Path) -> dict:
-    """The environment of the commands timed: a private FEATHERFLOW_HOME, and
-    bytecode caching on (into the temp dir), as after a normal install; with
-    PYTHONDONTWRITEBYTECODE set, every `featherflow` start would compile its modules."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FEATHERFLOW_DB", "PYTHONDONTWRITEBYTECODE")}
-    env["FEATHERFLOW_HOME"] = str(base / "home")
-    env["PYTHONPYCACHEPREFIX"] = str(base / "pycache")
-    return env
 
 
 def children() -> dict:

@@ -99,7 +99,7 @@ def record(db, run_id, pid, run, specs, states, deadline=DEADLINE):
     from featherflow import proc
 
     start, boot = proc.identity(pid) if pid else (None, None)
-    if pid and (start is None and os.path.isdir("/proc") or not proc.is_alive(pid, start, boot)):
+    if pid and (start is None and os.path.isdir("/proc") or not proc.is_alive(pid, start, boot, boot)):
         # Recording a dead pid would leave the run `running` for any process that reuses it.
         raise states.IllegalTransition(f"process {pid} of run {run_id} is gone: not recorded")
     give_up = time.monotonic() + deadline

@@ -297,6 +297,13 @@ def start(project, *argv, **kwargs) -> subprocess.Popen:
                             stdin=subprocess.DEVNULL, **kwargs)
 
 
+def stop(run: subprocess.Popen) -> None:
+    """Clean-up: SIGKILL the process group of a run still going, and reap it."""
+    if run.poll() is None:
+        os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+
+
 def running_task(project, task_id):
     """The id of the newest run once `task_id` runs in it (bounded wait)."""
     app = project.app()
@@ -381,9 +388,7 @@ def test_logs_follow_ends_when_the_run_dies(project):
         assert app.store.get_run(run_id).state == states.INTERRUPTED
         app.close()
     finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
+        stop(run)
 
 
 # -- local time, terminal safety ---------------------------------------------------
@@ -508,9 +513,7 @@ def test_cancel_from_another_process_stops_the_run_and_its_task_group(project):
         again = project.cli("runs", "cancel", run_id)
         assert "only queued or running" in error_line(again, code=3)
     finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
+        stop(run)
 
 
 @pytest.mark.slow
@@ -532,9 +535,7 @@ def test_sigterm_ends_a_run_cancelled_by_its_own_script(project):
                 code = "still running 10 s after SIGTERM"
             assert code == 5, f"try {attempt + 1}: {code}"
         finally:
-            if run.poll() is None:
-                os.killpg(run.pid, signal.SIGKILL)
-                run.wait()
+            stop(run)
 
 
 @pytest.mark.slow
@@ -564,9 +565,7 @@ def test_a_cancel_that_lands_while_a_start_is_being_recorded_starts_nothing(proj
     finally:
         if holder is not None:
             holder.close()
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
+        stop(run)
         for started in pids.glob("w.pid"):  # a task leads its own group: not in the run's
             try:
                 os.killpg(int(started.read_text()), signal.SIGKILL)
