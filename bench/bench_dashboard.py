@@ -34,9 +34,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from featherflow import db as dbmod  # noqa: E402
-from featherflow import dashboard  # noqa: E402
-from featherflow.store import Store  # noqa: E402
+from featherflow.store import db as dbmod  # noqa: E402
+from featherflow.dashboard import app as dashboard  # noqa: E402
+from featherflow.store.runs import Store  # noqa: E402
 
 FLOWS = [f"flow-{i:02d}" for i in range(20)]
 TASKS = ["extract", "transform", "load"]

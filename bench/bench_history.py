@@ -50,8 +50,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from featherflow import db as dbmod, proc, runner, states  # noqa: E402
-from featherflow.store import Store  # noqa: E402
+from featherflow import proc, states  # noqa: E402
+from featherflow.store import db as dbmod
+from featherflow.engine import runner
+from featherflow.store.runs import Store  # noqa: E402
 
 from common import console_script  # noqa: E402
 

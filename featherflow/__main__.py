@@ -1,5 +1,5 @@
 import sys
 
-from featherflow.cli import main
+from featherflow.cli.main import main
 
 sys.exit(main())

@@ -80,8 +80,8 @@ class Featherflow:
     @property
     def store(self):
         if self._store is None:
-            from featherflow import db
-            from featherflow.store import Store
+            from featherflow.store import db
+            from featherflow.store.runs import Store
 
             self._store = Store(db.open_database(self.config.db_path, self.config.config_dir))
         return self._store
@@ -99,7 +99,7 @@ class Featherflow:
 
         The run itself is in `self.last_run` afterwards (id, state, ...).
         """
-        from featherflow import runner
+        from featherflow.engine import runner
 
         prepared = runner.prepare(self, name, params or {}, max_parallel=max_parallel, dry_run=dry_run)
         if not dry_run:

@@ -23,7 +23,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import quote
 
 from featherflow import proc, states
-from featherflow.scheduler import HEARTBEAT_STALE  # one limit for doctor and dashboard
+from featherflow.scheduler.daemon import HEARTBEAT_STALE  # one limit for doctor and dashboard
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from featherflow import cli
+from featherflow.cli import main as cli
 from featherflow.api import Featherflow
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from featherflow import __version__, cli
+from featherflow import __version__
+from featherflow.cli import main as cli
 
 WEATHER = Path(__file__).parent / "data" / "weather_observations_flow.json"
 

@@ -16,15 +16,17 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from featherflow import dashboard, db as dbmod, states
-from featherflow.dashboard import (
+from featherflow import states
+from featherflow.dashboard import app as dashboard
+from featherflow.store import db as dbmod
+from featherflow.dashboard.app import (
     Counts, LogInfo, LogTail, Poller, RunDetail, RunInfo, ScheduleInfo, SchedulerInfo, Snapshot,
     TaskInfo, ViewState, handle_key, render,
 )
-from featherflow.dashboard_keys import page_size
-from featherflow.dashboard_view import MIN_HEIGHT, MIN_WIDTH, cells, clean, fit
+from featherflow.dashboard.keys import page_size
+from featherflow.dashboard.screen import MIN_HEIGHT, MIN_WIDTH, cells, clean, fit
 from featherflow.errors import DatabaseError
-from featherflow.store import Store
+from featherflow.store.runs import Store
 
 NOW = datetime(2026, 6, 12, 3, 0, 0)
 EVIL = "\x1b[2J\x1b]0;pwned\x07\r\x9b31m\u202e\x00"

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from peewee import IntegrityError, SqliteDatabase
 
-from featherflow import db as dbmod, errors, states
+from featherflow import errors, states
+from featherflow.store import db as dbmod
 from featherflow.errors import DatabaseError
-from featherflow.models import MODELS, TaskAttempt
+from featherflow.store.models import MODELS, TaskAttempt
 
 
 def affinity(declared: str) -> str:
@@ -206,7 +207,7 @@ def test_migration_2_adds_history_indexes_to_a_v1_database_and_since_is_exact(tm
     """A version-1 database with runs is migrated on open; `since` then walks the index, exactly."""
     from datetime import datetime
 
-    from featherflow.store import Store
+    from featherflow.store.runs import Store
 
     path = tmp_path / "featherflow.db"
     monkeypatch.setattr(dbmod, "migration_modules", lambda real=dbmod.migration_modules: real()[:1])

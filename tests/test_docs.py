@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from featherflow import cli, flow as flowmod
+from featherflow import flow as flowmod
+from featherflow.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

@@ -18,7 +18,7 @@ from statistics import mean
 
 import pytest
 
-from featherflow import cli
+from featherflow.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -44,7 +44,8 @@ from pathlib import Path
 
 import pytest
 
-from featherflow import backup, mark, proc, states
+from featherflow import mark, proc, states
+from featherflow.store import backup
 
 SOAK = os.environ.get("FEATHERFLOW_SOAK") == "1"
 MIGRATION_ROUNDS = 40 if SOAK else 2  # rounds over every kill point
@@ -458,7 +459,8 @@ def test_concurrent_marks_under_a_lock_wait_or_fail_loudly_never_silently(projec
 MIGRATE = textwrap.dedent("""\
     import sys, time, types
     from pathlib import Path
-    from featherflow import db as dbmod, states
+    from featherflow import states
+    from featherflow.store import db as dbmod
 
     db_path, markers, pause_at, pause_for = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
     STEPS = [
@@ -509,7 +511,7 @@ def start_migration(project, markers: Path, pause_at: int, pause_for: float):
 
 @pytest.mark.slow
 def test_killing_a_migration_leaves_the_old_or_the_new_schema_and_a_second_open_upgrades(project):
-    from featherflow import db as dbmod
+    from featherflow.store import db as dbmod
 
     rng = random.Random(int(os.environ.get("FEATHERFLOW_SEED", "0")) or None)
     dbmod.open_database(project.db).close()

@@ -23,7 +23,11 @@ from pathlib import Path
 import pytest
 
 from conftest import Project
-from featherflow import cli, proc, retention, runner, states, views
+from featherflow import proc, states
+from featherflow.cli import main as cli
+from featherflow.store import retention
+from featherflow.engine import runner
+from featherflow.cli import format as views
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

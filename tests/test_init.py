@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from featherflow import cli, scaffold
+from featherflow import scaffold
+from featherflow.cli import main as cli
 
 CREATED = ["flows/sample.json", "tasks/greet.sh", "tasks/report.py", "README.md"]
 CONTRACT = ("TMP_DIR", "FEATHERFLOW_RUN_ID", "FEATHERFLOW_TASK_ID", "FEATHERFLOW_ATTEMPT",

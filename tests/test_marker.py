@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from featherflow import mark, runner, states
+from featherflow import mark, states
+from featherflow.engine import runner
 
 WAIT = 30  # seconds: the bound on every wait in this file
 MARK = os.path.abspath(mark.__file__)

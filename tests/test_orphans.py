@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from featherflow import proc, runner, states
+from featherflow import proc, states
+from featherflow.engine import runner
 
 SOAK = os.environ.get("FEATHERFLOW_SOAK") == "1"
 KILLS = int(os.environ.get("FEATHERFLOW_KILLS", "200" if SOAK else "30"))

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from featherflow import Featherflow, runner
+from featherflow import Featherflow
+from featherflow.engine import runner
 
 pytestmark = pytest.mark.slow
 

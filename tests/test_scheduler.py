@@ -17,7 +17,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from featherflow import schedule_admin, scheduler, schedules, states
+from featherflow import states
+from featherflow.scheduler import admin as schedule_admin
+from featherflow.scheduler import daemon as scheduler
+from featherflow.scheduler import slots as schedules
 from featherflow.errors import ConflictError, UsageError
 
 UTC = timezone.utc

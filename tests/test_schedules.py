@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from featherflow import schedules
-from featherflow.schedules import ScheduleError, decide, next_slot, prev_slot, slots_between
+from featherflow.scheduler import slots as schedules
+from featherflow.scheduler.slots import ScheduleError, decide, next_slot, prev_slot, slots_between
 
 UTC = timezone.utc
 

@@ -11,7 +11,8 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from featherflow import flow as flowmod, script
+from featherflow import flow as flowmod
+from featherflow.engine import script
 
 SHELLCHECK = shutil.which("shellcheck")
 needs_shellcheck = pytest.mark.skipif(

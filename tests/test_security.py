@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from featherflow import cli, flow as flowmod
+from featherflow import flow as flowmod
+from featherflow.cli import main as cli
 from featherflow.errors import ValidationError
 
 DUMP_PY = """\

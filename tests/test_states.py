@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from featherflow import proc, runner, states
+from featherflow import proc, states
+from featherflow.engine import runner
 from featherflow.api import Featherflow
 from featherflow.states import IllegalTransition
 

@@ -15,8 +15,8 @@ from peewee import JOIN
 
 from featherflow import states
 from featherflow.errors import ConflictError, UsageError
-from featherflow.models import FlowRun, Schedule as ScheduleModel, ScheduleSlot, SchedulerState
-from featherflow.records import Run, as_run
+from featherflow.store.models import FlowRun, Schedule as ScheduleModel, ScheduleSlot, SchedulerState
+from featherflow.store.records import Run, as_run
 
 
 class ScheduleStore:

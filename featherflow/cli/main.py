@@ -140,7 +140,7 @@ def cmd_graph(app, args) -> int:
 
 
 def cmd_run(app, args) -> int:
-    from featherflow import runner
+    from featherflow.engine import runner
 
     if args.resume:
         if args.params:
@@ -183,7 +183,7 @@ def _now():
 
 def _reconciled(app):
     """Every command that reads runs first marks orphaned ones interrupted."""
-    from featherflow import runner
+    from featherflow.engine import runner
 
     for run_id, reason in runner.reconcile(app.store):
         print(f"note: run {run_id} is now interrupted: {reason}", file=sys.stderr)
@@ -193,13 +193,13 @@ def _reconciled(app):
 def _text(value: str, stream=None) -> str:
     """Text from files or tasks, for a terminal: control characters escaped, so no
     escape sequence acts. `stream` (default stdout) is where it is printed."""
-    from featherflow import views
+    from featherflow.cli import format as views
 
     return views.safe(value) if (stream or sys.stdout).isatty() else value
 
 
 def cmd_runs_list(app, args) -> int:
-    from featherflow import views
+    from featherflow.cli import format as views
 
     since = None
     if args.since:
@@ -219,7 +219,8 @@ def cmd_runs_list(app, args) -> int:
 
 
 def cmd_runs_show(app, args) -> int:
-    from featherflow import runner, views
+    from featherflow.engine import runner
+    from featherflow.cli import format as views
 
     store = _reconciled(app)
     run = store.get_run(args.run_id)
@@ -243,7 +244,8 @@ def cmd_runs_show(app, args) -> int:
 
 
 def cmd_runs_logs(app, args) -> int:
-    from featherflow import runner, views
+    from featherflow.engine import runner
+    from featherflow.cli import format as views
 
     store = _reconciled(app)
     run = store.get_run(args.run_id)
@@ -284,7 +286,8 @@ def _follow(store, run, attempt, path) -> int:
     that never started, or a run whose process died, would never end it)."""
     import time
 
-    from featherflow import proc, runner, states
+    from featherflow import proc, states
+    from featherflow.engine import runner
 
     position = 0
     while True:
@@ -313,14 +316,14 @@ def _follow(store, run, attempt, path) -> int:
 
 
 def cmd_runs_resume(app, args) -> int:
-    from featherflow import runner
+    from featherflow.engine import runner
 
     _reconciled(app)
     return _resume(app, runner, args.run_id, args)
 
 
 def cmd_runs_cancel(app, args) -> int:
-    from featherflow import runner
+    from featherflow.engine import runner
 
     _reconciled(app)
     state = runner.cancel(app, args.run_id)
@@ -329,7 +332,8 @@ def cmd_runs_cancel(app, args) -> int:
 
 
 def cmd_runs_prune(app, args) -> int:
-    from featherflow import retention, views
+    from featherflow.store import retention
+    from featherflow.cli import format as views
 
     try:
         older = views.parse_age(args.older_than) if args.older_than else None
@@ -353,7 +357,7 @@ def cmd_runs_prune(app, args) -> int:
 
 def cmd_dashboard(app, args) -> int:
     """Read only: never app.store (it would migrate) and no reconcile (it writes)."""
-    from featherflow import dashboard
+    from featherflow.dashboard import app as dashboard
 
     return dashboard.main(app.config.db_path, flow=args.flow)
 
@@ -379,7 +383,7 @@ def cmd_doctor(app, args) -> int:
 
 
 def cmd_db_backup(app, args) -> int:
-    from featherflow import backup
+    from featherflow.store import backup
 
     report = backup.backup(app.config.db_path, args.path)
     print(f"backed up {report.source} to {report.path}: {report.runs} run(s), "
@@ -510,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "never overwrites)", db_sub)
     p.add_argument("path", metavar="PATH", help="the new file to write (must not exist)")
 
-    from featherflow import cli_schedules
+    from featherflow.cli import schedules as cli_schedules
 
     cli_schedules.add_commands(sub, command, common)
     return parser

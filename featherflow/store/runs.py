@@ -16,9 +16,9 @@ from peewee import SQL, SqliteDatabase, fn
 
 from featherflow import states
 from featherflow.errors import ConflictError, UsageError
-from featherflow.models import FlowRun, TaskAttempt
-from featherflow.records import Attempt, Run, as_attempt, as_run, parse_times
-from featherflow.schedule_store import ScheduleStore
+from featherflow.store.models import FlowRun, TaskAttempt
+from featherflow.store.records import Attempt, Run, as_attempt, as_run, parse_times
+from featherflow.store.schedules import ScheduleStore
 
 
 class Store(ScheduleStore):

@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 from typing import List, Optional, Sequence, Tuple
 
 from featherflow import states
-from featherflow.dashboard_keys import ViewState, body_height, page_size
-from featherflow.scheduler import HEARTBEAT_STALE  # one limit for doctor and dashboard
+from featherflow.dashboard.keys import ViewState, body_height, page_size
+from featherflow.scheduler.daemon import HEARTBEAT_STALE  # one limit for doctor and dashboard
 
 # The scheduler writes its heartbeat once a tick, and ticks at least every --check-interval
 # (60 s by default): stale means two ticks missed, with room for a slow one.

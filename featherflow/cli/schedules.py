@@ -7,7 +7,8 @@ command: these only parse, call schedule_admin / scheduler, and print.
 import json
 import sys
 
-from featherflow import cli, errors
+from featherflow import errors
+from featherflow.cli import main as cli
 
 
 def _utcnow():
@@ -17,7 +18,9 @@ def _utcnow():
 
 
 def cmd_schedule_add(app, args) -> int:
-    from featherflow import runner, schedule_admin, scheduler
+    from featherflow.engine import runner
+    from featherflow.scheduler import admin as schedule_admin
+    from featherflow.scheduler import daemon as scheduler
 
     s = schedule_admin.add_schedule(
         app, args.flow, cron=args.cron, interval=args.interval, at=args.at, tz=args.tz, name=args.name,
@@ -31,7 +34,7 @@ def cmd_schedule_add(app, args) -> int:
 
 
 def cmd_schedule_list(app, args) -> int:
-    from featherflow import schedule_admin
+    from featherflow.scheduler import admin as schedule_admin
 
     now = _utcnow()
     if args.json:
@@ -45,7 +48,7 @@ def cmd_schedule_list(app, args) -> int:
 
 
 def cmd_schedule_show(app, args) -> int:
-    from featherflow import schedule_admin
+    from featherflow.scheduler import admin as schedule_admin
 
     store, now = cli._reconciled(app), _utcnow()
     s = store.get_schedule(args.name)
@@ -57,7 +60,7 @@ def cmd_schedule_show(app, args) -> int:
 
 
 def cmd_schedule_remove(app, args) -> int:
-    from featherflow import scheduler
+    from featherflow.scheduler import daemon as scheduler
 
     s = app.store.remove_schedule(args.name)
     scheduler.notify(app.store)  # the daemon sees it at once
@@ -66,7 +69,7 @@ def cmd_schedule_remove(app, args) -> int:
 
 
 def cmd_schedule_enable(app, args) -> int:
-    from featherflow import scheduler
+    from featherflow.scheduler import daemon as scheduler
 
     s = app.store.set_schedule_enabled(args.name, True)
     scheduler.notify(app.store)  # the daemon sees it at once
@@ -75,7 +78,7 @@ def cmd_schedule_enable(app, args) -> int:
 
 
 def cmd_schedule_disable(app, args) -> int:
-    from featherflow import scheduler
+    from featherflow.scheduler import daemon as scheduler
 
     s = app.store.set_schedule_enabled(args.name, False)
     scheduler.notify(app.store)  # the daemon sees it at once
@@ -84,7 +87,8 @@ def cmd_schedule_disable(app, args) -> int:
 
 
 def cmd_scheduler_start(app, args) -> int:
-    from featherflow import config, scheduler
+    from featherflow import config
+    from featherflow.scheduler import daemon as scheduler
 
     fault = config.scheduler_env()["fault"]
     scheduler.check_root(args.allow_root)
@@ -97,7 +101,7 @@ def cmd_scheduler_start(app, args) -> int:
 
 
 def cmd_scheduler_stop(app, args) -> int:
-    from featherflow import scheduler
+    from featherflow.scheduler import daemon as scheduler
 
     pid = scheduler.stop(app.store)
     print(f"scheduler stopped (pid {pid})" if pid else "scheduler is not running")
@@ -108,7 +112,9 @@ def cmd_scheduler_status(app, args) -> int:
     if args.interactive:  # the original tool's entry point to the dashboard
         args.flow = None
         return cli.cmd_dashboard(app, args)
-    from featherflow import schedule_admin, scheduler, views
+    from featherflow.scheduler import admin as schedule_admin
+    from featherflow.scheduler import daemon as scheduler
+    from featherflow.cli import format as views
 
     now = _utcnow()
     st = scheduler.status(cli._reconciled(app), now)
@@ -133,7 +139,8 @@ def cmd_scheduler_status(app, args) -> int:
 
 
 def cmd_scheduler_install(app, args) -> int:
-    from featherflow import config, schedule_admin
+    from featherflow import config
+    from featherflow.scheduler import admin as schedule_admin
 
     path, text = schedule_admin.install(app.config, system=not args.user, write=not args.print,
                                    sudo_user=config.scheduler_env()["sudo_user"])
@@ -149,7 +156,7 @@ def cmd_scheduler_install(app, args) -> int:
 
 def cmd_start_run(app, args) -> int:
     """Hidden: the scheduler's way to start a run it created (or resume one it was running)."""
-    from featherflow import runner
+    from featherflow.engine import runner
 
     if args.resume:
         prepared = runner.start_auto_resume(app, args.run_id)

@@ -3,7 +3,7 @@
 The CLI's schedule commands and `scheduler install` call these; the daemon
 itself is scheduler.py. The Python API (compatible with the original tool):
 
-    from featherflow import scheduler
+    from featherflow.scheduler import daemon as scheduler
     s = scheduler.get_scheduler(flows_dir="flows", tasks_dir="tasks", output_dir="out")
     s.schedule_manager.add_schedule("etl", "30 3 * * *", description="nightly")  # True / False
     s.schedule_manager.get_all_schedules()  # [ScheduleEntry(name, flow_name, cron_expression, ...)]
@@ -20,9 +20,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from featherflow import config as configmod, flow as flowmod, runner, schedules
+from featherflow import config as configmod, flow as flowmod
+from featherflow.engine import runner
+from featherflow.scheduler import slots as schedules
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
-from featherflow.scheduler import START_DEADLINE, _failure, _iso, _row_alive, next_fire, notify, stop, utcnow
+from featherflow.scheduler.daemon import START_DEADLINE, _failure, _iso, _row_alive, next_fire, notify, stop, utcnow
 
 log = logging.getLogger(__name__)
 

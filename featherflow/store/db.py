@@ -17,7 +17,7 @@ from peewee import SqliteDatabase
 
 from featherflow import migrations, states
 from featherflow.errors import DatabaseError
-from featherflow.models import MODELS
+from featherflow.store.models import MODELS
 
 BUSY_TIMEOUT = 10  # seconds
 PRAGMAS = {

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 from featherflow import proc, states
-from featherflow.dashboard_keys import QUIT, REDRAW, REFETCH, ViewState, handle_key, page_size
-from featherflow.dashboard_view import render, render_rows
+from featherflow.dashboard.keys import QUIT, REDRAW, REFETCH, ViewState, handle_key, page_size
+from featherflow.dashboard.screen import render, render_rows
 from featherflow.errors import UsageError
 
 __all__ = ["Snapshot", "SchedulerInfo", "ScheduleInfo", "RunInfo", "Counts", "TaskInfo", "RunDetail",
@@ -31,7 +31,7 @@ __all__ = ["Snapshot", "SchedulerInfo", "ScheduleInfo", "RunInfo", "Counts", "Ta
            "check_terminal", "QUIT", "REFETCH", "REDRAW"]
 
 try:  # the scheduler's cron logic; the dashboard works without it (no countdowns)
-    from featherflow.schedules import next_slot as _next_slot
+    from featherflow.scheduler.slots import next_slot as _next_slot
 except ImportError:  # pragma: no cover - depends on what is installed
     _next_slot = None
 
@@ -299,7 +299,7 @@ class Poller:
                        failed if row["state"] in states.RESUMABLE else ())
 
     def _log(self, detail: RunDetail, state: ViewState, run) -> LogInfo:
-        from featherflow import runner
+        from featherflow.engine import runner
 
         task = next((t for t in detail.tasks if t.task_id == state.task_id), None)
         attempt = state.attempt or (task.attempt if task else 0)
@@ -326,7 +326,7 @@ def _latest_states(rows: List[Dict]) -> Dict[int, Dict[str, str]]:
 
 def _detail(run, attempts, make_run) -> RunDetail:
     """The run's tasks in dependency order (its stored definition), each with its latest attempt."""
-    from featherflow import views
+    from featherflow.cli import format as views
 
     latest = {a.task_id: a for a in attempts}  # ordered by attempt number
     try:
@@ -380,8 +380,8 @@ def check_terminal(stdin=None, stdout=None, env=None) -> None:
 
 def main(db_path: Path, flow: Optional[str] = None) -> int:
     """Run the dashboard until `q` (or Ctrl-C); the terminal is restored on every way out."""
-    from featherflow import db
-    from featherflow.store import Store
+    from featherflow.store import db
+    from featherflow.store.runs import Store
 
     # An exported LINES/COLUMNS (bash keeps them up to date once they are in its
     # environment) would pin ncurses to that size and every resize would be ignored;

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Dict, List, Optional
 
 from featherflow import graph
-from featherflow.store import Attempt, Run
+from featherflow.store.runs import Attempt, Run
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
 

@@ -14,7 +14,7 @@ session and never waited on (only reaped), so they outlive the daemon. Signal
 handlers only set flags; the loop sleeps until the next slot or the check
 interval. `scheduler start/stop/status` and `get_scheduler()` are here too.
 
-    from featherflow import scheduler
+    from featherflow.scheduler import daemon as scheduler
     s = scheduler.get_scheduler(flows_dir="flows", tasks_dir="tasks", output_dir="out")
     s.schedule_manager.add_schedule("etl", "30 3 * * *", description="nightly")
     s.start(); s.is_running(); s.stop()
@@ -36,7 +36,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from featherflow import config as configmod, flow as flowmod, graph, proc, runner, schedules, states
+from featherflow import config as configmod, flow as flowmod, graph, proc, states
+from featherflow.engine import runner
+from featherflow.scheduler import slots as schedules
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
 
 
@@ -522,7 +524,7 @@ def get_scheduler(flows_dir="./flows", tasks_dir="./tasks", output_dir="./feathe
     """The scheduler of the database these dirs resolve to (config_dir/db as for the CLI):
     start()/stop()/is_running(), and schedules through .schedule_manager."""
     from featherflow.api import Featherflow
-    from featherflow.schedule_admin import SchedulerHandle
+    from featherflow.scheduler.admin import SchedulerHandle
 
     return SchedulerHandle(Featherflow(flows_dir, tasks_dir, output_dir, config_dir, db, log_dir),
                            check_interval, allow_root)

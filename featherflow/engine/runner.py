@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
-from featherflow import flow as flowmod, graph, proc, script, states
+from featherflow import flow as flowmod, graph, proc, states
+from featherflow.engine import script
 from featherflow.errors import (
     ConflictError, DatabaseError, FeatherflowError, UsageError, ValidationError)
-from featherflow.store import Run
+from featherflow.store.runs import Run
 
 log = logging.getLogger(__name__)
 

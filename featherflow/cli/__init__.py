@@ -1,0 +1,1 @@
+"""The `featherflow` command: parse, call the library, print (entry point: cli.main.main)."""
