@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import quote
 
-from featherflow import proc, states
+from featherflow import proc, scaffold, states
 from featherflow.scheduler.daemon import HEARTBEAT_STALE  # one limit for doctor and dashboard
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
@@ -71,6 +71,8 @@ def diagnose(config, now: datetime) -> List[Finding]:
             con.close()
     findings.append(check_wal_size(_size(Path(f"{db_path}-wal"))))
     findings += check_permissions(db_path, Path(config.config_dir), Path(config.output_dir), os.getuid())
+    findings.append(check_project(Path(config.flows_dir), Path(config.tasks_dir),
+                                  scaffold.loose_paths(Path(config.flows_dir), Path(config.tasks_dir))))
     findings += check_free_space(_free_spaces([db_path.parent, Path(config.output_dir)]))
     findings.append(check_clock(clock_synchronised(), now))
     findings.append(check_logs(*log_usage(Path(config.output_dir) / "runs")))
@@ -79,7 +81,8 @@ def diagnose(config, now: datetime) -> List[Finding]:
 
 # The order a person reads them in: the database, the machine, then what runs.
 ORDER = ["database filesystem", "database integrity", "schema version", "database tables", "WAL size",
-         "database permissions", "config dir permissions", "output dir permissions", "free disk space",
+         "database permissions", "config dir permissions", "output dir permissions", "project permissions",
+         "free disk space",
          "clock", "scheduler", "stuck runs", "orphaned processes", "logs disk use"]
 
 
@@ -241,6 +244,21 @@ def check_output_dir(output_dir: Path, uid: int) -> Finding:
         return Finding(name, OK, f"{output_dir} is private" if output_dir.exists()
                        else f"{output_dir} does not exist yet (created 0700)")
     return Finding(name, status, "; ".join(details), "; ".join(dict.fromkeys(fixes)))
+
+
+def check_project(flows_dir: Path, tasks_dir: Path, loose: Sequence[Tuple[str, int]]) -> Finding:
+    """Flows, task scripts and their dirs that others can write (`loose`: (path, mode) pairs,
+    from scaffold.loose_paths): whoever can write them chooses what a run executes."""
+    name = "project permissions"
+    if not loose:
+        there = [str(d) for d in (flows_dir, tasks_dir) if d.is_dir()]
+        return Finding(name, OK, f"only their owner can write {' and '.join(there)}" if there else
+                       f"no {flows_dir} or {tasks_dir} here (run doctor in the project folder, or pass -f/-t)")
+    shown = "; ".join(f"{path} is {mode:04o}" for path, mode in loose[:5])
+    more = f" and {len(loose) - 5} more" if len(loose) > 5 else ""
+    paths = [path for path, _ in loose] if len(loose) <= 5 else [str(d) for d in (flows_dir, tasks_dir) if d.is_dir()]
+    fix = "chmod " + ("-R " if len(loose) > 5 else "") + "go-w " + " ".join(shlex.quote(p) for p in paths)
+    return Finding(name, WARNING, f"{shown}{more}: others can change what a run executes", fix)
 
 
 def _private(path: Path, st, uid: int, forbidden: int, wanted: str) -> Optional[Tuple[str, str]]:

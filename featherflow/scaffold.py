@@ -3,10 +3,12 @@
 The templates live here as strings, so a plain `pip install .` carries them and
 there is no package data to forget. A file that already exists is never touched:
 each one is created with O_EXCL, so even a file (or a symlink) that appears
-between the check and the write is left alone and reported as skipped.
+between the check and the write is left alone and reported as skipped. What
+init creates gets its mode whatever the umask: dirs 0755, files 0644, scripts 0755.
 """
 
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Tuple
@@ -14,6 +16,7 @@ from typing import List, Tuple
 from featherflow.errors import UsageError
 
 SAMPLE_FLOW = "sample"
+DIR_MODE = 0o755  # the project dir, flows/ and tasks/
 
 
 @dataclass
@@ -39,22 +42,65 @@ def init(directory: Path) -> InitReport:
             raise UsageError(f"init: {folder} exists and is not a directory (give a new or existing folder)")
     for folder in folders:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            _make_dir(folder)
         except OSError as exc:
             raise UsageError(f"init: cannot create {folder}: {exc.strerror}") from None
     for relative, text, mode in files(_project_title(directory)):
         path = directory / relative
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
             report.skipped.append(relative)
             continue
         except OSError as exc:
             raise UsageError(f"init: cannot create {path}: {exc.strerror}") from None
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(fd, mode)  # the mode asked for, whatever the umask
             f.write(text)
         report.created.append(relative)
     return report
+
+
+def _make_dir(folder: Path) -> None:
+    """Create `folder` and missing parents 0755 whatever the umask (under umask 000 a 0777
+    tasks/ lets any local user swap a script the scheduler runs). Each is made 0700 first
+    and opened up after, so no one else can write in it meanwhile. An existing folder is
+    left as it is (`featherflow doctor` warns when others can write in it)."""
+    if folder.is_dir():
+        return
+    if not folder.parent.is_dir() and folder.parent != folder:
+        _make_dir(folder.parent)
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        if folder.is_dir():  # made meanwhile by someone else: not ours to change
+            return
+        raise
+    os.chmod(folder, DIR_MODE)
+
+
+def loose_paths(flows_dir: Path, tasks_dir: Path, limit: int = 10000) -> List[Tuple[str, int]]:
+    """(path, mode) of the project's dirs, flows and task scripts that others can write
+    (group or world write bit): such a user can change what a run, or the scheduler, runs.
+    Symlinks are judged by what they point to; at most `limit` entries are looked at."""
+    found, seen = [], 0
+    for top in (flows_dir, tasks_dir):
+        if not top.is_dir():
+            continue
+        for root, dirs, names in os.walk(top):
+            dirs.sort()
+            for name in [""] + sorted(names):
+                path = os.path.join(root, name) if name else root
+                seen += 1
+                if seen > limit:
+                    return found
+                try:
+                    mode = stat.S_IMODE(os.stat(path).st_mode)
+                except OSError:
+                    continue
+                if mode & 0o022:
+                    found.append((path, mode))
+    return found
 
 
 def files(title: str) -> List[Tuple[str, str, int]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from featherflow import doctor, states
+from featherflow import doctor, scaffold, states
 from featherflow.doctor import OK, PROBLEM, WARNING
 
 NOW = datetime(2030, 6, 1, 12, 0, 0)
@@ -145,6 +145,32 @@ def test_permissions_name_each_loose_file_and_its_chmod(tmp_path):
     assert all(f.status == OK for f in doctor.check_permissions(db, home, output, os.getuid()))
 
 
+def test_project_permissions_warn_about_what_others_can_write(tmp_path):
+    flows, tasks = tmp_path / "flows", tmp_path / "tasks"
+    (tasks / "lib").mkdir(parents=True)
+    flows.mkdir()
+    (flows / "f.json").write_text("{}")
+    script = tasks / "lib" / "t.sh"
+    script.write_text("echo\n")
+    for path, mode in ((flows, 0o755), (tasks, 0o755), (tasks / "lib", 0o755), (flows / "f.json", 0o644),
+                       (script, 0o755)):
+        path.chmod(mode)
+    ok = doctor.check_project(flows, tasks, scaffold.loose_paths(flows, tasks))
+    assert ok.status == OK and str(tasks) in ok.detail
+    tasks.chmod(0o777)
+    script.chmod(0o775)
+    (flows / "f.json").chmod(0o666)
+    loose = scaffold.loose_paths(flows, tasks)
+    assert loose == [(str(flows / "f.json"), 0o666), (str(tasks), 0o777), (str(script), 0o775)]
+    found = doctor.check_project(flows, tasks, loose)
+    assert found.status == WARNING
+    assert f"{tasks} is 0777" in found.detail and f"{script} is 0775" in found.detail
+    assert found.fix == f"chmod go-w {flows / 'f.json'} {tasks} {script}"
+    many = doctor.check_project(flows, tasks, [(f"/p/{i}", 0o777) for i in range(8)])
+    assert "and 3 more" in many.detail and many.fix == f"chmod -R go-w {flows} {tasks}"
+    assert doctor.check_project(tmp_path / "no", tmp_path / "nor", []).status == OK
+
+
 # -- the command ------------------------------------------------------------------------
 
 @pytest.fixture
@@ -170,7 +196,7 @@ def test_a_healthy_project_exits_0(project, synced):
     assert data["healthy"] is True and data["problems"] == 0
     names = [f["name"] for f in data["findings"]]
     for name in ("database integrity", "schema version", "WAL size", "database permissions",
-                 "config dir permissions", "output dir permissions", "database filesystem",
+                 "config dir permissions", "output dir permissions", "project permissions", "database filesystem",
                  "free disk space", "clock", "scheduler", "stuck runs", "orphaned processes", "logs disk use"):
         assert name in names
     logs = next(f for f in data["findings"] if f["name"] == "logs disk use")
@@ -193,6 +219,17 @@ def test_problems_exit_1_with_their_fixes(project, synced):
     assert "2 problem(s)" in result.out
     data = json.loads(project.cli("doctor", "--json").out)
     assert data["healthy"] is False and data["problems"] == 2
+
+
+def test_a_world_writable_tasks_dir_is_a_warning_with_its_fix(project, synced):
+    ran(project)
+    project.tasks.chmod(0o777)
+    result = project.cli("doctor")
+    assert result.code == 0, result.out  # a warning, not a problem
+    line = next(line for line in result.out.splitlines() if "project permissions" in line)
+    assert line.startswith("warning") and f"{project.tasks} is 0777" in line
+    assert f"fix: chmod go-w {project.tasks}" in result.out
+    assert result.out.strip().endswith("0 problem(s), 1 warning(s)")
 
 
 def test_network_filesystem_is_reported(project, synced, monkeypatch):

@@ -153,6 +153,16 @@ def test_list_filters_by_flow_state_and_limit(done):
     assert bad.code == 2 and "whole number >= 1" in bad.err
 
 
+def test_an_empty_filter_result_is_not_an_empty_history(done, project):
+    result = done.cli("runs", "list", "--state", "running", "--flow", "etl")
+    assert result.code == 0, result.err
+    assert "no runs yet" not in result.out
+    assert result.out.startswith("no run matches --flow etl --state running (3 run(s) in the history")
+    assert "no run matches --since 2999-01-01" in done.cli("runs", "list", "--since", "2999-01-01").out
+    empty = project.cli("runs", "list", "--state", "running")  # nothing ever ran here
+    assert empty.code == 0 and empty.out.startswith("no runs yet (start one with")
+
+
 def test_list_json_has_the_documented_stable_keys(done):
     result = done.cli("runs", "list", "--json")
     runs = json.loads(result.out)

@@ -67,6 +67,31 @@ def test_init_in_an_empty_dir_then_validate_and_run(tmp_path):
     assert "run 1, task greet, attempt 1" in greet_log  # the environment contract reached the task
 
 
+@pytest.mark.parametrize("umask", [0o000, 0o077])
+def test_init_sets_its_modes_whatever_the_umask(tmp_path, umask):
+    """Under umask 000 a 0777 tasks/ would let any local user swap a script the scheduler runs."""
+    root = tmp_path / "new" / "proj"  # a missing parent too
+    old = os.umask(umask)
+    try:
+        scaffold.init(root)
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(tmp_path)): p.stat().st_mode & 0o7777
+             for p in [tmp_path / "new", root] + sorted(root.rglob("*"))}
+    assert modes == {"new": 0o755, "new/proj": 0o755, "new/proj/flows": 0o755, "new/proj/tasks": 0o755,
+                     "new/proj/flows/sample.json": 0o644, "new/proj/tasks/greet.sh": 0o755,
+                     "new/proj/tasks/report.py": 0o755, "new/proj/README.md": 0o644}
+    assert scaffold.loose_paths(root / "flows", root / "tasks") == []
+
+
+def test_init_leaves_the_mode_of_an_existing_folder_alone(tmp_path):
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks").chmod(0o775)
+    scaffold.init(tmp_path)
+    assert (tmp_path / "tasks").stat().st_mode & 0o777 == 0o775  # not ours: doctor warns about it
+    assert scaffold.loose_paths(tmp_path / "flows", tmp_path / "tasks") == [(str(tmp_path / "tasks"), 0o775)]
+
+
 def test_init_never_overwrites_and_says_what_it_skipped(tmp_path, capsys):
     (tmp_path / "flows").mkdir()
     (tmp_path / "flows" / "sample.json").write_bytes(b'{"mine": true}')

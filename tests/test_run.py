@@ -163,6 +163,30 @@ def test_failure_marks_descendants_upstream_failed_and_unrelated_branch_finishes
     assert "run 1 failed: 1 task(s) failed" in result.out
 
 
+def test_the_failure_tail_cuts_long_lines_and_the_log_keeps_them(project):
+    """Ten 10 kB lines would put 100 kB on the terminal: each shown line is cut to
+    LOG_TAIL_WIDTH bytes with a marker, never inside a UTF-8 character."""
+    from featherflow import script
+
+    width = script.LOG_TAIL_WIDTH
+    project.write_task("wide.py", "import sys\n"
+                       "for i in range(10):\n    print(str(i) * 10000)\n"
+                       f"print('a' * {width - 1} + 'é' + 'tail')\nprint('short')\nsys.exit(1)\n")
+    project.write_flow({"name": "f", "tasks": [{"id": "wide", "script": "wide.py"}]})
+    result = project.sh("run", "f")
+    assert result.code == 1, result.out + result.err
+    shown = [line for line in result.out.splitlines() if line.startswith("        | ")]
+    assert len(shown) == 12, result.out[:2000]
+    assert all(len(line.encode()) <= width + 40 for line in shown)
+    assert shown[0] == "        | " + "0" * width + f"… [+{10000 - width} bytes]"
+    # the 2-byte é would straddle the cut: it goes whole into the hidden part
+    assert shown[10] == "        | " + "a" * (width - 1) + "… [+6 bytes]"
+    assert shown[11] == "        | short"
+    run, _ = only_run(project)
+    log = (runner.run_dir(run) / "logs" / "wide.1.log").read_text(encoding="utf-8").splitlines()
+    assert [len(line) for line in log[:10]] == [10000] * 10 and log[10].endswith("étail")
+
+
 @pytest.mark.parametrize("code,expected", [(0, 0), (1, 1), (5, 1)])
 def test_exit_codes(project, code, expected):
     """The run's exit code says success (0) or failure (1), whatever the task's own code."""

@@ -192,6 +192,48 @@ def test_tick_after_downtime_records_skips_with_reasons(project):
     app.close()
 
 
+def finish(app, run_id):
+    app.store.transition_run(run_id, states.RUNNING)
+    for attempt in app.store.attempts(run_id):
+        app.store.transition_attempt(run_id, attempt.task_id, attempt.attempt, states.RUNNING)
+        app.store.transition_attempt(run_id, attempt.task_id, attempt.attempt, states.SUCCESS, exit_code=0)
+    app.store.transition_run(run_id, states.SUCCESS)
+
+
+def test_slots_missed_while_the_daemon_was_frozen_say_it_did_not_tick(project):
+    """SIGSTOP then SIGCONT: the daemon was running, not ticking, between its two ticks."""
+    add_flow(project)
+    app, sched, fake = ticker(project)
+    s = schedule_admin.add_schedule(app, "tick", cron="0 * * * *", tz="UTC", now=T0)
+    sched.tick(T0 + timedelta(minutes=5))  # its first tick: nothing was due yet
+    assert sched.tick(T0 + timedelta(hours=1, seconds=1)).fired == 1
+    finish(app, app.store.recent_slots(s.id)[0].run_id)
+    sched.tick(T0 + timedelta(hours=4, minutes=10))  # frozen from 01:00:01 until 04:10
+    missed = [x for x in app.store.recent_slots(s.id) if x.state == "skipped"]
+    assert [x.slot_at.hour for x in missed] == [3, 2]
+    assert all(x.reason.startswith("missed: the scheduler did not tick from 2030-01-01 01:00:01 UTC "
+                                   "to 2030-01-01 04:10:00 UTC") for x in missed)
+    shown = project.cli("schedule", "show", s.name).out
+    assert "did not tick from" in shown and "not running then" not in shown
+    app.close()
+
+
+def test_a_waiting_catch_up_slot_says_it_fired_once_it_did(project):
+    add_flow(project)
+    app, sched, fake = ticker(project)
+    s = schedule_admin.add_schedule(app, "tick", cron="0 * * * *", tz="UTC", catchup="all", now=T0)
+    sched.tick(T0 + timedelta(hours=2, minutes=30))  # after downtime: 01:00 fires, 02:00 waits
+    by_hour = {x.slot_at.hour: x for x in app.store.recent_slots(s.id)}
+    assert by_hour[1].reason == "catch-up: fired 1h30m late (catchup=all)"
+    assert by_hour[2].state == "waiting" and "waits for the previous slot's run" in by_hour[2].reason
+    finish(app, by_hour[1].run_id)
+    assert sched.tick(T0 + timedelta(hours=2, minutes=31)).fired == 1
+    fired = next(x for x in app.store.recent_slots(s.id) if x.slot_at.hour == 2)
+    assert fired.state == "fired" and fired.run_id is not None
+    assert fired.reason == "catch-up: fired 31m00s late, after the previous slot's run ended (catchup=all)"
+    app.close()
+
+
 def test_tick_overlap_skip_names_the_run(project):
     add_flow(project)
     app, sched, fake = ticker(project)

@@ -219,6 +219,40 @@ def test_catchup_all_runs_every_missed_slot_one_after_another():
     assert parallel.fire == tuple(utc(2026, 1, 1, h) for h in (6, 7, 8, 9))
 
 
+def test_a_missed_slot_says_whether_the_scheduler_was_down_or_did_not_tick():
+    """The daemon passes its previous tick time: a slot after it fell while the daemon ran
+    but was frozen (SIGSTOP, suspend); with no previous tick it was not running."""
+    down = decide(Sched(), utc(2026, 1, 1, 5), utc(2026, 1, 1, 9, 20))
+    assert all(why.startswith("missed: the scheduler was not running then") for _, why in down.skip)
+    frozen = decide(Sched(), utc(2026, 1, 1, 5), utc(2026, 1, 1, 9, 20), last_tick=utc(2026, 1, 1, 5, 0, 1))
+    assert [slot for slot, _ in frozen.skip] == [utc(2026, 1, 1, h) for h in (6, 7, 8)]
+    assert {why for _, why in frozen.skip} == {
+        "missed: the scheduler did not tick from 2026-01-01 05:00:01 UTC to 2026-01-01 09:20:00 UTC "
+        "(catchup=latest runs only the most recent)"}
+    # slots at or before the previous tick were left by a tick that failed, not by downtime
+    failed = decide(Sched(), utc(2026, 1, 1, 5), utc(2026, 1, 1, 9, 20), last_tick=utc(2026, 1, 1, 7, 30))
+    reasons = dict(failed.skip)
+    assert "a tick of the scheduler failed" in reasons[utc(2026, 1, 1, 6)]
+    assert "did not tick from 2026-01-01 07:30:00 UTC" in reasons[utc(2026, 1, 1, 8)]
+    none = decide(Sched(catchup="none"), utc(2026, 1, 1, 5), utc(2026, 1, 1, 9, 20), last_tick=utc(2026, 1, 1, 5))
+    assert all("did not tick" in why and "(catchup=none)" in why for _, why in none.skip)
+
+
+def test_a_fired_slot_says_it_fired_late_or_after_waiting():
+    on_time = decide(Sched(), utc(2026, 1, 1, 9), utc(2026, 1, 1, 10, 0, 1))
+    assert on_time.fire == (utc(2026, 1, 1, 10),) and not on_time.notes
+    late = decide(Sched(catchup="all"), utc(2026, 1, 1, 5), utc(2026, 1, 1, 9, 20))
+    assert late.notes == ((utc(2026, 1, 1, 6), "catch-up: fired 3h20m late (catchup=all)"),)
+    after = decide(Sched(catchup="all"), utc(2026, 1, 1, 9), utc(2026, 1, 1, 9, 25), waiting=[utc(2026, 1, 1, 7)])
+    assert after.fire == (utc(2026, 1, 1, 7),)
+    assert after.notes == ((utc(2026, 1, 1, 7), "catch-up: fired 2h25m late, after the previous slot's run "
+                                                "ended (catchup=all)"),)
+    queued = decide(Sched(overlap="queue"), utc(2026, 1, 1, 10), utc(2026, 1, 1, 10, 30),
+                    waiting=[utc(2026, 1, 1, 10)])
+    assert queued.notes == ((utc(2026, 1, 1, 10), "fired 30m00s late, after waiting for the previous run "
+                                                  "to end (overlap=queue)"),)
+
+
 def test_catchup_is_capped_and_the_rest_is_one_recorded_row():
     s = Sched(cron="* * * * * *", catchup="all", overlap="allow")
     d = decide(s, utc(2026, 1, 1), utc(2026, 1, 2), cap=100)  # a day of per-second slots

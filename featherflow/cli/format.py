@@ -6,8 +6,9 @@ anything that came from a task (ids, log lines) is made safe for a terminal.
 
 import json
 import re
+import shlex
 from datetime import datetime, timedelta, timezone
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from featherflow import graph
 from featherflow.store.runs import Attempt, Run
@@ -133,6 +134,16 @@ def runs_table(runs: List[Run], now: datetime, width: int = 80) -> List[str]:
             line += "  " + _fit(safe(note), max(0, width - len(line) - 2))
         lines.append(line[:width] if len(line) > width else line)
     return lines
+
+
+def no_runs(filters: List[Tuple[str, str]], total: int) -> str:
+    """What `runs list` says when it lists nothing: an empty history is not a filter that
+    matched nothing (`filters`: the (option, value) pairs given; `total`: runs in the history)."""
+    if not total:
+        return "no runs yet (start one with `featherflow run FLOW`)"
+    given = " ".join(f"{option} {shlex.quote(safe(value))}" for option, value in filters) or "the filters"
+    return (f"no run matches {given} ({total} run(s) in the history; "
+            "`featherflow runs list` without filters shows the latest)")
 
 
 def run_detail(run: Run, order: List[str], attempts: List[Attempt], log_path, now: datetime) -> List[str]:

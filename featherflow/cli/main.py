@@ -207,12 +207,14 @@ def cmd_runs_list(app, args) -> int:
             since = views.parse_since(args.since, _now())
         except ValueError as exc:
             raise errors.UsageError(f"--since: {exc}") from None
-    runs = _reconciled(app).list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit)
+    store = _reconciled(app)
+    runs = store.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit)
     now = _now()
     if args.json:
         print(json.dumps([views.run_json(r, now) for r in runs], indent=2, ensure_ascii=False))
     elif not runs:
-        print("no runs yet (start one with `featherflow run FLOW`)")
+        filters = [("--flow", args.flow), ("--state", args.state), ("--since", args.since)]
+        print(views.no_runs([(k, v) for k, v in filters if v], store.run_count()))
     else:
         print("\n".join(views.runs_table(runs, now)))
     return 0

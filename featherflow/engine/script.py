@@ -24,6 +24,7 @@ from featherflow import flow as flowmod, graph
 
 KILL_GRACE = 10  # seconds between TERM and KILL when a task is stopped
 LOG_TAIL = 20  # lines of a failed task's log shown on the terminal
+LOG_TAIL_WIDTH = 200  # bytes shown of each of those lines (the log keeps them whole)
 LOCK_WAIT = 30.0  # seconds a transition waits for a locked database before the run stops
 
 
@@ -436,7 +437,15 @@ finished() {  # pid exit-code
   fi
   MARKS+=("${T_ID[i]}:$n:failed:$rc:$reason")
   say "FAILED  ${T_ID[i]} (attempt $n) after $TOOK: $reason"
-  tail -n LOG_TAIL_LINES -- "$LOG_DIR/${T_ID[i]}.$n.log" 2>/dev/null | tr -d '\000-\010\013-\037\177' | sed 's/^/        | /' >&9
+  # Each line cut to LOG_TAIL_WIDTH bytes (never inside a UTF-8 character): a task that
+  # prints 10 kB lines must not flood the terminal. The log file keeps every byte.
+  tail -n LOG_TAIL_LINES -- "$LOG_DIR/${T_ID[i]}.$n.log" 2>/dev/null | tr -d '\000-\010\013-\037\177' |
+    LC_ALL=C awk -v w=LOG_TAIL_WIDTH '{
+      n = length($0); k = w
+      if (n <= w) { print "        | " $0; next }
+      while (k > 0 && substr($0, k + 1, 1) ~ /^[\200-\277]$/) k--
+      printf "        | %s… [+%d bytes]\n", substr($0, 1, k), n - k
+    }' >&9
   local delays used=$((n - T_FIRST_ATTEMPT[i]))
   read -r -a delays <<<"${T_RETRY_MS[i]}"
   if ((used < ${#delays[@]})); then
@@ -548,4 +557,4 @@ if ! mark "${MARKS[@]}" 2>&8; then
 fi
 say "run $RUN_ID $outcome"
 exit "$code"
-""".replace("LOG_TAIL_LINES", str(LOG_TAIL))
+""".replace("LOG_TAIL_LINES", str(LOG_TAIL)).replace("LOG_TAIL_WIDTH", str(LOG_TAIL_WIDTH))

@@ -128,6 +128,7 @@ class Scheduler:
         self._launches: Dict[int, int] = {}  # run id -> processes started for it
         self._stop = False
         self._trimmed = 0.0
+        self._last_tick: Optional[datetime] = None  # `now` of the latest tick (None: not ticked yet)
 
     # -- lock and heartbeat --
 
@@ -181,6 +182,9 @@ class Scheduler:
         """Everything due at `now`, in the order that keeps runs exactly-once."""
         store = self.app.store
         report = TickReport()
+        # Taken before anything can fail: a slot left unrecorded by a tick that raised is then
+        # told apart from one that fell while the daemon did not tick at all (SIGSTOP, suspend).
+        last_tick, self._last_tick = self._last_tick, now
         self._reap()
         store.scheduler_heartbeat(self.pid, now)
         # Adopt queued runs whose launcher died (between firing and launching, or before
@@ -210,7 +214,7 @@ class Scheduler:
                 report.resumed += 1
         for schedule in store.list_schedules(enabled_only=True):
             try:
-                self._tick_schedule(schedule, now, report)
+                self._tick_schedule(schedule, now, report, last_tick)
             except Exception:  # one broken schedule must not stop the others
                 log.exception("schedule %s: tick failed", schedule.name)
         if time.monotonic() - self._trimmed > 3600:
@@ -219,19 +223,21 @@ class Scheduler:
                 store.trim_slots(schedule.id, SLOTS_KEPT)
         return report
 
-    def _tick_schedule(self, schedule, now: datetime, report: TickReport) -> None:
+    def _tick_schedule(self, schedule, now: datetime, report: TickReport,
+                       last_tick: Optional[datetime] = None) -> None:
         store = self.app.store
         active = [r.id for r in store.schedule_runs(schedule.id, (states.QUEUED, states.RUNNING))]
         active += [run_id for run_id, pid in self._resuming.items()
                    if pid in self._children and store.get_run(run_id).schedule_id == schedule.id]
         decision = schedules.decide(schedule, store.latest_slot_at(schedule.id), now,
-                                    active[0] if active else None, store.waiting_slots(schedule.id))
+                                    active[0] if active else None, store.waiting_slots(schedule.id),
+                                    last_tick=last_tick)
         if not decision:
             return
-        skip, fire = list(decision.skip), []
+        skip, fire, notes = list(decision.skip), [], dict(decision.notes)
         for slot in decision.fire:
             try:
-                fire.append((slot, self._run_args(schedule)))
+                fire.append((slot, self._run_args(schedule), notes.get(slot)))
             except FeatherflowError as exc:
                 first = exc.errors[0] if getattr(exc, "errors", None) else str(exc)
                 skip.append((slot, f"not run: flow {schedule.flow_name!r} cannot run ({first})"))

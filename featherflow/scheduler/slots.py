@@ -293,11 +293,14 @@ def slots_between(cron: str, tz: str, after: Optional[datetime], until: datetime
 
 @dataclass(frozen=True)
 class Decision:
-    """What to do with a schedule's due slots: fire now, record as waiting, record as skipped."""
+    """What to do with a schedule's due slots: fire now, record as waiting, record as skipped.
+    `notes` are the reasons recorded with fired slots that did not fire on time (catch-up, or
+    after waiting); an on-time slot has none."""
 
     fire: Tuple[datetime, ...] = ()
     wait: Tuple[Tuple[datetime, str], ...] = ()
     skip: Tuple[Tuple[datetime, str], ...] = ()
+    notes: Tuple[Tuple[datetime, str], ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.fire or self.wait or self.skip)
@@ -305,13 +308,14 @@ class Decision:
 
 def decide(schedule, latest: Optional[datetime], now: datetime, active=None,
            waiting: Sequence[datetime] = (), cap: int = CATCHUP_CAP,
-           grace: timedelta = GRACE) -> Decision:
+           grace: timedelta = GRACE, last_tick: Optional[datetime] = None) -> Decision:
     """Decide which slots of `schedule` fire at `now`, which wait and which are skipped (and why).
 
     `schedule` has `cron`, `tz`, `catchup`, `overlap` and `updated_at` (when it was added or
     last enabled); `latest` is its latest recorded slot (fired, waiting or skipped); `active`
     is the id of a queued or running run of it (or None); `waiting` its slots recorded as
-    waiting, oldest first. The policy:
+    waiting, oldest first; `last_tick` when the daemon deciding ticked before `now` (None:
+    this is its first tick, it was not running before). The policy:
 
     - Due slots are the slot times after both `latest` and `updated_at`, up to `now`. A slot
       at or before the latest recorded one is never due again, so a clock that steps
@@ -323,13 +327,18 @@ def decide(schedule, latest: Optional[datetime], now: datetime, active=None,
       when it fell); every other one is skipped as missed. `all`: every due slot runs, oldest
       first, one after another. At most `cap` slots are looked at; when more were missed
       (a per-second schedule after a day of downtime) the earlier ones are covered by one
-      skipped row at the oldest missed slot that says so.
+      skipped row at the oldest missed slot that says so. A missed slot says why: one after
+      `last_tick` fell while the daemon ran but did not tick (it was frozen by SIGSTOP, the
+      machine suspended, or a tick took that long); one before the daemon's first tick fell
+      while it was not running; one at or before `last_tick` was left by a tick that failed.
     - Overlap applies while a run of the schedule is active or slots wait. `skip` (default):
       the picked slots are skipped (reason names the active run). `queue`: they wait, and
       fire one at a time as runs end, at most `cap` waiting (further ones are skipped).
       `allow`: they fire at once, whatever runs. Several picked slots with nothing active
       (catch-up `all`) fire one after another as well, unless overlap is `allow`.
     - With nothing active, the oldest waiting slot fires (before any new one).
+    - A slot that fires more than `grace` late, or after waiting, gets a note saying so
+      (catch-up, or waited for the previous run); an on-time slot gets none.
 
     Slots are returned oldest first; the caller records them in one transaction.
     """
@@ -347,6 +356,7 @@ def decide(schedule, latest: Optional[datetime], now: datetime, active=None,
         waiting = []
     elif waiting and active is None:
         fire.append(waiting.pop(0))
+    waited = list(fire)
     busy = active is not None or bool(fire)
 
     due, more = ([], False) if after is not None and now <= after else \
@@ -364,9 +374,8 @@ def decide(schedule, latest: Optional[datetime], now: datetime, active=None,
             picked, missed = [], due
         else:
             picked, missed = [due[-1]], due[:-1]
-        why = f"missed: the scheduler was not running then (catchup={schedule.catchup}" + (
-            " runs only the most recent)" if schedule.catchup == "latest" else ")")
-        skip += [(slot, why) for slot in missed]
+        policy = f"catchup={schedule.catchup}" + (" runs only the most recent" if schedule.catchup == "latest" else "")
+        skip += [(slot, f"missed: {_why_missed(slot, last_tick, now)} ({policy})") for slot in missed]
     for slot in picked:
         if schedule.overlap == "allow":
             fire.append(slot)
@@ -382,4 +391,39 @@ def decide(schedule, latest: Optional[datetime], now: datetime, active=None,
         else:
             wait.append((slot, "catch-up: waits for the previous slot's run to end"))
     skip.sort()
-    return Decision(tuple(fire), tuple(wait), tuple(skip))
+    notes = []
+    for slot in fire:
+        late = _took(now - slot)
+        if slot in waited and schedule.overlap == "queue":
+            notes.append((slot, f"fired {late} late, after waiting for the previous run to end (overlap=queue)"))
+        elif slot in waited:
+            notes.append((slot, f"catch-up: fired {late} late, after the previous slot's run ended "
+                                f"(catchup={schedule.catchup})"))
+        elif now - slot > grace:
+            notes.append((slot, f"catch-up: fired {late} late (catchup={schedule.catchup})"))
+    return Decision(tuple(fire), tuple(wait), tuple(skip), tuple(notes))
+
+
+def _why_missed(slot: datetime, last_tick: Optional[datetime], now: datetime) -> str:
+    """Why a due slot was not on time: what the daemon knows of its own ticks."""
+    if last_tick is None:
+        return "the scheduler was not running then"
+    last_tick = as_utc(last_tick)
+    if slot > last_tick:
+        return f"the scheduler did not tick from {_stamp(last_tick)} to {_stamp(now)}"
+    return "a tick of the scheduler failed before recording it (see the scheduler log)"
+
+
+def _stamp(moment: datetime) -> str:
+    return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _took(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours < 48 else f"{hours // 24}d{hours % 24:02d}h"

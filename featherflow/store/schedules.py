@@ -97,10 +97,11 @@ class ScheduleStore:
         """Record skipped and waiting slots, and fire slots, all in ONE transaction.
 
         `skip` and `wait` are (slot, reason) pairs; `fire` is (slot, run) pairs where
-        `run` holds Store.create_run's arguments. A fired slot gets its queued run
-        (trigger `schedule`, scheduled_at = the slot) in the same transaction. A slot
-        already recorded is left alone, except a waiting one, which may fire or be
-        skipped now. Returns the runs created. `before_commit` is called just before
+        `run` holds Store.create_run's arguments, or (slot, run, reason) (why it fired
+        late: catch-up, waited). A fired slot gets its queued run (trigger `schedule`,
+        scheduled_at = the slot) in the same transaction. A slot already recorded is left
+        alone, except a waiting one, which may fire or be skipped now: its reason is
+        replaced (a fired slot no longer says it waits). Returns the runs created. `before_commit` is called just before
         the commit (fault-injection tests).
         """
         stamp = states.format_time(now) if now else states.utcnow()
@@ -110,12 +111,12 @@ class ScheduleStore:
                 self._put_slot(schedule_id, slot_at, SLOT_SKIPPED, reason, stamp)
             for slot_at, reason in wait:
                 self._put_slot(schedule_id, slot_at, SLOT_WAITING, reason, stamp)
-            for slot_at, run in fire:
+            for slot_at, run, *note in fire:
                 if self._slot_state(schedule_id, slot_at) not in (None, SLOT_WAITING):
                     continue
                 new = self.create_run(**{**run, "trigger": "schedule", "schedule_id": schedule_id,
                                          "scheduled_at": states.format_time(slot_at)})
-                self._put_slot(schedule_id, slot_at, SLOT_FIRED, None, stamp, run_id=new.id)
+                self._put_slot(schedule_id, slot_at, SLOT_FIRED, note[0] if note else None, stamp, run_id=new.id)
                 created.append(new)
             if before_commit is not None:
                 before_commit()
@@ -151,9 +152,7 @@ class ScheduleStore:
                                 run=run_id, created_at=stamp).execute()
             return True
         if old == SLOT_WAITING and state != SLOT_WAITING:
-            updates = {ScheduleSlot.state: state, ScheduleSlot.run: run_id}
-            if reason is not None:
-                updates[ScheduleSlot.reason] = reason
+            updates = {ScheduleSlot.state: state, ScheduleSlot.run: run_id, ScheduleSlot.reason: reason}
             ScheduleSlot.update(updates).where(ScheduleSlot.schedule == schedule_id,
                                                ScheduleSlot.slot_at == key).execute()
             return True
