@@ -166,7 +166,7 @@ def test_failure_marks_descendants_upstream_failed_and_unrelated_branch_finishes
 def test_the_failure_tail_cuts_long_lines_and_the_log_keeps_them(project):
     """Ten 10 kB lines would put 100 kB on the terminal: each shown line is cut to
     LOG_TAIL_WIDTH bytes with a marker, never inside a UTF-8 character."""
-    from featherflow import script
+    from featherflow.engine import script
 
     width = script.LOG_TAIL_WIDTH
     project.write_task("wide.py", "import sys\n"
