@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from featherflow import config as configmod, flow as flowmod, graph, proc, runner, schedules, states
+from featherflow import config as configmod, flow as flowmod, graph, limits, proc, runner, schedules, states
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
 
 
@@ -249,6 +249,8 @@ class Scheduler:
         """Store.create_run's arguments for a run of `schedule` (the flow as it is now)."""
         flow = flowmod.load(Path(schedule.flows_dir), schedule.flow_name, Path(schedule.tasks_dir))
         params = runner.merge_params(flow, schedule.params)
+        limits.check(flow, params, schedule.tasks_dir, "the schedule's params",
+                     str(flowmod.flow_path(Path(schedule.flows_dir), flow.name)))
         start, boot = self.identity
         return dict(flow_name=flow.name, task_ids=graph.topological_order(flow.edges),
                     snapshot=flow.snapshot(), params=params, trigger="schedule",
