@@ -36,7 +36,14 @@ class Featherflow:
     # -- flows -------------------------------------------------------------
 
     def load_flow(self, name: str) -> flowmod.Flow:
-        return flowmod.load(self.config.flows_dir, name, self.config.tasks_dir)
+        """Load and validate a flow, its default params included: a task the kernel would
+        refuse to start (limits.py) makes the flow invalid."""
+        from featherflow.engine import limits
+
+        flow = flowmod.load(self.config.flows_dir, name, self.config.tasks_dir)
+        limits.check(flow, flow.params, str(self.config.tasks_dir),
+                     source=str(flowmod.flow_path(self.config.flows_dir, flow.name)))
+        return flow
 
     def flow_infos(self) -> List[FlowInfo]:
         """Every flow file in the flows dir; a broken one carries its first error."""

@@ -23,6 +23,7 @@ ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ARG_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 BUILTIN_PLACEHOLDERS = ("run_id", "flow", "scheduled_at")
+MAX_FLOW_BYTES = 1024 * 1024  # the cap on a flow file's size (check_size)
 
 FLOW_KEYS = ("name", "description", "version", "tasks", "max_parallel", "params")
 TASK_KEYS = (
@@ -104,6 +105,7 @@ def load(flows_dir: Path, name: str, tasks_dir: Optional[Path] = None) -> Flow:
     """Read, parse and validate `<flows_dir>/<name>.json`."""
     path = flow_path(flows_dir, name)
     try:
+        check_size(path)
         raw = path.read_bytes()
     except FileNotFoundError:
         known = ", ".join(list_names(flows_dir)) or "none"
@@ -116,6 +118,20 @@ def load(flows_dir: Path, name: str, tasks_dir: Optional[Path] = None) -> Flow:
         raise ValidationError([f"not UTF-8 text (byte {exc.start})"], str(path)) from None
     return validate(parse(text, str(path)), expected_name=path.stem,
                     tasks_dir=tasks_dir, source=str(path))
+
+
+def check_size(path: Path) -> None:
+    """Refuse a flow file over MAX_FLOW_BYTES by its size alone, before reading it.
+
+    A run stores its flow (the snapshot) and every list of flows parses each
+    file: on a 512 MB machine, a 50 MB description would cost hundreds of MB.
+    Data that large belongs in a file a task reads, not in the flow.
+    """
+    size = path.stat().st_size  # FileNotFoundError and OSError: as for reading
+    if size > MAX_FLOW_BYTES:
+        raise ValidationError([
+            f"the file is {size} bytes, over the cap of {MAX_FLOW_BYTES} bytes (1 MiB) on a flow "
+            "file (keep large data in a file a task reads, and pass its path)"], str(path))
 
 
 def list_names(flows_dir: Path) -> List[str]:

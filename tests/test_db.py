@@ -5,6 +5,7 @@ models, a newer file silently altered, or a world-readable file are all bugs
 that would only show up on a user's machine.
 """
 
+import json
 import os
 import sqlite3
 import stat
@@ -245,6 +246,79 @@ def test_migration_2_adds_history_indexes_to_a_v1_database_and_since_is_exact(tm
         assert "flow_run_created" in plan
     finally:
         database.close()
+
+
+@pytest.mark.parametrize("old_version", [1, 2])
+def test_migration_3_moves_snapshots_out_of_flow_run_keeping_every_row(tmp_path, monkeypatch, old_version):
+    """Runs, attempts, slots and snapshots of an older database survive; ids are never reused."""
+    from featherflow.store.runs import Store
+
+    path = tmp_path / "featherflow.db"
+    monkeypatch.setattr(dbmod, "migration_modules", lambda real=dbmod.migration_modules: real()[:old_version])
+    monkeypatch.setattr(states, "SCHEMA_VERSION", old_version)
+    dbmod.open_database(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("INSERT INTO schedule (id, name, flow_name, cron, tz, flows_dir, tasks_dir, output_dir, "
+                 "created_at, updated_at) VALUES (1, 's', 'f', '* * * * *', 'UTC', '/f', '/t', '/o', 'x', 'x')")
+    conn.executemany(
+        "INSERT INTO flow_run (id, uid, flow_name, state, trigger, params, snapshot, flows_dir, tasks_dir, "
+        "output_dir, max_parallel, schedule_id, created_at) VALUES (?, ?, 'f', 'failed', 'manual', '{\"p\": 1}', ?, "
+        "'/f', '/t', '/o', 2, 1, '2026-03-01 10:00:00.000000')",
+        [(n, f"uid{n}", json.dumps({"name": "f", "n": n, "tasks": [{"id": "a"}]})) for n in (1, 2, 3)])
+    conn.executemany("INSERT INTO task_attempt (run_id, task_id, attempt, state, created_at) "
+                     "VALUES (?, 'a', 1, 'failed', 'x')", [(1,), (2,), (3,)])
+    conn.execute("INSERT INTO schedule_slot (schedule_id, slot_at, state, run_id, created_at) "
+                 "VALUES (1, 'x', 'fired', 2, 'x')")
+    conn.execute("DELETE FROM flow_run WHERE id = 3")  # the newest run pruned: id 3 is never given again
+    conn.commit()
+    conn.close()
+    monkeypatch.undo()
+
+    database = dbmod.open_database(path)
+    try:
+        assert dbmod.schema_version(database) == states.SCHEMA_VERSION >= 3
+        cols = [r[1] for r in database.execute_sql("PRAGMA table_info(flow_run)").fetchall()]
+        assert "snapshot" not in cols
+        assert database.execute_sql("SELECT run_id, snapshot FROM run_snapshot ORDER BY run_id").fetchall() == [
+            (n, json.dumps({"name": "f", "n": n, "tasks": [{"id": "a"}]})) for n in (1, 2)]
+        assert database.execute_sql("SELECT run_id FROM task_attempt ORDER BY run_id").fetchall() == [(1,), (2,)]
+        assert database.execute_sql("SELECT run_id FROM schedule_slot").fetchall() == [(2,)]
+        assert database.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1  # back on
+        assert database.execute_sql("PRAGMA integrity_check").fetchone()[0] == "ok"
+        for name in ("flow_run_flow_name", "flow_run_state", "flow_run_schedule", "flow_run_created",
+                     "flow_run_flow_state"):
+            assert database.execute_sql(f"PRAGMA index_info({name})").fetchall(), name
+        store = Store(database)
+        run = store.get_run(2)
+        assert json.loads(run.snapshot)["n"] == 2 and run.params == {"p": 1} and run.schedule_id == 1
+        assert run.failed_tasks == ["a"]
+        assert [r.snapshot for r in store.list_runs()] == [None, None]  # lists never read them
+        new = store.create_run("f", ["a"], '{"name": "f"}', {}, "manual", "/f", "/t", "/o", 1)
+        assert new.id == 4 and new.snapshot == '{"name": "f"}'
+        assert store.delete_runs([1]) == 1
+        assert database.execute_sql("SELECT run_id FROM run_snapshot ORDER BY run_id").fetchall() == [(2,), (4,)]
+    finally:
+        database.close()
+
+
+def test_updates_of_a_run_never_rewrite_its_snapshot(tmp_path):
+    """The hot path (_mark's state changes) writes the run's row only: WAL growth stays small."""
+    from featherflow import mark
+    from featherflow.store.runs import Store
+
+    path = tmp_path / "featherflow.db"
+    database = dbmod.open_database(path)
+    store = Store(database)
+    run = store.create_run("f", ["a"], json.dumps({"description": "d" * 900_000}), {}, "manual",
+                           "/f", "/t", "/o", 1)
+    database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    wal = Path(f"{path}-wal")
+    assert mark.call([str(path), str(run.id), "--run", "running", "a:1:running"], states) == 0
+    assert mark.call([str(path), str(run.id), "--run", "success", "a:1:success:0"], states) == 0
+    assert wal.stat().st_size < 100_000  # the 900 KB snapshot was never written again
+    assert len(store.get_run(run.id).snapshot) > 900_000
+    database.close()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
 from featherflow import flow as flowmod, graph, proc, states
+from featherflow.engine import limits
 from featherflow.engine import script
 from featherflow.errors import (
     ConflictError, DatabaseError, FeatherflowError, UsageError, ValidationError)
@@ -134,6 +135,8 @@ def prepare(app, name: str, params: Dict, max_parallel: Optional[int] = None,
     if problem:
         raise ValidationError([f"the flow {problem}"], str(flowmod.flow_path(cfg.flows_dir, flow.name)))
     merged = merge_params(flow, params)
+    if params:  # the defaults were checked by load_flow
+        limits.check(flow, merged, str(cfg.tasks_dir), "--params", str(flowmod.flow_path(cfg.flows_dir, flow.name)))
     parallel = max_parallel or flow.max_parallel or default_parallel()
     if parallel < 1:
         raise UsageError(f"--max-parallel must be >= 1, not {parallel}")
@@ -261,7 +264,13 @@ def exec_script(app, prepared: Prepared) -> None:
     for name in ("SIGPIPE", "SIGXFSZ"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
-    os.execv(shell, [shell, str(prepared.script_path)])
+    try:
+        os.execv(shell, [shell, str(prepared.script_path)])
+    except OSError as exc:  # E2BIG, ENOEXEC, ...: the run can never start; say so, not "interrupted"
+        reason = f"could not start: cannot execute {shell}: {exc.strerror or exc}"
+        if prepared.run is not None:
+            app.store.transition_run(prepared.run.id, states.FAILED, reason=reason)
+        raise FeatherflowError(f"run {prepared.run.id if prepared.run else '-'}: {reason}") from None
 
 
 def run_and_wait(app, prepared: Prepared) -> int:
@@ -300,6 +309,10 @@ def reconcile(store, current_boot: Optional[str] = None) -> List[Tuple[int, str]
             reason = f"its process {run.pid} is gone (the pid now belongs to another process)"
         else:
             reason = f"its process {run.pid} is gone (killed, crashed or out of memory)"
+        new = states.INTERRUPTED
+        why = _start_failure(run) if run.state == states.QUEUED else None
+        if why:  # it never started, and said why: failed (resuming would fail the same way)
+            new, reason = states.FAILED, why
         # Kill before recording: a leftover `_mark` call, or a task forked just
         # before the run died, could otherwise record a task `running` (or run
         # it untracked) after the run is marked interrupted. A `_mark` already
@@ -313,10 +326,20 @@ def reconcile(store, current_boot: Optional[str] = None) -> List[Tuple[int, str]
             killed = kill_leftovers(current)
             if killed:
                 log.warning("run %s: killed %d leftover process(es)", run.id, killed)
-            if store.interrupt(run.id, current.state, reason):
+            if store.interrupt(run.id, current.state, reason, new):
                 done.append((run.id, reason))
                 break
     return done
+
+
+def _start_failure(run: Run) -> Optional[str]:
+    """What a run's script left in `start-failed` when it could not start and not record it."""
+    try:
+        with open(run_dir(run) / "start-failed", "rb") as f:
+            text = f.read(4096).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    return text or None
 
 
 def kill_leftovers(run: Run, passes: int = 5) -> int:

@@ -230,9 +230,16 @@ _ENGINE = r"""
 # fd 9 and 8 keep the terminal for our own report and _mark's errors; bash's
 # own chatter ("Terminated", ...) goes to run.log.
 exec 9>&1 8>&2
-if ! mkdir -p -- "$LOG_DIR"; then
-  echo "featherflow: cannot create $LOG_DIR" >&2
+# A run that cannot start says why: recorded now if _mark can run, else left in
+# $RUN_DIR/start-failed (bash builtins only) for the next command's orphan check.
+start_failed() {
+  echo "featherflow: $1" >&2
+  "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --run "failed:$1" 2>/dev/null ||
+    printf '%s\n' "$1" >"$RUN_DIR/start-failed"
   exit 4
+}
+if ! START_ERR=$(mkdir -p -- "$LOG_DIR" 2>&1); then
+  start_failed "could not start: cannot create $LOG_DIR: ${START_ERR##*: }"
 fi
 exec 2>>"$RUN_DIR/run.log"
 # A reader that goes away (`featherflow run F | head`) must not kill the run:

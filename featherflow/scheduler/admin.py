@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from featherflow import config as configmod, flow as flowmod
+from featherflow.engine import limits
 from featherflow.engine import runner
 from featherflow.scheduler import slots as schedules
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
@@ -60,7 +61,10 @@ def add_schedule(app, flow_name: str, cron: Optional[str] = None, interval: Opti
     except schedules.ScheduleError as exc:
         raise UsageError(str(exc)) from None
     flow = app.load_flow(flow_name)
-    runner.merge_params(flow, params or {})
+    merged = runner.merge_params(flow, params or {})
+    if params:
+        limits.check(flow, merged, str(app.config.tasks_dir), "--params",
+                     str(flowmod.flow_path(app.config.flows_dir, flow.name)))
     name = name or flow.name
     if not flowmod.NAME_RE.fullmatch(name):
         raise UsageError(f"bad schedule name {name!r} (valid: letters, digits, '_', '-', '.', "

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from featherflow import config as configmod, flow as flowmod, graph, proc, states
+from featherflow.engine import limits
 from featherflow.engine import runner
 from featherflow.scheduler import slots as schedules
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
@@ -257,6 +258,8 @@ class Scheduler:
         """Store.create_run's arguments for a run of `schedule` (the flow as it is now)."""
         flow = flowmod.load(Path(schedule.flows_dir), schedule.flow_name, Path(schedule.tasks_dir))
         params = runner.merge_params(flow, schedule.params)
+        limits.check(flow, params, schedule.tasks_dir, "the schedule's params",
+                     str(flowmod.flow_path(Path(schedule.flows_dir), flow.name)))
         start, boot = self.identity
         return dict(flow_name=flow.name, task_ids=graph.topological_order(flow.edges),
                     snapshot=flow.snapshot(), params=params, trigger="schedule",

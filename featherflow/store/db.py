@@ -92,12 +92,25 @@ def apply_migrations(db: SqliteDatabase, path: Path) -> int:
     _refuse_newer(version, latest, path)
     if version == latest:
         return version
-    with db.atomic("IMMEDIATE"):
-        version = schema_version(db)  # another process may have migrated meanwhile
-        _refuse_newer(version, latest, path)
-        for number, module in pending[version:]:
-            module.up(db)
-            db.execute_sql(f"PRAGMA user_version = {int(number)}")
+    # A migration that rebuilds a table others reference (FOREIGN_KEYS_OFF) needs foreign
+    # keys off, which SQLite only allows outside a transaction; they are checked before commit.
+    keys_off = any(getattr(m, "FOREIGN_KEYS_OFF", False) for _, m in pending[version:])
+    if keys_off:
+        db.execute_sql("PRAGMA foreign_keys = OFF")
+    try:
+        with db.atomic("IMMEDIATE"):
+            version = schema_version(db)  # another process may have migrated meanwhile
+            _refuse_newer(version, latest, path)
+            for number, module in pending[version:]:
+                module.up(db)
+                db.execute_sql(f"PRAGMA user_version = {int(number)}")
+            broken = db.execute_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise DatabaseError(f"{path}: migration left {len(broken)} broken reference(s), e.g. "
+                                    f"{broken[0]}; nothing was changed")
+    finally:
+        if keys_off:
+            db.execute_sql("PRAGMA foreign_keys = ON")
     return latest
 
 

@@ -38,7 +38,6 @@ class FlowRun(BaseModel):
     state = CharField()
     trigger = CharField()
     params = TextField()
-    snapshot = TextField()
     flows_dir = TextField()
     tasks_dir = TextField()
     output_dir = TextField()
@@ -57,6 +56,13 @@ class FlowRun(BaseModel):
 
     class Meta:
         indexes = ((("flow_name", "state", "id"), False),)  # migration 0002: runs list --flow F --state S
+
+
+class RunSnapshot(BaseModel):
+    """The flow definition a run runs (migration 0003: apart from flow_run, so that
+    the updates of every state change never rewrite it)."""
+    run = ForeignKeyField(FlowRun, primary_key=True, index=False, on_delete="CASCADE", column_name="run_id")
+    snapshot = TextField()
 
 
 class TaskAttempt(BaseModel):
@@ -95,4 +101,4 @@ class SchedulerState(BaseModel):
         table_name = "scheduler"
 
 
-MODELS = [Schedule, FlowRun, TaskAttempt, ScheduleSlot, SchedulerState]
+MODELS = [Schedule, FlowRun, RunSnapshot, TaskAttempt, ScheduleSlot, SchedulerState]

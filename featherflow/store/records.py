@@ -28,7 +28,7 @@ class Run:
     state: str
     trigger: str
     params: Dict
-    snapshot: str
+    snapshot: Optional[str]  # None in lists of runs (Store.list_runs): only get_run reads it
     flows_dir: str
     tasks_dir: str
     output_dir: str
@@ -50,6 +50,7 @@ class Run:
 def as_run(row: dict) -> Run:
     row = dict(row)
     row["schedule_id"] = row.pop("schedule", None)
+    row.setdefault("snapshot", None)
     row["params"] = json.loads(row["params"])
     row["auto_resumed"] = bool(row["auto_resumed"])
     return Run(**row)

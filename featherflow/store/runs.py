@@ -16,7 +16,7 @@ from peewee import SQL, SqliteDatabase, fn
 
 from featherflow import states
 from featherflow.errors import ConflictError, UsageError
-from featherflow.store.models import FlowRun, TaskAttempt
+from featherflow.store.models import FlowRun, RunSnapshot, TaskAttempt
 from featherflow.store.records import Attempt, Run, as_attempt, as_run, parse_times
 from featherflow.store.schedules import ScheduleStore
 
@@ -40,11 +40,12 @@ class Store(ScheduleStore):
         with self.db.atomic("IMMEDIATE"):
             run_id = FlowRun.insert(
                 uid=uuid.uuid4().hex, flow_name=flow_name, state=states.QUEUED, trigger=trigger,
-                params=json.dumps(params, sort_keys=True), snapshot=snapshot,
+                params=json.dumps(params, sort_keys=True),
                 flows_dir=flows_dir, tasks_dir=tasks_dir, output_dir=output_dir,
                 max_parallel=max_parallel, schedule=schedule_id, scheduled_at=scheduled_at,
                 created_at=now, pid=pid, pid_start=pid_start, boot_id=boot_id,
             ).execute()
+            RunSnapshot.insert(run=run_id, snapshot=snapshot).execute()
             TaskAttempt.insert_many(
                 [dict(run=run_id, task_id=t, attempt=1, state=states.PENDING, created_at=now)
                  for t in task_ids]
@@ -52,12 +53,19 @@ class Store(ScheduleStore):
         return self.get_run(run_id)
 
     def get_run(self, run_id: int) -> Run:
+        """The run with its snapshot (the lists of runs leave it out: see list_runs)."""
         row = FlowRun.select().where(FlowRun.id == run_id).dicts().first()
         if row is None:
             raise UsageError(f"run {run_id} not found (see `featherflow runs list`)")
+        row["snapshot"] = self.snapshot(run_id)
         run = as_run(row)
         self._add_failed_tasks([run])
         return run
+
+    def snapshot(self, run_id: int) -> Optional[str]:
+        """The flow definition the run runs, kept apart from its row (migration 0003)."""
+        return (RunSnapshot.select(RunSnapshot.snapshot).where(RunSnapshot.run == run_id)
+                .scalar())
 
     def set_process(self, run_id: int, pid: int, pid_start: Optional[int], boot_id: Optional[str]) -> None:
         with self.db.atomic("IMMEDIATE"):
@@ -67,7 +75,8 @@ class Store(ScheduleStore):
     def list_runs(self, flow: Optional[str] = None, state: Optional[str] = None,
                   since: Optional[datetime] = None, limit: Optional[int] = 20,
                   states_in: Optional[Iterable[str]] = None) -> List[Run]:
-        """Newest first; failed runs carry the tasks that failed."""
+        """Newest first; failed runs carry the tasks that failed. Without their snapshots
+        (Run.snapshot is None): a list of runs never reads flow definitions."""
         query = FlowRun.select()
         if flow:
             query = query.where(FlowRun.flow_name == flow)
@@ -133,13 +142,14 @@ class Store(ScheduleStore):
             return states.apply_attempt(self.db.cursor(), run_id, task_id, attempt, new,
                                         exit_code=exit_code, reason=reason)
 
-    def interrupt(self, run_id: int, expected_state: str, reason: str) -> bool:
-        """Mark an orphaned run interrupted, unless it moved on meanwhile."""
+    def interrupt(self, run_id: int, expected_state: str, reason: str,
+                  new: str = states.INTERRUPTED) -> bool:
+        """Mark an orphaned run interrupted (or `new`), unless it moved on meanwhile."""
         with self.db.atomic("IMMEDIATE"):
             row = FlowRun.select(FlowRun.state).where(FlowRun.id == run_id).first()
             if row is None or row.state != expected_state:
                 return False
-            states.apply_run(self.db.cursor(), run_id, states.INTERRUPTED, reason=reason)
+            states.apply_run(self.db.cursor(), run_id, new, reason=reason)
             return True
 
     def resume(self, run_id: int, rerun: Iterable[str], snapshot: Optional[str] = None,
@@ -177,7 +187,7 @@ class Store(ScheduleStore):
                     numbers[task_id] = last[0] + 1
             updates = {FlowRun.resumes: FlowRun.resumes + 1}
             if snapshot is not None:
-                updates[FlowRun.snapshot] = snapshot
+                RunSnapshot.update(snapshot=snapshot).where(RunSnapshot.run == run_id).execute()
             if auto:
                 updates[FlowRun.auto_resumed] = True
             FlowRun.update(updates).where(FlowRun.id == run_id).execute()
@@ -284,8 +294,11 @@ class Store(ScheduleStore):
         """The whole run (with its snapshot), or None when it is gone (pruned)."""
         from dataclasses import fields
 
-        names = [f.name for f in fields(Run) if f.name != "failed_tasks"]
-        rows = self._fetch(f"SELECT {', '.join(names)} FROM flow_run WHERE id = ?", (run_id,))
+        names = [f"r.{f.name}" for f in fields(Run) if f.name not in ("failed_tasks", "snapshot")]
+        # This connection never migrates: a database still at version 2 keeps snapshots in flow_run.
+        table, key = ("run_snapshot", "run_id") if self.read_schema_version() >= 3 else ("flow_run", "id")
+        rows = self._fetch(f"SELECT {', '.join(names)}, (SELECT snapshot FROM {table} WHERE {key} = r.id) "
+                           f"AS snapshot FROM flow_run r WHERE r.id = ?", (run_id,))
         if not rows:
             return None
         row = parse_times(rows[0], "scheduled_at", "created_at", "started_at", "ended_at")
