@@ -142,10 +142,13 @@ def cmd_scheduler_install(app, args) -> int:
     from featherflow import config
     from featherflow.scheduler import admin as schedule_admin
 
+    sudo_user = config.scheduler_env()["sudo_user"]
     path, text = schedule_admin.install(app.config, system=not args.user, write=not args.print,
-                                   sudo_user=config.scheduler_env()["sudo_user"])
+                                        sudo_user=sudo_user, allow_root=args.allow_root)
     if args.print:
         sys.stdout.write(text)
+        if schedule_admin.runs_as_root(sudo_user=sudo_user) and not args.allow_root:
+            print("note: " + " ".join(schedule_admin.ROOT_NOTE.split()), file=sys.stderr)
         return 0
     ctl = "systemctl --user" if args.user else "sudo systemctl"
     print(f"wrote {path}\nnext: {ctl} daemon-reload && {ctl} enable --now {schedule_admin.UNIT_NAME}")
@@ -220,12 +223,16 @@ def add_commands(sub, command, common) -> None:
                 daemon_sub)
     p.add_argument("--interactive", action="store_true",
                    help="open the live dashboard instead (the same as `featherflow dashboard`)")
-    p = command("install", cmd_scheduler_install, "write a systemd unit that starts the scheduler at boot",
+    p = command("install", cmd_scheduler_install,
+                "write a systemd unit that starts the scheduler at boot (as you; as root only with --allow-root)",
                 daemon_sub)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--system", action="store_true", help="/etc/systemd/system, User= you (default)")
     where.add_argument("--user", action="store_true", help="~/.config/systemd/user (needs loginctl enable-linger)")
-    p.add_argument("--print", action="store_true", help="print the unit instead of writing it")
+    p.add_argument("--print", action="store_true", help="print the unit instead of writing it (any user, root too)")
+    p.add_argument("--allow-root", action="store_true",
+                   help="as root with no user behind sudo: a unit that runs the scheduler as root, "
+                        "with --allow-root in its ExecStart (every flow then runs as root)")
 
     p = sub.add_parser("_start-run", parents=[common])  # hidden: how the scheduler starts a run
     p.set_defaults(func=cmd_start_run)
