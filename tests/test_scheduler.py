@@ -138,6 +138,14 @@ def test_invalid_flow_cannot_be_scheduled(project):
     assert r.code == 2 and "missing.sh" in r.err
 
 
+def test_schedule_add_help_says_a_second_schedule_needs_its_own_name(project):
+    """The original README adds --interval hourly, then --cron, to one flow without --name."""
+    text = project.cli("schedule", "add", "--help").out
+    flat = " ".join(text.split())
+    assert "a second schedule of the same flow needs its own --name" in flat
+    assert "each further schedule of the flow needs its own" in flat  # the --name option itself
+
+
 def test_second_schedule_needs_its_own_name(project):
     add_flow(project)
     assert project.cli("schedule", "add", "tick", "--interval", "daily").code == 0

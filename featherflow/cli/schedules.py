@@ -179,13 +179,17 @@ def add_commands(sub, command, common) -> None:
     schedule_sub = schedule.add_subparsers(title="commands", metavar="COMMAND")
     schedule.set_defaults(func=lambda app, args: schedule.print_help() or errors.EXIT_USAGE)
     p = command("add", cmd_schedule_add, "schedule a flow: --interval [--at] or --cron, in a time zone", schedule_sub)
+    p.description = ("Schedule a flow: --interval [--at] or --cron, in a time zone. A schedule is named after "
+                     "its flow unless given --name, so a second schedule of the same flow needs its own --name "
+                     "(the same name twice is refused, exit 3).")
     p.add_argument("flow", metavar="FLOW", help="flow name")
     p.add_argument("--interval", choices=("hourly", "daily", "weekly", "monthly"),
                    help="hourly (0 * * * *), daily (at --at, default 00:00), weekly (Sundays), monthly (the 1st)")
     p.add_argument("--at", metavar="HH:MM", help="time of day for daily/weekly/monthly; :MM for hourly")
     p.add_argument("--cron", metavar="EXPR", help="5 fields 'min hour dom month dow', or 6 with seconds last")
     p.add_argument("--tz", metavar="ZONE", help="IANA time zone, e.g. Europe/Berlin (default: the machine's)")
-    p.add_argument("--name", metavar="NAME", help="schedule name (default: the flow name)")
+    p.add_argument("--name", metavar="NAME", help="schedule name (default: the flow name; each further schedule of the flow needs "
+                                              "its own, e.g. --name etl-hourly)")
     p.add_argument("--params", metavar="JSON|FILE", help="params of every run, as a JSON object or a file holding one")
     p.add_argument("--catchup", choices=("none", "latest", "all"), default="latest",
                    help="slots missed while the scheduler was down: none, the latest (default), or all (max 100)")
