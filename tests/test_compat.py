@@ -199,3 +199,9 @@ def test_a_declared_placeholder_is_filled_and_the_run_says_nothing_undeclared(qu
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert NOTICE not in proc.stdout
     assert _seen(quickstart)["fetch_data"] == {"argv": ["--day=2023-01-01"], "params": {"date": "2023-01-01"}}
+
+
+def test_run_help_states_the_params_rule(capsys):
+    assert cli.main(["run", "--help"]) == 0
+    flat = " ".join(capsys.readouterr().out.split())
+    assert "a flow with a 'params' block takes only the names it declares, a flow without one takes any" in flat
