@@ -188,8 +188,9 @@ def add_commands(sub, command, common) -> None:
     p.add_argument("--at", metavar="HH:MM", help="time of day for daily/weekly/monthly; :MM for hourly")
     p.add_argument("--cron", metavar="EXPR", help="5 fields 'min hour dom month dow', or 6 with seconds last")
     p.add_argument("--tz", metavar="ZONE", help="IANA time zone, e.g. Europe/Berlin (default: the machine's)")
-    p.add_argument("--name", metavar="NAME", help="schedule name (default: the flow name; each further schedule of the flow needs "
-                                              "its own, e.g. --name etl-hourly)")
+    p.add_argument("--name", metavar="NAME",
+                   help="schedule name (default: the flow name; each further schedule of the flow needs "
+                        "its own, e.g. --name etl-hourly)")
     p.add_argument("--params", metavar="JSON|FILE", help="params of every run, as a JSON object or a file holding one")
     p.add_argument("--catchup", choices=("none", "latest", "all"), default="latest",
                    help="slots missed while the scheduler was down: none, the latest (default), or all (max 100)")

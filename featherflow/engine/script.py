@@ -487,7 +487,8 @@ if ! mkdir -p -- "$TMP_DIR"; then
   mark --run "failed:cannot create its temp dir" 2>&8
   exit 1
 fi
-say "run $RUN_ID of $FEATHERFLOW_FLOW_NAME: $TOTAL task(s), up to $MAX_PARALLEL at once; logs in $LOG_DIR${UNDECLARED:+; params the flow does not declare: $UNDECLARED}"
+FIRST="run $RUN_ID of $FEATHERFLOW_FLOW_NAME: $TOTAL task(s), up to $MAX_PARALLEL at once; logs in $LOG_DIR"
+say "$FIRST${UNDECLARED:+; params the flow does not declare: $UNDECLARED}"
 for ((i = 0; i < TOTAL; i++)); do
   [[ ${T_STATE[i]} == ok ]] && say "kept    ${T_ID[i]} (succeeded before)"
 done
