@@ -65,6 +65,16 @@ class Flow:
     def edges(self) -> Dict[str, Tuple[str, ...]]:
         return {t.id: t.depends_on for t in self.tasks}
 
+    @property
+    def declares_params(self) -> bool:
+        """True when the flow has a `params` block (even an empty one): then a run takes
+        only the params it declares. Without one (the original format) a run takes any."""
+        return "params" in self.source
+
+    def undeclared(self, params: Dict[str, Any]) -> List[str]:
+        """The names in `params` that the flow does not declare, sorted."""
+        return sorted(set(params) - set(self.params))
+
     def snapshot(self) -> str:
         """The definition as canonical JSON: stored with a run, compared on resume."""
         return json.dumps(self.source, sort_keys=True, ensure_ascii=False)

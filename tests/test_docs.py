@@ -132,3 +132,18 @@ def test_the_doctor_example_shows_real_checks():
     block = re.search(r"```\n\$ featherflow doctor\n(.*?)```", README, re.S).group(1)
     shown = [m.group(1).strip() for m in re.finditer(r"^(?:ok|warning|PROBLEM) +(.+?)  ", block, re.M)]
     assert shown and all(name in doctor.ORDER for name in shown), shown
+
+
+def test_the_schedule_examples_say_a_second_schedule_needs_its_own_name():
+    """Right after the examples, before anyone meets the exit 3 of the original README's examples."""
+    section = _section("Schedules")
+    end = section.index("```", section.index("```sh") + len("```sh"))
+    examples, after = section[:end], section[end:end + 500]
+    assert "--name etl-hourly" in examples and "its own --name" in examples
+    assert "needs a `--name` of its own" in " ".join(after.split())
+
+
+def test_the_params_rule_is_documented_in_the_flow_reference():
+    text = " ".join(_section("Flow reference").split("### Params", 1)[1].split())
+    assert "A flow **with** a `params` block takes only the names it declares" in text
+    assert "A flow **without** a `params` block" in text and "params the flow does not declare:" in text

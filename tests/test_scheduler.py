@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from featherflow import states
+from featherflow.cli import main as cli
 from featherflow.scheduler import admin as schedule_admin
 from featherflow.scheduler import daemon as scheduler
 from featherflow.scheduler import slots as schedules
@@ -135,6 +136,14 @@ def test_invalid_flow_cannot_be_scheduled(project):
     project.write_flow({"name": "broken", "tasks": [{"id": "a", "script": "missing.sh"}]})
     r = project.cli("schedule", "add", "broken", "--interval", "daily")
     assert r.code == 2 and "missing.sh" in r.err
+
+
+def test_schedule_add_help_says_a_second_schedule_needs_its_own_name(project):
+    """The original README adds --interval hourly, then --cron, to one flow without --name."""
+    text = project.cli("schedule", "add", "--help").out
+    flat = " ".join(text.split())
+    assert "a second schedule of the same flow needs its own --name" in flat
+    assert "each further schedule of the flow needs its own" in flat  # the --name option itself
 
 
 def test_second_schedule_needs_its_own_name(project):
@@ -391,10 +400,59 @@ def test_systemd_unit(project, monkeypatch):
     assert "WantedBy=default.target" in user_unit and "User=" not in user_unit
 
 
-def test_install_as_root_without_sudo_user_is_refused(project, monkeypatch):
+def _exec_argv(unit):
+    """The featherflow arguments of the unit's ExecStart, after `python -m featherflow`."""
+    line = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
+    words = line.split("=", 1)[1].split()
+    assert words[1:3] == ["-m", "featherflow"], line
+    return words[3:]
+
+
+def test_install_as_root_alone_prints_a_root_unit_and_writes_one_only_with_allow_root(project, tmp_path):
+    """Root with nobody behind sudo (a container, a bare t2.nano): printing is harmless."""
+    cfg = project.app().config
+    path, unit = schedule_admin.install(cfg, write=False, euid=0)
+    assert path is None and "User=root" in unit.splitlines()
+    assert "--allow-root" not in _exec_argv(unit)
+    assert any(line.startswith("# ") and "refuses root without --allow-root" in line for line in unit.splitlines())
+    with pytest.raises(UsageError, match="needs --allow-root"):
+        schedule_admin.install(cfg, write=True, euid=0, sudo_user="root", home=str(tmp_path))
+    assert not (tmp_path / ".config").exists()
+    path, unit = schedule_admin.install(cfg, system=False, write=True, euid=0, home=str(tmp_path), allow_root=True)
+    assert path == tmp_path / ".config" / "systemd" / "user" / schedule_admin.UNIT_NAME
+    assert path.read_text() == unit
+    argv = _exec_argv(unit)
+    assert argv[-4:] == ["scheduler", "start", "--foreground", "--allow-root"]
+    args = cli.build_parser().parse_args(argv)
+    assert args.allow_root and args.foreground  # the unit's command line is one `scheduler start` takes
+
+
+def test_install_under_sudo_is_for_the_sudo_user_whatever_allow_root(project):
+    _, unit = schedule_admin.install(project.app().config, write=False, euid=0, sudo_user="pi",
+                                     home="/nonexistent-root-home", allow_root=True)
+    assert "User=pi" in unit.splitlines() and "--allow-root" not in _exec_argv(unit)
+    with pytest.raises(UsageError, match="without sudo"):
+        schedule_admin.install(project.app().config, system=False, write=False, euid=0, sudo_user="pi")
+
+
+@pytest.mark.skipif(not ROOT, reason="needs to run as root")
+def test_cli_install_as_root(project, monkeypatch, tmp_path):
     monkeypatch.delenv("SUDO_USER", raising=False)
-    with pytest.raises(UsageError, match="must not run as root"):
-        schedule_admin.install(project.app().config, write=False, euid=0)
+    monkeypatch.setenv("HOME", str(tmp_path))  # --user writes under it; never /etc
+    r = project.cli("scheduler", "install", "--print")
+    assert r.code == 0, r.err
+    assert "User=root" in r.out.splitlines() and "--allow-root" not in _exec_argv(r.out)
+    assert r.err.startswith("note: ") and "--allow-root" in r.err and len(r.err.splitlines()) == 1
+    r = project.cli("scheduler", "install", "--print", "--allow-root")
+    assert r.code == 0 and r.err == "" and _exec_argv(r.out)[-1] == "--allow-root"
+    r = project.cli("scheduler", "install", "--user")
+    assert r.code == 2
+    one_error_line(r, "as root", "--allow-root")
+    assert not (tmp_path / ".config").exists()
+    r = project.cli("scheduler", "install", "--user", "--allow-root")
+    assert r.code == 0, r.err
+    written = (tmp_path / ".config" / "systemd" / "user" / schedule_admin.UNIT_NAME).read_text()
+    assert _exec_argv(written)[-1] == "--allow-root"
 
 
 def test_python_api(project):

@@ -452,7 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("run", cmd_run, "run a flow now; exit 0 if it succeeded, 1 if it failed, 5 if cancelled")
     p.add_argument("flow", metavar="FLOW", help="flow name")
-    p.add_argument("--params", metavar="JSON|FILE", help="params as a JSON object, or a file holding one")
+    p.add_argument("--params", metavar="JSON|FILE",
+                   help="params as a JSON object, or a file holding one; a flow with a 'params' block takes "
+                        "only the names it declares, a flow without one takes any")
     p.add_argument("--dry-run", action="store_true", help="write the script and print its path; run nothing")
     p.add_argument("--max-parallel", type=_positive, metavar="N",
                    help="tasks at once (default: the flow's max_parallel, else the number of CPUs)")

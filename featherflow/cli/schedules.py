@@ -142,10 +142,13 @@ def cmd_scheduler_install(app, args) -> int:
     from featherflow import config
     from featherflow.scheduler import admin as schedule_admin
 
+    sudo_user = config.scheduler_env()["sudo_user"]
     path, text = schedule_admin.install(app.config, system=not args.user, write=not args.print,
-                                   sudo_user=config.scheduler_env()["sudo_user"])
+                                        sudo_user=sudo_user, allow_root=args.allow_root)
     if args.print:
         sys.stdout.write(text)
+        if schedule_admin.runs_as_root(sudo_user=sudo_user) and not args.allow_root:
+            print("note: " + " ".join(schedule_admin.ROOT_NOTE.split()), file=sys.stderr)
         return 0
     ctl = "systemctl --user" if args.user else "sudo systemctl"
     print(f"wrote {path}\nnext: {ctl} daemon-reload && {ctl} enable --now {schedule_admin.UNIT_NAME}")
@@ -176,13 +179,18 @@ def add_commands(sub, command, common) -> None:
     schedule_sub = schedule.add_subparsers(title="commands", metavar="COMMAND")
     schedule.set_defaults(func=lambda app, args: schedule.print_help() or errors.EXIT_USAGE)
     p = command("add", cmd_schedule_add, "schedule a flow: --interval [--at] or --cron, in a time zone", schedule_sub)
+    p.description = ("Schedule a flow: --interval [--at] or --cron, in a time zone. A schedule is named after "
+                     "its flow unless given --name, so a second schedule of the same flow needs its own --name "
+                     "(the same name twice is refused, exit 3).")
     p.add_argument("flow", metavar="FLOW", help="flow name")
     p.add_argument("--interval", choices=("hourly", "daily", "weekly", "monthly"),
                    help="hourly (0 * * * *), daily (at --at, default 00:00), weekly (Sundays), monthly (the 1st)")
     p.add_argument("--at", metavar="HH:MM", help="time of day for daily/weekly/monthly; :MM for hourly")
     p.add_argument("--cron", metavar="EXPR", help="5 fields 'min hour dom month dow', or 6 with seconds last")
     p.add_argument("--tz", metavar="ZONE", help="IANA time zone, e.g. Europe/Berlin (default: the machine's)")
-    p.add_argument("--name", metavar="NAME", help="schedule name (default: the flow name)")
+    p.add_argument("--name", metavar="NAME",
+                   help="schedule name (default: the flow name; each further schedule of the flow needs "
+                        "its own, e.g. --name etl-hourly)")
     p.add_argument("--params", metavar="JSON|FILE", help="params of every run, as a JSON object or a file holding one")
     p.add_argument("--catchup", choices=("none", "latest", "all"), default="latest",
                    help="slots missed while the scheduler was down: none, the latest (default), or all (max 100)")
@@ -220,12 +228,16 @@ def add_commands(sub, command, common) -> None:
                 daemon_sub)
     p.add_argument("--interactive", action="store_true",
                    help="open the live dashboard instead (the same as `featherflow dashboard`)")
-    p = command("install", cmd_scheduler_install, "write a systemd unit that starts the scheduler at boot",
+    p = command("install", cmd_scheduler_install,
+                "write a systemd unit that starts the scheduler at boot (as you; as root only with --allow-root)",
                 daemon_sub)
     where = p.add_mutually_exclusive_group()
     where.add_argument("--system", action="store_true", help="/etc/systemd/system, User= you (default)")
     where.add_argument("--user", action="store_true", help="~/.config/systemd/user (needs loginctl enable-linger)")
-    p.add_argument("--print", action="store_true", help="print the unit instead of writing it")
+    p.add_argument("--print", action="store_true", help="print the unit instead of writing it (any user, root too)")
+    p.add_argument("--allow-root", action="store_true",
+                   help="as root with no user behind sudo: a unit that runs the scheduler as root, "
+                        "with --allow-root in its ExecStart (every flow then runs as root)")
 
     p = sub.add_parser("_start-run", parents=[common])  # hidden: how the scheduler starts a run
     p.set_defaults(func=cmd_start_run)

@@ -71,12 +71,22 @@ def parse_params(text: Optional[str]) -> Dict:
 
 
 def merge_params(flow: flowmod.Flow, given: Dict) -> Dict:
+    """The params of a run: the flow's defaults, overridden by `given`.
+
+    A flow with a `params` block takes only the names it declares, so a misspelt
+    key is refused instead of silently doing nothing. A flow without one (the
+    original format, whose tasks read FEATHERFLOW_PARAMS) takes any; its runs
+    name the undeclared ones on their first line.
+    """
     unknown = sorted(set(given) - set(flow.params))
-    if unknown:
-        known = ", ".join(flow.params) or "none: declare them in the flow's 'params'"
+    if unknown and flow.declares_params:
+        known = ", ".join(flow.params) or ("none: its 'params' block is empty (declare them there, "
+                                           "or remove the block to accept any)")
         raise UsageError(f"unknown param {', '.join(map(repr, unknown))} for flow {flow.name!r} (known: {known})")
     for key, value in given.items():
         problem = _bad_text(value)
+        if _bad_text(key):  # an undeclared name is free text too
+            problem = f"(the name) {_bad_text(key)}"
         if problem:
             raise UsageError(f"--params: {key!r} {problem}")
     return {**flow.params, **given}

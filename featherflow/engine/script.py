@@ -131,6 +131,8 @@ def render(flow: flowmod.Flow, spec: RunSpec) -> str:
         ("RUN_ID", spec.run_id), ("RUN_DIR", spec.run_dir), ("MAX_PARALLEL", spec.max_parallel),
         ("KILL_GRACE", _seconds(spec.kill_grace)), ("LOCK_WAIT", _seconds(spec.lock_wait)),
         ("KEEP_TMP", int(spec.keep_tmp)),
+        # Named once on the first line: a flow without a `params` block takes any.
+        ("UNDECLARED", ", ".join(_name(p) for p in flow.undeclared(spec.params))),
     ]
     out += [f"{name}={q(value)}" for name, value in settings]
     out.append("LOG_DIR=$RUN_DIR/logs")
@@ -197,6 +199,12 @@ def render(flow: flowmod.Flow, spec: RunSpec) -> str:
 
 def _seconds(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.3f}".rstrip("0")
+
+
+def _name(name: str) -> str:
+    """A param name for the run's first line: as it is when plain, else as JSON (no
+    newline or control character from --params reaches the terminal)."""
+    return name if flowmod.ENV_RE.fullmatch(name) else json.dumps(name)
 
 
 def _comment(text: str) -> str:
@@ -495,7 +503,8 @@ if ! mkdir -p -- "$TMP_DIR"; then
   mark --run "failed:cannot create its temp dir" 2>&8
   exit 1
 fi
-say "run $RUN_ID of $FEATHERFLOW_FLOW_NAME: $TOTAL task(s), up to $MAX_PARALLEL at once; logs in $LOG_DIR"
+FIRST="run $RUN_ID of $FEATHERFLOW_FLOW_NAME: $TOTAL task(s), up to $MAX_PARALLEL at once; logs in $LOG_DIR"
+say "$FIRST${UNDECLARED:+; params the flow does not declare: $UNDECLARED}"
 for ((i = 0; i < TOTAL; i++)); do
   [[ ${T_STATE[i]} == ok ]] && say "kept    ${T_ID[i]} (succeeded before)"
 done
