@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from featherflow.store import db as dbmod  # noqa: E402
-from featherflow.dashboard import app as dashboard  # noqa: E402
+from featherflow.dashboard import keys, poller, screen  # noqa: E402
 from featherflow.store.runs import Store  # noqa: E402
 
 FLOWS = [f"flow-{i:02d}" for i in range(20)]
@@ -90,7 +90,7 @@ def generate(path: Path, runs: int, now: datetime) -> None:
 
 def time_refreshes(store, cases, repeat: int):
     """Median seconds of Poller.poll per case, and of the baseline query, interleaved per round."""
-    pollers = {label: dashboard.Poller(store, "bench.db", alive=lambda *a: True, next_slot=lambda c, z, a: a)
+    pollers = {label: poller.Poller(store, "bench.db", alive=lambda *a: True, next_slot=lambda c, z, a: a)
                for label, _ in cases}
     samples = {label: [] for label, _ in cases}
     samples["baseline: one bare SELECT ... LIMIT 30"] = []
@@ -154,17 +154,17 @@ def main() -> int:
               f"({path.stat().st_size / 1e6:.1f} MB)")
         store = Store(dbmod.open_read_only(path))
         newest = store.dashboard_runs(False, None, 1)[0]["id"]
-        cases = [("main screen", dashboard.ViewState()),
-                 ("main, filtered by flow", dashboard.ViewState(flow=FLOWS[3])),
-                 ("main, filter matching nothing", dashboard.ViewState(flow="no-such-flow")),
-                 ("run screen", dashboard.ViewState(view="run", run_id=newest))]
+        cases = [("main screen", keys.ViewState()),
+                 ("main, filtered by flow", keys.ViewState(flow=FLOWS[3])),
+                 ("main, filter matching nothing", keys.ViewState(flow="no-such-flow")),
+                 ("run screen", keys.ViewState(view="run", run_id=newest))]
         for label, seconds in time_refreshes(store, cases, args.repeat).items():
             print(f"refresh, {label:<40} {seconds * 1000:7.2f} ms (median of {args.repeat})")
-        snapshot = dashboard.Poller(store, str(path), alive=lambda *a: True).poll(dashboard.ViewState(),
+        snapshot = poller.Poller(store, str(path), alive=lambda *a: True).poll(keys.ViewState(),
                                                                                    datetime.utcnow())
         start = time.perf_counter()
         for _ in range(50):
-            dashboard.render(snapshot, dashboard.ViewState(), 120, 40, datetime.utcnow())
+            screen.render(snapshot, keys.ViewState(), 120, 40, datetime.utcnow())
         print(f"render 120x40 (pure)                             {(time.perf_counter() - start) / 50 * 1000:7.2f} ms")
         store.close()
         if args.idle:

@@ -151,6 +151,12 @@ def list_names(flows_dir: Path) -> List[str]:
         return []
 
 
+def task_order(snapshot: str) -> List[str]:
+    """Task ids of a stored definition (a run's snapshot) in dependency order."""
+    data = json.loads(snapshot)
+    return graph.topological_order({t["id"]: t.get("depends_on", []) for t in data["tasks"]})
+
+
 def placeholders(value: str) -> List[str]:
     return PLACEHOLDER_RE.findall(value)
 

@@ -19,12 +19,13 @@ from hypothesis import given, settings, strategies as st
 from featherflow import states
 from featherflow.dashboard import app as dashboard
 from featherflow.store import db as dbmod
-from featherflow.dashboard.app import (
-    Counts, LogInfo, LogTail, Poller, RunDetail, RunInfo, ScheduleInfo, SchedulerInfo, Snapshot,
-    TaskInfo, ViewState, handle_key, render,
+from featherflow.dashboard import keys, poller as poller_mod
+from featherflow.dashboard.keys import ViewState, handle_key, page_size
+from featherflow.dashboard.poller import (
+    Counts, LogInfo, LogTail, Poller, RunDetail, RunInfo, ScheduleInfo, SchedulerInfo, Snapshot, TaskInfo,
 )
-from featherflow.dashboard.keys import page_size
-from featherflow.dashboard.screen import MIN_HEIGHT, MIN_WIDTH, cells, clean, fit
+from featherflow.dashboard.screen import MIN_HEIGHT, MIN_WIDTH, render
+from featherflow.text import cells, clean, fit
 from featherflow.errors import DatabaseError
 from featherflow.store.runs import Store
 
@@ -216,15 +217,15 @@ def test_keys_select_open_a_run_open_a_log_and_go_back():
     handle_key(state, "down", snap, 10)
     assert state.run_id == 5  # stays on the last
     handle_key(state, "k", snap, 10)
-    assert handle_key(state, "enter", snap, 10) == dashboard.REFETCH
+    assert handle_key(state, "enter", snap, 10) == keys.REFETCH
     assert (state.view, state.run_id) == ("run", 6)
     handle_key(state, "j", snap, 10)
     assert state.task_id == "transform"
-    assert handle_key(state, "\n", snap, 10) == dashboard.REFETCH
+    assert handle_key(state, "\n", snap, 10) == keys.REFETCH
     assert (state.view, state.task_id, state.attempt) == ("log", "transform", 2)
-    assert handle_key(state, "\x1b", snap, 10) == dashboard.REFETCH and state.view == "run"
-    assert handle_key(state, "backspace", snap, 10) == dashboard.REFETCH and state.view == "main"
-    assert handle_key(state, "q", snap, 10) == dashboard.QUIT
+    assert handle_key(state, "\x1b", snap, 10) == keys.REFETCH and state.view == "run"
+    assert handle_key(state, "backspace", snap, 10) == keys.REFETCH and state.view == "main"
+    assert handle_key(state, "q", snap, 10) == keys.QUIT
 
 
 def test_filter_prompt_takes_text_including_letters_that_are_keys():
@@ -234,13 +235,13 @@ def test_filter_prompt_takes_text_including_letters_that_are_keys():
         assert handle_key(state, ch, snap, 10) is None
     handle_key(state, "backspace", snap, 10)
     assert "filter by flow: jq?_" in render(snap, state, 100, 20, NOW)[-1]
-    assert handle_key(state, "enter", snap, 10) == dashboard.REFETCH
+    assert handle_key(state, "enter", snap, 10) == keys.REFETCH
     assert (state.flow, state.view, state.prompt) == ("jq?", "main", None)
     assert "flow: jq?" in render(snap, state, 100, 20, NOW)[0]
     handle_key(state, "f", snap, 10)
     handle_key(state, "\x1b", snap, 10)  # Esc cancels the prompt, keeps the filter
     assert state.flow == "jq?" and state.prompt is None
-    assert handle_key(state, "\x1b", snap, 10) == dashboard.REFETCH and state.flow is None  # Esc clears it
+    assert handle_key(state, "\x1b", snap, 10) == keys.REFETCH and state.flow is None  # Esc clears it
 
 
 def test_help_opens_and_any_key_closes_it():
@@ -346,7 +347,6 @@ def test_poll_reads_counts_order_schedules_and_scheduler(reader, busy_db):
     assert "orphan" in "\n".join(render(orphan, ViewState(), 100, 30, now))
 
 
-@pytest.mark.skipif(dashboard._next_slot is None, reason="featherflow.schedules (next_slot) is not there yet")
 def test_poll_uses_the_schedulers_next_slot(reader, busy_db):
     now = datetime(2026, 6, 12, 3, 17)
     (sched,) = Poller(reader, "db").poll(ViewState(), now).schedules
@@ -424,7 +424,7 @@ def test_log_tail_reads_only_new_bytes_and_handles_partial_lines_and_truncation(
 
 
 def test_log_tail_starts_near_the_end_of_a_huge_log(tmp_path, monkeypatch):
-    monkeypatch.setattr(dashboard, "LOG_FIRST_READ", 1000)
+    monkeypatch.setattr(poller_mod, "LOG_FIRST_READ", 1000)
     path = tmp_path / "big.log"
     path.write_text("".join(f"line {i:05d}\n" for i in range(10_000)))
     lines, first, skipped, error = LogTail(path).poll()

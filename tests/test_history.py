@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Project
-from featherflow import proc, states
+from featherflow import paths, proc, states
 from featherflow.cli import main as cli
 from featherflow.store import retention
 from featherflow.engine import runner
@@ -685,7 +685,7 @@ def dead_pid_for_history() -> int:
 
 def with_files(run, size=1000):
     """Give a fake run a script and a log, as a real one has."""
-    directory = runner.run_dir(run)
+    directory = paths.run_dir(run)
     (directory / "logs").mkdir(parents=True)
     (directory / "run.sh").write_text("FF_DB=elsewhere\n")
     (directory / "logs" / "a.1.log").write_text("x" * size)
@@ -720,8 +720,8 @@ def test_prune_older_than_counts_from_now_and_never_takes_a_running_run(project,
     assert report.attempts == 3 * 2 + 1
     assert report.files_bytes >= 4 * 1000
     assert remaining(store) == [runs["live"].id]
-    assert runner.run_dir(runs["live"]).is_dir()
-    assert not any(runner.run_dir(runs[k]).exists() for k in ("a1", "a2", "a3", "b1"))
+    assert paths.run_dir(runs["live"]).is_dir()
+    assert not any(paths.run_dir(runs[k]).exists() for k in ("a1", "a2", "a3", "b1"))
     con = sqlite3.connect(str(project.db))
     assert con.execute("SELECT COUNT(*) FROM task_attempt").fetchone()[0] == 1
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -748,7 +748,7 @@ def test_prune_dry_run_deletes_nothing_but_reports(project, store, pruneable):
     report = retention.prune(store, project.db, ended + timedelta(days=400), timedelta(days=30), dry_run=True)
     assert len(report.runs) == 4 and report.attempts == 7 and report.files_bytes >= 4000
     assert remaining(store) == before
-    assert all(runner.run_dir(r).is_dir() for r in runs.values())
+    assert all(paths.run_dir(r).is_dir() for r in runs.values())
 
 
 def test_prune_removes_leftover_dirs_of_this_database_only(project, store, pruneable):
@@ -768,7 +768,7 @@ def test_prune_removes_leftover_dirs_of_this_database_only(project, store, prune
     assert report.orphan_dirs == [str(mine)] and not mine.exists()
     assert report.files_bytes >= 5000
     assert theirs.is_dir() and other.is_dir()
-    assert all(runner.run_dir(r).is_dir() for r in runs.values())
+    assert all(paths.run_dir(r).is_dir() for r in runs.values())
 
 
 def test_prune_keeps_the_files_of_a_run_resumed_after_it_was_chosen(project, store, pruneable, monkeypatch):
@@ -786,7 +786,7 @@ def test_prune_keeps_the_files_of_a_run_resumed_after_it_was_chosen(project, sto
     report = retention.prune(store, project.db, ended + timedelta(days=31), timedelta(days=30))
     assert resumed.id not in report.runs and len(report.runs) == 3
     assert store.get_run(resumed.id).state == states.RUNNING
-    assert runner.run_dir(resumed).is_dir()
+    assert paths.run_dir(resumed).is_dir()
 
 
 def test_prune_command_reports_what_it_freed(project):
@@ -794,7 +794,7 @@ def test_prune_command_reports_what_it_freed(project):
     for flow in ("hello", "hello", "etl"):
         assert project.sh("run", flow).code in (0, 1)
     app = project.app()
-    dirs = [runner.run_dir(r) for r in app.store.list_runs(limit=None)]
+    dirs = [paths.run_dir(r) for r in app.store.list_runs(limit=None)]
     live = fake_run(app.store, "hello", {"only": ["running"]}, end=states.RUNNING,
                     output=project.output, me=True)
     app.close()

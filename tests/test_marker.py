@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from featherflow import mark, states
+from featherflow import mark, paths, states
 from featherflow.engine import runner
 
 WAIT = 30  # seconds: the bound on every wait in this file
@@ -127,8 +127,8 @@ def test_a_run_whose_co_process_is_killed_records_everything_through_a_new_one(p
         assert run.state == states.SUCCESS
         assert {a.task_id: a.state for a in app.store.attempts(run.id)} == {
             "first": "success", "killer": "success", "last": "success"}
-        killer_log = runner.log_path(run, "killer", 1).read_text()
-        run_log = (runner.run_dir(run) / "run.log").read_text()
+        killer_log = paths.log_path(run, "killer", 1).read_text()
+        run_log = (paths.run_dir(run) / "run.log").read_text()
     finally:
         app.close()
     assert killer_log.startswith("killed ")

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from featherflow import proc, states
+from featherflow import paths, proc, states
 from featherflow.engine import runner
 
 SOAK = os.environ.get("FEATHERFLOW_SOAK") == "1"
@@ -248,7 +248,7 @@ def test_sigkill_at_random_moments_leaves_nothing_running_and_resumes(killable):
                 continue
             counts["kills"] += 1
             counts[hit] += 1
-            script = str(runner.run_dir(run) / "run.sh")
+            script = str(paths.run_dir(run) / "run.sh")
         finally:
             app.close()
 
@@ -415,7 +415,7 @@ def test_a_first_mark_that_lands_after_its_process_died_is_refused_and_the_run_i
 def test_a_fork_of_the_script_that_has_not_exec_d_yet_is_killed(project, store):
     """A subshell forked by the run's bash shows the run only in its command line."""
     run = fake_run(store, None, None, None, output=project.output)
-    script = runner.run_dir(run) / "run.sh"
+    script = paths.run_dir(run) / "run.sh"
     script.parent.mkdir(parents=True)
     ready = project.root / "forked"
     # The subshell runs two commands, so bash cannot exec the first in its place.

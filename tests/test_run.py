@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from featherflow import Featherflow
+from featherflow import Featherflow, paths
 from featherflow.engine import runner
 
 pytestmark = pytest.mark.slow
@@ -157,7 +157,7 @@ def test_failure_marks_descendants_upstream_failed_and_unrelated_branch_finishes
         assert done[task].state == "upstream_failed"
         assert done[task].started_at is None
         assert "upstream bad failed" in done[task].reason
-        assert not (runner.run_dir(run) / "logs" / f"{task}.1.log").exists()
+        assert not (paths.run_dir(run) / "logs" / f"{task}.1.log").exists()
     assert done["u1"].state == done["u2"].state == "success"
     assert "| something broke" in result.out  # the tail of the failed task's log
     assert "run 1 failed: 1 task(s) failed" in result.out
@@ -183,7 +183,7 @@ def test_the_failure_tail_cuts_long_lines_and_the_log_keeps_them(project):
     assert shown[10] == "        | " + "a" * (width - 1) + "… [+6 bytes]"
     assert shown[11] == "        | short"
     run, _ = only_run(project)
-    log = (runner.run_dir(run) / "logs" / "wide.1.log").read_text(encoding="utf-8").splitlines()
+    log = (paths.run_dir(run) / "logs" / "wide.1.log").read_text(encoding="utf-8").splitlines()
     assert [len(line) for line in log[:10]] == [10000] * 10 and log[10].endswith("étail")
 
 
@@ -220,9 +220,9 @@ echo "this is attempt $FEATHERFLOW_ATTEMPT"
     never = [attempts[("never", n)] for n in (1, 2)]
     assert [(a.state, a.exit_code) for a in never] == [("failed", 9), ("failed", 9)]
     for n in (1, 2, 3):
-        log = runner.log_path(run, "flaky", n).read_text()
+        log = paths.log_path(run, "flaky", n).read_text()
         assert f"this is attempt {n}\n" == log
-    assert runner.log_path(run, "never", 2).read_text() == "no luck\n"
+    assert paths.log_path(run, "never", 2).read_text() == "no luck\n"
     # retry_delay: attempt n+1 starts no sooner than 0.4 s after attempt n ended
     # (the end is stamped a few ms after the timer started, hence the margin).
     for before, after in zip(flaky, flaky[1:]):
@@ -299,7 +299,7 @@ for _ in range(20):
     result = project.sh("run", "f")
     assert result.code == 0, result.out + result.err
     run, _ = only_run(project)
-    assert runner.log_path(run, "loud", 1).stat().st_size == 40 << 20
+    assert paths.log_path(run, "loud", 1).stat().st_size == 40 << 20
     assert len(result.out) < 10_000
 
 
@@ -362,7 +362,7 @@ def test_sigterm_cancels_the_run(project, tmp_path):
     assert not (state / "after-ran").exists()
     assert not alive(task_pid) and not alive(child_pid, "sleep 319")
     assert group_members(pgid) == []
-    assert not (runner.run_dir(run) / "tmp").exists()
+    assert not (paths.run_dir(run) / "tmp").exists()
     assert "cancelling run 1" in out and "run 1 cancelled" in out
 
 
@@ -400,8 +400,8 @@ def test_temp_dir_is_private_removed_or_kept(project):
     app = project.app()
     first, second = sorted(app.store.list_runs(), key=lambda r: r.id)
     app.close()
-    assert not (runner.run_dir(first) / "tmp").exists()
-    kept = runner.run_dir(second) / "tmp"
+    assert not (paths.run_dir(first) / "tmp").exists()
+    kept = paths.run_dir(second) / "tmp"
     assert (kept / "file").read_text() == "data\n"
     assert kept.stat().st_mode & 0o777 == 0o700
 
@@ -430,7 +430,7 @@ def test_environment_contract_and_params(project, tmp_path):
     run, _ = only_run(project)
     seen = json.loads(out.read_text())
     env = seen["env"]
-    tmp = str(runner.run_dir(run) / "tmp")
+    tmp = str(paths.run_dir(run) / "tmp")
     assert env["TMP_DIR"] == env["TEMP_DIR"] == tmp and seen["tmp_is_dir"]
     assert env["FEATHERFLOW_RUN_ID"] == str(run.id)
     assert env["FEATHERFLOW_FLOW_NAME"] == "f"
@@ -564,7 +564,7 @@ def test_a_run_that_cannot_record_a_transition_stops(project, tmp_path):
     assert "could not record a state change" in out and "database is locked" in err
     assert not (state / "b-ran").exists()
     run, attempts = only_run(project)
-    assert not runner.log_path(run, "b", 1).exists()
+    assert not paths.log_path(run, "b", 1).exists()
     # Nothing after the failure was recorded; the dead run is then found and closed.
     assert (run.state, attempts[("a", 1)].state, attempts[("b", 1)].state) == ("running", "running", "pending")
     app = project.app()
@@ -628,7 +628,7 @@ def test_python_api(project, tmp_path):
         path = ff.execute_flow("f", params={"word": "hello"})
         assert Path(path).is_file()
         assert ff.last_run.state == "success" and ff.last_run.id == 1
-        assert Path(path) == runner.run_dir(ff.last_run) / "run.sh"
+        assert Path(path) == paths.run_dir(ff.last_run) / "run.sh"
         assert (tmp_path / "out").read_text() == "hello\n"
         dry = ff.execute_flow("f", dry_run=True)
         assert Path(dry).is_file() and ff.store.run_count() == 1
@@ -648,12 +648,12 @@ def test_a_failed_run_keeps_its_temp_dir_for_resume_and_success_removes_it(proje
     assert project.sh("run", "tmpflow").code == 1
     app = project.app()
     run = app.store.list_runs()[0]
-    tmp = runner.run_dir(run) / "tmp"
+    tmp = paths.run_dir(run) / "tmp"
     assert (tmp / "made.txt").read_text() == "made\n"
     marker.write_text("")
     resumed = project.sh("runs", "resume", run.id)
     assert resumed.code == 0, resumed.out + resumed.err
-    log = runner.log_path(run, "use", 2).read_text()
+    log = paths.log_path(run, "use", 2).read_text()
     assert log == "made\n"  # the kept task's output was still there
     assert not tmp.exists()
 

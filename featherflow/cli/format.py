@@ -10,55 +10,21 @@ import shlex
 from datetime import datetime, timedelta, timezone
 from typing import Dict, List, Optional, Tuple
 
-from featherflow import graph
-from featherflow.store.runs import Attempt, Run
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]")
-
-
-def safe(text: str) -> str:
-    """Escape control characters (terminal escapes included) as visible \\xNN."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-def iso(moment: Optional[datetime]) -> Optional[str]:
-    return moment.replace(tzinfo=timezone.utc).isoformat().replace("+00:00", "Z") if moment else None
-
-
-def local(moment: Optional[datetime], fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
-    if moment is None:
-        return "-"
-    return moment.replace(tzinfo=timezone.utc).astimezone().strftime(fmt)
-
-
-def duration(start: Optional[datetime], end: Optional[datetime], now: datetime) -> Optional[float]:
-    if start is None:
-        return None
-    return max(0.0, ((end or now) - start).total_seconds())
+from featherflow import clock
+from featherflow.store.records import Attempt, Run
+from featherflow.text import duration, escape as safe, fit, local
 
 
 def human_seconds(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m"
-    return f"{hours // 24}d{hours % 24:02d}h"
+    """A duration for the CLI's tables: tenths of a second under a minute."""
+    return duration(seconds, tenths=True)
 
 
-def human_bytes(size: int) -> str:
-    """1234567 -> `1.2 MB` (powers of 1000, like `df -H`); small sizes stay exact."""
-    if size < 1000:
-        return f"{size} B"
-    for unit in ("kB", "MB", "GB"):
-        size /= 1000
-        if size < 1000 or unit == "GB":
-            return f"{size:.1f} {unit}"
+def elapsed(start: Optional[datetime], end: Optional[datetime], now: datetime) -> Optional[float]:
+    """Seconds from `start` to `end` (or to `now` while it lasts); None before it started."""
+    if start is None:
+        return None
+    return max(0.0, (clock.as_utc(end or now) - clock.as_utc(start)).total_seconds())
 
 
 def parse_age(text: str) -> timedelta:
@@ -90,9 +56,9 @@ def run_json(run: Run, now: datetime) -> Dict:
     return {
         "id": run.id, "uid": run.uid, "flow": run.flow_name, "state": run.state,
         "trigger": run.trigger, "params": run.params, "schedule_id": run.schedule_id,
-        "scheduled_at": iso(run.scheduled_at), "created_at": iso(run.created_at),
-        "started_at": iso(run.started_at), "ended_at": iso(run.ended_at),
-        "duration_seconds": _round(duration(run.started_at, run.ended_at, now)),
+        "scheduled_at": clock.iso(run.scheduled_at), "created_at": clock.iso(run.created_at),
+        "started_at": clock.iso(run.started_at), "ended_at": clock.iso(run.ended_at),
+        "duration_seconds": _round(elapsed(run.started_at, run.ended_at, now)),
         "reason": run.reason, "failed_tasks": run.failed_tasks, "resumes": run.resumes,
         "flows_dir": run.flows_dir, "tasks_dir": run.tasks_dir, "output_dir": run.output_dir,
         "max_parallel": run.max_parallel, "pid": run.pid,
@@ -102,19 +68,15 @@ def run_json(run: Run, now: datetime) -> Dict:
 def attempt_json(attempt: Attempt, log: str, now: datetime) -> Dict:
     return {
         "attempt": attempt.attempt, "state": attempt.state, "exit_code": attempt.exit_code,
-        "reason": attempt.reason, "started_at": iso(attempt.started_at),
-        "ended_at": iso(attempt.ended_at),
-        "duration_seconds": _round(duration(attempt.started_at, attempt.ended_at, now)),
+        "reason": attempt.reason, "started_at": clock.iso(attempt.started_at),
+        "ended_at": clock.iso(attempt.ended_at),
+        "duration_seconds": _round(elapsed(attempt.started_at, attempt.ended_at, now)),
         "log": log,
     }
 
 
 def _round(value: Optional[float]) -> Optional[float]:
     return None if value is None else round(value, 3)
-
-
-def _fit(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
 
 
 def runs_table(runs: List[Run], now: datetime, width: int = 80) -> List[str]:
@@ -127,11 +89,11 @@ def runs_table(runs: List[Run], now: datetime, width: int = 80) -> List[str]:
             note = "failed: " + ", ".join(run.failed_tasks)
         elif run.state == "interrupted" and run.reason:
             note = run.reason
-        line = (f"{run.id:>6}  {_fit(safe(run.flow_name), 18):<18} {run.state:<11} {run.trigger:<8} "
+        line = (f"{run.id:>6}  {fit(safe(run.flow_name), 18):<18} {run.state:<11} {run.trigger:<8} "
                 f"{local(run.started_at or run.created_at, '%m-%d %H:%M'):<11} "
-                f"{human_seconds(duration(run.started_at, run.ended_at, now)):>7}")
+                f"{human_seconds(elapsed(run.started_at, run.ended_at, now)):>7}")
         if note:
-            line += "  " + _fit(safe(note), max(0, width - len(line) - 2))
+            line += "  " + fit(safe(note), max(0, width - len(line) - 2))
         lines.append(line[:width] if len(line) > width else line)
     return lines
 
@@ -148,7 +110,7 @@ def no_runs(filters: List[Tuple[str, str]], total: int) -> str:
 
 def run_detail(run: Run, order: List[str], attempts: List[Attempt], log_path, now: datetime) -> List[str]:
     """`runs show`: the run, then every task in dependency order with its attempts."""
-    took = human_seconds(duration(run.started_at, run.ended_at, now))
+    took = human_seconds(elapsed(run.started_at, run.ended_at, now))
     lines = [
         f"run {run.id}  {safe(run.flow_name)}  {run.state.upper()}" + (f"  ({safe(run.reason)})" if run.reason else ""),
         f"  trigger    {run.trigger}" + (f"  slot {local(run.scheduled_at)}" if run.scheduled_at else ""),
@@ -174,14 +136,8 @@ def run_detail(run: Run, order: List[str], attempts: List[Attempt], log_path, no
                 f"  {safe(task_id):<{width}}  {attempt.state:<15} {attempt.attempt:>3} "
                 f"{'-' if attempt.exit_code is None else attempt.exit_code:>4} "
                 f"{local(attempt.started_at, '%m-%d %H:%M:%S'):<14} "
-                f"{human_seconds(duration(attempt.started_at, attempt.ended_at, now)):>7}  "
+                f"{human_seconds(elapsed(attempt.started_at, attempt.ended_at, now)):>7}  "
                 f"{safe(attempt.reason or '')}".rstrip())
             if attempt.started_at:
                 lines.append(f"  {'':<{width}}  log: {log_path(task_id, attempt.attempt)}")
     return lines
-
-
-def task_order(snapshot: str) -> List[str]:
-    """Task ids of a stored definition in dependency order."""
-    data = json.loads(snapshot)
-    return graph.topological_order({t["id"]: t.get("depends_on", []) for t in data["tasks"]})

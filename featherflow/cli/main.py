@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import List, Optional
 
-from featherflow import __version__, errors
+from featherflow import __version__, errors, flow as flowmod, paths, text
 from featherflow.errors import FeatherflowError
 
 log = logging.getLogger(__name__)
@@ -193,9 +193,7 @@ def _reconciled(app):
 def _text(value: str, stream=None) -> str:
     """Text from files or tasks, for a terminal: control characters escaped, so no
     escape sequence acts. `stream` (default stdout) is where it is printed."""
-    from featherflow.cli import format as views
-
-    return views.safe(value) if (stream or sys.stdout).isatty() else value
+    return text.escape(value) if (stream or sys.stdout).isatty() else value
 
 
 def cmd_runs_list(app, args) -> int:
@@ -227,7 +225,7 @@ def cmd_runs_show(app, args) -> int:
     store = _reconciled(app)
     run = store.get_run(args.run_id)
     attempts = store.attempts(run.id)
-    order = views.task_order(run.snapshot)
+    order = flowmod.task_order(run.snapshot)
     order += sorted({a.task_id for a in attempts} - set(order))
     now = _now()
     if args.json:
@@ -235,12 +233,12 @@ def cmd_runs_show(app, args) -> int:
         data["tasks"] = [
             {"id": task_id,
              "state": ([a.state for a in attempts if a.task_id == task_id] or ["-"])[-1],
-             "attempts": [views.attempt_json(a, str(runner.log_path(run, a.task_id, a.attempt)), now)
+             "attempts": [views.attempt_json(a, str(paths.log_path(run, a.task_id, a.attempt)), now)
                           for a in attempts if a.task_id == task_id]}
             for task_id in order]
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
-    log_of = lambda task_id, n: runner.log_path(run, task_id, n)  # noqa: E731
+    log_of = lambda task_id, n: paths.log_path(run, task_id, n)  # noqa: E731
     print("\n".join(views.run_detail(run, order, attempts, log_of, now)))
     return 0
 
@@ -252,7 +250,7 @@ def cmd_runs_logs(app, args) -> int:
     store = _reconciled(app)
     run = store.get_run(args.run_id)
     attempts = store.attempts(run.id)
-    order = views.task_order(run.snapshot)
+    order = flowmod.task_order(run.snapshot)
     if args.task is not None and args.task not in {a.task_id for a in attempts}:
         raise errors.UsageError(f"run {run.id} has no task {args.task!r} (tasks: {', '.join(order)})")
     if args.follow and args.task is None:
@@ -269,7 +267,7 @@ def cmd_runs_logs(app, args) -> int:
         else:
             chosen = mine[-1:]
         attempt = chosen[0]
-        path = runner.log_path(run, task_id, attempt.attempt)
+        path = paths.log_path(run, task_id, attempt.attempt)
         if len(tasks) > 1:
             print(f"==> {task_id} (attempt {attempt.attempt}, {attempt.state}) {path} <==")
         if args.follow:
@@ -349,11 +347,11 @@ def cmd_runs_prune(app, args) -> int:
                              args.flow, args.dry_run, output_dir=app.config.output_dir)
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {len(report.runs)} run(s), {report.attempts} attempt(s), "
-          f"{views.human_bytes(report.files_bytes)} of scripts and logs")
+          f"{text.size(report.files_bytes)} of scripts and logs")
     if report.orphan_dirs:
         print(f"removed {len(report.orphan_dirs)} leftover run dir(s) of runs no longer in the database")
     if not args.dry_run:
-        print(f"database: {views.human_bytes(report.db_bytes_before)} -> {views.human_bytes(report.db_bytes_after)}")
+        print(f"database: {text.size(report.db_bytes_before)} -> {text.size(report.db_bytes_after)}")
     return 0
 
 

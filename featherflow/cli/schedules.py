@@ -7,7 +7,7 @@ command: these only parse, call schedule_admin / scheduler, and print.
 import json
 import sys
 
-from featherflow import errors
+from featherflow import errors, text
 from featherflow.cli import main as cli
 
 
@@ -120,11 +120,11 @@ def cmd_scheduler_status(app, args) -> int:
     st = scheduler.status(cli._reconciled(app), now)
     naive = now.replace(tzinfo=None)
     if st.running:
-        print(f"scheduler: running, pid {st.row.pid}, up {views.human_seconds(views.duration(st.row.started_at, None, naive))}, "
-              f"last heartbeat {views.human_seconds(views.duration(st.row.heartbeat_at, None, naive))} ago")
+        print(f"scheduler: running, pid {st.row.pid}, up {views.human_seconds(views.elapsed(st.row.started_at, None, naive))}, "
+              f"last heartbeat {views.human_seconds(views.elapsed(st.row.heartbeat_at, None, naive))} ago")
     elif st.row is not None:
         when = st.row.stopped_at or st.row.heartbeat_at
-        print(f"scheduler: not running (pid {st.row.pid}, last seen {views.local(when)})")
+        print(f"scheduler: not running (pid {st.row.pid}, last seen {text.local(when)})")
     else:
         print("scheduler: not running (never started for this database)")
     print(f"schedules: {len(st.schedules) or 'none'}")
@@ -134,7 +134,7 @@ def cmd_scheduler_status(app, args) -> int:
     print(f"queued or running runs: {len(st.runs) or 'none'}")
     for run in st.runs:
         print(f"  run {run.id} of {run.flow_name}: {run.state} ({run.trigger}"
-              + (f", slot {views.local(run.scheduled_at)})" if run.scheduled_at else ")"))
+              + (f", slot {text.local(run.scheduled_at)})" if run.scheduled_at else ")"))
     return 0 if st.running else errors.EXIT_FAILED
 
 
@@ -207,10 +207,10 @@ def add_commands(sub, command, common) -> None:
     p.add_argument("name", metavar="NAME")
     p.add_argument("--limit", type=cli._positive, default=20, metavar="N", help="at most N slots (default: 20)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    for name, func, text in (("remove", cmd_schedule_remove, "delete a schedule and its slots (runs stay)"),
+    for name, func, about in (("remove", cmd_schedule_remove, "delete a schedule and its slots (runs stay)"),
                              ("enable", cmd_schedule_enable, "enable a schedule (slots count from now)"),
                              ("disable", cmd_schedule_disable, "disable a schedule")):
-        p = command(name, func, text, schedule_sub)
+        p = command(name, func, about, schedule_sub)
         p.add_argument("name", metavar="NAME")
 
     daemon = sub.add_parser("scheduler", help="the scheduler daemon: start, stop, status, install",

@@ -5,91 +5,19 @@
 is tested without a terminal. Nothing here reads a file or the clock.
 """
 
-import unicodedata
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import List, Optional, Sequence, Tuple
 
 from featherflow import states
+from featherflow.text import cells, clean, duration, fit, fit_left, local, pad, take
 from featherflow.dashboard.keys import ViewState, body_height, page_size
 from featherflow.scheduler.daemon import HEARTBEAT_STALE  # one limit for doctor and dashboard
 
 # The scheduler writes its heartbeat once a tick, and ticks at least every --check-interval
 # (60 s by default): stale means two ticks missed, with room for a slow one.
 MIN_WIDTH, MIN_HEIGHT = 40, 8
-
-
-# -- text that is safe and fits -------------------------------------------------
-
-_ESCAPED = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}  # controls, format (bidi), separators, unassigned
-TAB = 8
-
-
-def clean(text, ascii_only: bool = False) -> str:
-    """One screen line from outside text: tabs expanded, every control character escaped.
-
-    Task ids and log lines come from users and scripts: an ESC, a carriage
-    return or a bidi override must show as text (\\x1b) and never act.
-    """
-    text = "" if text is None else str(text)
-    if text.isascii() and text.isprintable():
-        return text
-    text = text.expandtabs(TAB)
-    out = []
-    for ch in text:
-        code = ord(ch)
-        if 32 <= code < 127:
-            out.append(ch)
-        elif code < 128 or unicodedata.category(ch) in _ESCAPED:
-            out.append(f"\\x{code:02x}" if code < 0x100 else
-                       f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}")
-        else:
-            out.append("?" if ascii_only else ch)
-    return "".join(out)
-
-
-def _cell(ch: str) -> int:
-    if unicodedata.combining(ch):
-        return 0
-    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
-
-
-def cells(text: str) -> int:
-    """Columns `text` takes on a terminal (wide East Asian characters take two)."""
-    return len(text) if text.isascii() else sum(_cell(ch) for ch in text)
-
-
-def take(text: str, width: int) -> str:
-    """The longest start of `text` that fits in `width` columns."""
-    if cells(text) <= width:
-        return text
-    out, room = [], width
-    for ch in text:
-        room -= _cell(ch)
-        if room < 0:
-            break
-        out.append(ch)
-    return "".join(out)
-
-
-def fit(text: str, width: int, ellipsis: str = "…") -> str:
-    """`text` cut to `width` columns, ending in an ellipsis when it was cut."""
-    if cells(text) <= width:
-        return text
-    return take(text, width - cells(ellipsis)) + ellipsis if width > 0 else ""
-
-
-def fit_left(text: str, width: int, ellipsis: str = "…") -> str:
-    """Like fit, but keeps the end (paths: the file name matters most)."""
-    if cells(text) <= width:
-        return text
-    return fit(text[::-1], width, ellipsis)[::-1] if width > 0 else ""
-
-
-def pad(text: str, width: int, right: bool = False, ellipsis: str = "…") -> str:
-    text = fit(text, width, ellipsis)
-    gap = " " * max(0, width - cells(text))
-    return gap + text if right else text + gap
+SHORT = "%m-%d %H:%M"  # how the screen shows a time
 
 
 # -- rows ----------------------------------------------------------------------
@@ -173,31 +101,6 @@ def _table(cols: Sequence[Col], cells_rows: List[List[Segment]], width: int, ell
 
     head = line([(c.title, "head") for c in cols])
     return head, [line(r) for r in cells_rows]
-
-
-# -- times ---------------------------------------------------------------------
-
-def local(moment: Optional[datetime], fmt: str = "%m-%d %H:%M") -> str:
-    """A stored (naive UTC) time in local time."""
-    if moment is None:
-        return "-"
-    return moment.replace(tzinfo=timezone.utc).astimezone().strftime(fmt)
-
-
-def span(seconds: Optional[float]) -> str:
-    """12s, 5m12s, 3h12m, 2d03h."""
-    if seconds is None:
-        return "-"
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m"
-    return f"{hours // 24}d{hours % 24:02d}h"
 
 
 def _since(start: Optional[datetime], end: Optional[datetime]) -> Optional[float]:
@@ -354,16 +257,16 @@ class _Screen:
         if info is None:
             return "not running (it has never run on this database)", "warn"
         if info.stopped_at is not None:
-            return f"stopped {span(_since(info.stopped_at, self.now))} ago (was pid {info.pid})", "warn"
+            return f"stopped {duration(_since(info.stopped_at, self.now))} ago (was pid {info.pid})", "warn"
         beat = _since(info.heartbeat_at, self.now)
-        beat_text = "never" if beat is None else f"{span(beat)} ago"
+        beat_text = "never" if beat is None else f"{duration(beat)} ago"
         if not info.alive:
             return (f"NOT RUNNING: pid {info.pid} is gone without stopping "
                     f"(last heartbeat {beat_text})"), "bad"
         if beat is None or beat > HEARTBEAT_STALE:
-            return (f"STALE: pid {info.pid} has not written a heartbeat for {span(beat)} "
+            return (f"STALE: pid {info.pid} has not written a heartbeat for {duration(beat)} "
                     "(stuck? see its log)"), "bad"
-        up = span(_since(info.started_at, self.now))
+        up = duration(_since(info.started_at, self.now))
         return f"running  pid {info.pid}  up {up}  heartbeat {beat_text}", "ok"
 
     def schedule_rows(self) -> List[Row]:
@@ -380,7 +283,7 @@ class _Screen:
             elif s.next_at is None:
                 nxt, when = (self.c(s.next_error or "-"), "warn"), ("-", "")
             else:
-                nxt, when = (local(s.next_at), ""), (span(_since(self.now, s.next_at)), "")
+                nxt, when = (local(s.next_at, SHORT), ""), (duration(_since(self.now, s.next_at)), "")
             values.append([(self.c(s.name), ""), (self.c(s.flow_name), ""), (self.c(s.cron), "dim"),
                            nxt, when, self.last_outcome(s)])
         head, body = _table(cols, values, self.width - 2, self.ell)
@@ -390,7 +293,7 @@ class _Screen:
     def last_outcome(self, s) -> Segment:
         if s.last_state is None:
             return "never fired", "dim"
-        text = f"{s.last_state} {local(s.last_slot_at)}"
+        text = f"{s.last_state} {local(s.last_slot_at, SHORT)}"
         if s.last_run_id is not None:
             text += f" run {s.last_run_id} {s.last_run_state or 'deleted'}"
             return self.c(text), STATE_STYLE.get(s.last_run_state or "", "")
@@ -414,7 +317,7 @@ class _Screen:
             values.append([(str(r.id), ""), (self.c(r.flow_name), ""), state, (bar(n.done, n.total), "run"),
                            (f"{n.done}/{n.total}", ""), (str(n.done), "ok"), (str(n.running), "run"),
                            (str(n.pending), ""), (str(n.failed), "bad" if n.failed else ""),
-                           (span(_since(r.started_at or r.created_at, self.now)), "")])
+                           (duration(_since(r.started_at or r.created_at, self.now)), "")])
         return self._selectable("RUNNING", cols, values, [r.id for r in runs], chosen)
 
     def recent_rows(self, chosen) -> Tuple[List[Row], Optional[int]]:
@@ -430,8 +333,8 @@ class _Screen:
         for r in runs:
             note = ("failed: " + ", ".join(r.failed_tasks)) if r.failed_tasks else (r.reason or "")
             values.append([(str(r.id), ""), (self.c(r.flow_name), ""), (r.state, STATE_STYLE.get(r.state, "")),
-                           (self.c(r.trigger), "dim"), (local(r.ended_at), ""),
-                           (span(_since(r.started_at, r.ended_at)), ""), (self.c(note), "dim")])
+                           (self.c(r.trigger), "dim"), (local(r.ended_at, SHORT), ""),
+                           (duration(_since(r.started_at, r.ended_at)), ""), (self.c(note), "dim")])
         return self._selectable("RECENT", cols, values, [r.id for r in runs], chosen)
 
     def _selectable(self, title, cols, values, ids, chosen) -> Tuple[List[Row], Optional[int]]:
@@ -454,8 +357,8 @@ class _Screen:
             gone = f"run {self.state.run_id} is not in the database (pruned?); Esc goes back"
             return [_row((gone, "warn"))], [], None
         r, n = detail.run, detail.run.counts
-        took = (f"took {span(_since(r.started_at, r.ended_at))}" if r.ended_at
-                else f"elapsed {span(_since(r.started_at or r.created_at, self.now))}")
+        took = (f"took {duration(_since(r.started_at, r.ended_at))}" if r.ended_at
+                else f"elapsed {duration(_since(r.started_at or r.created_at, self.now))}")
         rows = [
             _row((f"run {r.id}  ", "head"), (self.c(r.flow_name), "head"), ("  ", ""),
                  (r.state.upper(), STATE_STYLE.get(r.state, ""))),
@@ -477,7 +380,7 @@ class _Screen:
             values.append([(self.c(t.task_id), ""), (t.state, STATE_STYLE.get(t.state, "")),
                            (str(t.attempt) if t.attempt else "-", ""),
                            ("-" if t.exit_code is None else str(t.exit_code), ""),
-                           (local(t.started_at, "%H:%M:%S"), ""), (span(took_t), ""),
+                           (local(t.started_at, "%H:%M:%S"), ""), (duration(took_t), ""),
                            (self.c(t.reason or ""), "dim")])
         ids = [t.task_id for t in detail.tasks]
         chosen = self.state.task_id if self.state.task_id in ids else (ids[0] if ids else None)

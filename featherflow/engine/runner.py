@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
 from featherflow import flow as flowmod, graph, proc, states
+from featherflow.paths import run_dir
 from featherflow.engine import limits
 from featherflow.engine import script
 from featherflow.errors import (
@@ -117,16 +118,6 @@ def _bad_text(value) -> Optional[str]:
 
 def default_parallel() -> int:
     return os.cpu_count() or 2
-
-
-def run_dir(run: Run) -> Path:
-    """`<output>/runs/<id>-<uid prefix>`: found by run id, and never shared by two
-    databases that write to the same output dir."""
-    return Path(run.output_dir) / "runs" / f"{run.id}-{run.uid[:8]}"
-
-
-def log_path(run: Run, task_id: str, attempt: int) -> Path:
-    return run_dir(run) / "logs" / f"{task_id}.{attempt}.log"
 
 
 def prepare(app, name: str, params: Dict, max_parallel: Optional[int] = None,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from featherflow import states
+from featherflow.paths import run_dir
 
 RUN_DIR_RE = re.compile(r"(\d+)-([0-9a-f]{8})")
 
@@ -52,7 +53,6 @@ def prune(store, db_path: Path, now: datetime, older_than: Optional[timedelta] =
           dry_run: bool = False, output_dir: Optional[Path] = None) -> PruneReport:
     """Delete the runs `select` chooses; `output_dir` (the current one) is also
     searched for leftover run dirs, even when no run of this database uses it."""
-    from featherflow.engine.runner import run_dir
 
     report = PruneReport(db_bytes_before=_size(db_path))
     doomed = select(store.list_runs(flow=flow, limit=None), now, older_than, keep_last)
