@@ -20,8 +20,9 @@ from featherflow.errors import DatabaseError
 from featherflow.models import MODELS
 
 BUSY_TIMEOUT = 10  # seconds
+# journal_mode is set apart (_use_wal): switching a new file to WAL takes an
+# exclusive lock that SQLite does not wait for under its busy timeout.
 PRAGMAS = {
-    "journal_mode": "wal",
     "synchronous": "full",
     "foreign_keys": 1,
     "busy_timeout": BUSY_TIMEOUT * 1000,
@@ -65,6 +66,7 @@ def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool 
             _refuse_newer(version, len(migration_modules()), path)
             _refuse_foreign(version, tables, path)
         db.connect()
+        _use_wal(db)
         if migrate:
             apply_migrations(db, path)
     except DatabaseError:
@@ -81,6 +83,27 @@ def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool 
                 f"{path} is not a usable Featherflow database ({exc}); move it aside with its -wal and -shm files, or restore a backup") from None
         raise
     return db
+
+
+def _use_wal(db: SqliteDatabase, wait: float = BUSY_TIMEOUT) -> None:
+    """`PRAGMA journal_mode = wal`, retried while other processes hold the file.
+
+    Only the first switch of a new file does any work, and it needs the file to
+    itself: when several processes open a new database at the same instant,
+    SQLite answers "database is locked" at once instead of waiting (the busy
+    handler is not used for it), so wait here, as the busy timeout would.
+    """
+    import time
+
+    give_up = time.monotonic() + wait
+    while True:
+        try:
+            db.execute_sql("PRAGMA journal_mode = wal").fetchall()
+            return
+        except Exception as exc:  # sqlite3.OperationalError, or peewee's wrapper of it
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() >= give_up:
+                raise
+            time.sleep(0.01)
 
 
 def apply_migrations(db: SqliteDatabase, path: Path) -> int:
@@ -106,12 +129,20 @@ def schema_version(db: SqliteDatabase) -> int:
 
 
 def _peek(path: Path) -> Tuple[int, int]:
-    """(user_version, number of tables) through a plain connection: no pragma that writes."""
-    con = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT)
+    """(user_version, number of tables) through a plain connection: no pragma that writes.
+
+    Both are read in one read transaction, so they come from one snapshot: read
+    apart, another process's first migration could commit between the two and
+    its tables be counted against the version from before (0), which looks
+    exactly like someone else's database.
+    """
+    con = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT, isolation_level=None)
     try:
-        version = con.execute("PRAGMA user_version").fetchone()[0]
+        con.execute("BEGIN")
         tables = con.execute(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'").fetchone()[0]
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        con.execute("COMMIT")
         return version, tables
     finally:
         con.close()
