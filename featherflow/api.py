@@ -31,6 +31,7 @@ class Featherflow:
                  db=None, log_dir=None, env=None):
         self.config = config.resolve(flows_dir, tasks_dir, output_dir, config_dir, db, log_dir, env=env)
         self._store = None
+        self.read_only = False  # the store is a read-only connection (read_store on a read-only disk)
         self.last_run = None
 
     # -- flows -------------------------------------------------------------
@@ -91,6 +92,28 @@ class Featherflow:
             from featherflow.store.runs import Store
 
             self._store = Store(db.open_database(self.config.db_path, self.config.config_dir))
+        return self._store
+
+    def read_store(self):
+        """The store for a command that only reads (runs list/show/logs).
+
+        The usual store when the database can be opened for writing; when its
+        filesystem is read-only (a remount after an error, a write-protected SD
+        card), a read-only connection instead, so what is recorded can still be
+        read. Nothing can be reconciled or migrated through it: `read_only` says so.
+        """
+        from featherflow.store import db
+        from featherflow.errors import READ_ONLY, DatabaseError, filesystem_state
+        from featherflow.store.runs import Store
+
+        try:
+            return self.store
+        except DatabaseError:
+            path = self.config.db_path
+            if filesystem_state(path) != READ_ONLY or not path.is_file():
+                raise
+        self._store = Store(db.open_read_only(self.config.db_path, bind_models=True))
+        self.read_only = True
         return self._store
 
     def close(self) -> None:

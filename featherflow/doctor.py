@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import quote
 
-from featherflow import proc, scaffold, states
+from featherflow import errors, proc, scaffold, states
 from featherflow.scheduler.daemon import HEARTBEAT_STALE  # one limit for doctor and dashboard
+from featherflow.store import db
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 
@@ -107,24 +108,46 @@ def _connect(db_path: Path):
                              "move it aside and point --db / FEATHERFLOW_DB at the real database")
     con = None
     try:
-        con = sqlite3.connect(f"file:{quote(str(db_path))}?mode=ro", uri=True, timeout=5)
-        result = [row[0] for row in con.execute("PRAGMA quick_check")]
+        # integrity_check, not quick_check: only it compares each index with its table, and
+        # an index out of step (a WAL of another database replayed into this one) is damage
+        # that `db backup` refuses and that writes would spread.
+        con = sqlite3.connect(db.read_only_uri(db_path), uri=True, timeout=5)
+        result = [row[0] for row in con.execute("PRAGMA integrity_check")]
     except sqlite3.Error as exc:
         if con is not None:
             con.close()
-        return None, Finding(name, PROBLEM, f"{db_path} cannot be read: {exc}", _restore(db_path))
+        return None, _unreadable(db_path, exc)
     if result != ["ok"]:
         con.close()
-        return None, Finding(name, PROBLEM, f"quick_check found damage in {db_path}: {'; '.join(result[:3])}",
+        return None, Finding(name, PROBLEM, f"{db_path} is damaged (integrity_check: {'; '.join(result[:3])})",
                              _restore(db_path))
-    return con, Finding(name, OK, f"quick_check ok ({db_path})")
+    return con, Finding(name, OK, f"integrity_check ok ({db_path})")
+
+
+def _unreadable(db_path: Path, exc) -> Finding:
+    """A database that cannot be read: damaged, or on a disk that is full, read-only or
+    failing — which leaves the file intact, so the fix must not be to move it aside."""
+    kind = errors.environment_fault(db_path, exc)
+    detail = f"{db_path} cannot be read: {exc}"
+    if kind == errors.FULL:
+        fix = f"free space on the disk holding it (`{PRUNE}` deletes old runs' logs); nothing is damaged"
+    elif kind == errors.READ_ONLY:
+        fix = "remount its filesystem read-write (mount -o remount,rw ...) or fix its permissions; nothing is damaged"
+    elif kind == errors.LOCKED:
+        fix = "another process holds it locked (a long `sqlite3` shell?); run doctor again once it is done"
+    elif kind == errors.DAMAGED:
+        return Finding("database integrity", PROBLEM, f"{db_path} is damaged ({exc})", _restore(db_path))
+    else:
+        fix = ("check the disk (dmesg) and its directory; the file is probably intact: do not move it aside "
+               "before an integrity check passes or fails")
+    return Finding("database integrity", PROBLEM, detail, fix)
 
 
 def _restore(db_path: Path) -> str:
     # Its -wal and -shm go too: a leftover -wal would be replayed into the restored copy.
-    return (f"stop the scheduler, move the database and its -wal/-shm files aside "
-            f"(for f in {shlex.quote(str(db_path))}*; do mv \"$f\" \"$f.damaged\"; done) and copy a backup in its place "
-            "(`featherflow db backup PATH` makes one), or let the next run start a new one")
+    # The same advice as `db backup` and every command that meets a damaged file (errors.DAMAGED_FIX).
+    return (f"{errors.DAMAGED_FIX} (for f in {shlex.quote(str(db_path))}*; do mv \"$f\" \"$f.damaged\"; done); "
+            "with no backup, the next command then starts an empty database: the history is lost")
 
 
 def _database_checks(con, db_path: Path, now: datetime) -> List[Finding]:

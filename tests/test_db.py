@@ -368,3 +368,53 @@ def test_cli_creates_the_private_config_dir(project, umask_022):
     assert result.code == 0, result.err
     assert mode(project.home) == 0o700
     assert mode(project.db) == 0o600
+
+
+
+FIRST_OPEN = """\
+import sys, time
+from pathlib import Path
+from featherflow.store import db as dbmod
+from featherflow.errors import DatabaseError
+
+db_path, folder, me = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+(folder / f"up-{me}").touch()
+while not (folder / "go").exists():  # released together, once every process is imported
+    time.sleep(0.0005)
+try:
+    dbmod.open_database(db_path).close()
+except DatabaseError as exc:
+    print(exc, file=sys.stderr)
+    sys.exit(4)
+"""
+
+
+def test_simultaneous_first_opens_of_a_new_database_all_succeed(tmp_path):
+    """Eight processes released at one instant on a database that does not exist yet: each
+    must see either the empty file or the migrated one, never a mix (the foreignness check
+    once read the table count after another's migration and the version before it)."""
+    import subprocess
+    import sys
+    import time
+
+    rounds, width = 15, 8
+    failures = []
+    for round_ in range(rounds):
+        folder = tmp_path / f"r{round_}"
+        folder.mkdir()
+        children = [subprocess.Popen([sys.executable, "-c", FIRST_OPEN, str(folder / "ff.db"), str(folder), str(n)],
+                                     stderr=subprocess.PIPE, text=True) for n in range(width)]
+        deadline = time.monotonic() + 60
+        while len(list(folder.glob("up-*"))) < width and time.monotonic() < deadline:
+            time.sleep(0.005)
+        (folder / "go").touch()
+        for child in children:
+            _, err = child.communicate(timeout=120)
+            if child.returncode:
+                failures.append((round_, child.returncode, err.strip()))
+        con = sqlite3.connect(str(folder / "ff.db"))
+        try:
+            assert con.execute("PRAGMA user_version").fetchone()[0] == states.SCHEMA_VERSION
+        finally:
+            con.close()
+    assert failures == []

@@ -716,3 +716,154 @@ def test_backup_cli_refuses_to_overwrite_and_to_copy_onto_the_database(project):
     result = project.cli("db", "backup", project.root / "new.db")
     assert result.code == 0 and "integrity_check ok" in result.out
     assert integrity(project.root / "new.db") == "ok"
+
+
+# -- an index out of step with its table ------------------------------------------------------------
+
+def break_index(db: Path, index: str = "flow_run_created") -> None:
+    """Change row 1 behind the index's back: the index's schema row is taken out, the row
+    updated (no index to maintain), the schema row put back. integrity_check then reports
+    `row 1 missing from index ...`; quick_check, which does not compare indexes with
+    tables, still says ok — like a WAL of another database replayed into this one."""
+    con = sqlite3.connect(str(db), isolation_level=None)
+    try:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        row = con.execute("SELECT type, name, tbl_name, rootpage, sql FROM sqlite_master WHERE name = ?",
+                          (index,)).fetchone()
+        con.execute("PRAGMA writable_schema = ON")
+        con.execute("DELETE FROM sqlite_master WHERE name = ?", (index,))
+    finally:
+        con.close()
+    con = sqlite3.connect(str(db), isolation_level=None)
+    try:
+        con.execute("UPDATE flow_run SET created_at = '1999-01-01 00:00:00.000000' WHERE id = 1")
+        con.execute("PRAGMA writable_schema = ON")
+        con.execute("INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) VALUES (?, ?, ?, ?, ?)", row)
+    finally:
+        con.close()
+
+
+def test_doctor_finds_an_index_out_of_step_and_agrees_with_db_backup(project):
+    from featherflow import errors
+
+    project.write_task("t.sh", "true\n")
+    project.write_flow({"name": "f", "tasks": [{"id": "t", "script": "t.sh"}]})
+    assert project.sh("run", "f").code == 0
+    break_index(project.db)
+    con = sqlite3.connect(f"file:{project.db}?mode=ro", uri=True)
+    try:
+        assert [r[0] for r in con.execute("PRAGMA quick_check")] == ["ok"]  # the damage quick_check misses
+    finally:
+        con.close()
+    assert "missing from index flow_run_created" in integrity(project.db)
+
+    doctor = project.sh("doctor", "--json")
+    assert doctor.code == 1 and "Traceback" not in doctor.err
+    found = next(f for f in json.loads(doctor.out)["findings"] if f["name"] == "database integrity")
+    assert found["status"] == "problem", found
+    assert "damaged" in found["detail"] and "missing from index flow_run_created" in found["detail"], found
+    copy = project.sh("db", "backup", project.root / "copy.db")
+    assert copy.code == 4 and "damaged" in copy.err and "missing from index flow_run_created" in copy.err
+    # One piece of advice for one fault: the backup sends the user to doctor, doctor to a backup.
+    assert errors.DAMAGED_FIX in found["fix"] and errors.DAMAGED_FIX in copy.err and "doctor" in copy.err
+    assert not (project.root / "copy.db").exists()
+
+
+def test_a_malformed_database_error_says_what_helps_not_retry(project, monkeypatch):
+    """`database disk image is malformed` met in the middle of a command: retrying cannot
+    help; the one error line gives the damage advice (doctor's integrity check, a backup)."""
+    from featherflow import errors
+    from featherflow.cli import main as cli
+
+    def damaged_meanwhile(app, args):
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    monkeypatch.setattr(cli, "cmd_runs_list", damaged_meanwhile)
+    result = project.cli("runs", "list")
+    assert result.code == 4 and result.err.count("\n") == 1 and result.err.startswith("error: "), result.err
+    assert "(retry;" not in result.err and "retrying cannot help" in result.err, result.err
+    assert "integrity_check" in result.err and errors.DAMAGED_FIX in result.err, result.err
+
+
+# -- a full or read-only disk is not a damaged database ---------------------------------------------------
+
+def no_damage_advice(text: str) -> None:
+    lowered = text.lower()
+    assert "move it aside" not in lowered and "restore a backup" not in lowered, text
+    assert "start a new one" not in lowered and "copy a backup" not in lowered, text
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_reported_as_full_not_as_a_damaged_database(project):
+    if not mount_works():
+        pytest.skip("needs root and `mount` for a tmpfs")
+    project.write_task("t.sh", "true\n")
+    project.write_flow({"name": "f", "tasks": [{"id": "t", "script": "t.sh"}]})
+    with tmpfs(project.home, "2m"):
+        assert project.sh("run", "f").code == 0
+        filler = fill(project.home)
+        try:
+            for argv in (["runs", "list"], ["runs", "show", "1"], ["run", "f"]):
+                result = project.sh(*argv)
+                assert result.code == 4 and "Traceback" not in result.err, (argv, result)
+                assert "is full" in result.err and "nothing is damaged" in result.err, (argv, result.err)
+                no_damage_advice(result.err)
+            doctor = project.sh("doctor", "--json")
+            assert doctor.code == 1 and "Traceback" not in doctor.err
+            found = next(f for f in json.loads(doctor.out)["findings"] if f["name"] == "database integrity")
+            assert found["status"] == "problem" and "free space" in found["fix"], found
+            no_damage_advice(found["fix"])
+        finally:
+            filler.unlink()
+        assert integrity(project.db) == "ok"
+        assert project.sh("runs", "list").code == 0  # space back: everything works again
+
+
+@pytest.mark.slow
+def test_read_only_disk_still_reads_and_says_so_without_damage_advice(project):
+    if not mount_works():
+        pytest.skip("needs root and `mount` for a tmpfs remounted read-only")
+    project.write_task("t.sh", "true\n")
+    project.write_flow({"name": "f", "tasks": [{"id": "t", "script": "t.sh"}]})
+    with tmpfs(project.home, "4m"):
+        assert project.sh("run", "f").code == 0
+        assert not Path(f"{project.db}-shm").exists()  # the last connection removed it: the hard case
+        subprocess.run(["mount", "-o", "remount,ro", str(project.home)], check=True)
+        try:
+            listed = project.sh("runs", "list", "--json")
+            assert listed.code == 0, listed.err
+            assert [r["state"] for r in json.loads(listed.out)] == ["success"]
+            assert "read-only filesystem" in listed.err
+            shown = project.sh("runs", "show", "1")
+            assert shown.code == 0 and "success" in shown.out, shown.err
+            doctor = project.sh("doctor", "--json")
+            found = next(f for f in json.loads(doctor.out)["findings"] if f["name"] == "database integrity")
+            assert found["status"] == "ok" and "integrity_check ok" in found["detail"], found
+            copy = project.sh("db", "backup", project.root / "copy.db")
+            assert copy.code == 0, copy.err
+            started = project.sh("run", "f")  # a write: refused as read-only, not as damage
+            assert started.code == 4 and "read-only" in started.err and "nothing is damaged" in started.err
+            no_damage_advice(started.err)
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(project.home)], check=True)
+    assert integrity(project.root / "copy.db") == "ok"
+
+
+@pytest.mark.slow
+def test_a_full_output_dir_exits_4_not_2(project):
+    """The run's script cannot be written: the environment, not the input."""
+    if not mount_works():
+        pytest.skip("needs root and `mount` for a tmpfs")
+    project.write_task("t.sh", "true\n")
+    project.write_flow({"name": "f", "tasks": [{"id": "t", "script": "t.sh"}]})
+    project.cli("runs", "list")
+    with tmpfs(project.output, "256k"):
+        filler = fill(project.output)
+        try:
+            result = project.sh("run", "f")
+        finally:
+            filler.unlink()
+    assert result.code == 4, result
+    assert "cannot write its script" in result.err and "No space left on device" in result.err
+    shown = project.sh("runs", "show", "1", "--json")
+    assert json.loads(shown.out)["state"] == "failed"

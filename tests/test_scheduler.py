@@ -670,3 +670,48 @@ def test_fault_injection_sigkill_at_each_point_of_the_fire_path(project, capsys)
     assert adopted >= FAULT_KILLS  # every after-slot-commit kill left a run to adopt
     assert app.store.db.execute_sql("PRAGMA integrity_check").fetchone()[0] == "ok"
     app.close()
+
+
+def damage_flow_run(db) -> None:
+    """Overwrite the pages of flow_run and its indexes: the file still opens (header, schema,
+    the scheduler row are intact) but every read of runs fails `database disk image is malformed`."""
+    import random
+    import sqlite3
+
+    con = sqlite3.connect(str(db), isolation_level=None)
+    try:
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        pages = [row[0] for row in con.execute("SELECT rootpage FROM sqlite_master WHERE tbl_name = 'flow_run' "
+                                               "AND rootpage > 1")]
+        size = con.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        con.close()
+    rng = random.Random(5)
+    with open(db, "r+b") as f:
+        for page in pages:
+            f.seek((page - 1) * size)
+            f.write(bytes(rng.randrange(256) for _ in range(size)))
+
+
+@pytest.mark.slow
+def test_a_damaged_database_fails_scheduler_start_and_stops_the_daemon(project):
+    add_flow(project)
+    assert project.sh("run", "tick").code == 0
+    damage_flow_run(project.db)
+    refused = project.sh("runs", "list")
+    assert refused.code == 4 and "damaged" in refused.err, refused  # every other command refuses it
+
+    started = project.sh("scheduler", "start", "--check-interval", "1", "--allow-root")
+    assert started.code == 4 and "scheduler started" not in started.out, started
+    one_error_line(started, "damaged", "malformed")
+    log_text = (project.home / "logs" / scheduler.LOG_NAME).read_text()
+    assert "ERROR" in log_text and "error: " in log_text and "Traceback" not in log_text, log_text
+
+    child = daemon(project, "--check-interval", "0.2")  # as systemd runs it
+    try:
+        code = child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    err = child.stderr.read()
+    assert code == 4 and "error: " in err and "malformed" in err and "Traceback" not in err, err

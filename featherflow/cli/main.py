@@ -55,8 +55,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         if args.log_level == "DEBUG":
             log.exception("error")
-        print(f"error: database {app.config.db_path}: {exc} (retry; `featherflow doctor` checks it)",
-              file=sys.stderr)
+        # The advice depends on the fault: retry a lock, free space or remount a full or
+        # read-only disk (nothing is damaged), restore a backup only for damage.
+        print(f"error: {errors.database_error(app.config.db_path, exc)}", file=sys.stderr)
         return errors.EXIT_DATABASE
     finally:
         app.close()
@@ -190,6 +191,17 @@ def _reconciled(app):
     return app.store
 
 
+def _reading(app):
+    """The store for a command that only reads: reconciled as usual, or, on a read-only
+    disk, read as it is (with a note: nothing can be marked interrupted there)."""
+    store = app.read_store()
+    if app.read_only:
+        print(f"note: {app.config.db_path} is on a read-only filesystem: runs are shown as last recorded "
+              "(a run whose process died is marked interrupted once it can be written)", file=sys.stderr)
+        return store
+    return _reconciled(app)
+
+
 def _text(value: str, stream=None) -> str:
     """Text from files or tasks, for a terminal: control characters escaped, so no
     escape sequence acts. `stream` (default stdout) is where it is printed."""
@@ -205,7 +217,7 @@ def cmd_runs_list(app, args) -> int:
             since = views.parse_since(args.since, _now())
         except ValueError as exc:
             raise errors.UsageError(f"--since: {exc}") from None
-    store = _reconciled(app)
+    store = _reading(app)
     runs = store.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit)
     now = _now()
     if args.json:
@@ -222,7 +234,7 @@ def cmd_runs_show(app, args) -> int:
     from featherflow.engine import runner
     from featherflow.cli import format as views
 
-    store = _reconciled(app)
+    store = _reading(app)
     run = store.get_run(args.run_id)
     attempts = store.attempts(run.id)
     order = flowmod.task_order(run.snapshot)
@@ -247,7 +259,7 @@ def cmd_runs_logs(app, args) -> int:
     from featherflow.engine import runner
     from featherflow.cli import format as views
 
-    store = _reconciled(app)
+    store = _reading(app)
     run = store.get_run(args.run_id)
     attempts = store.attempts(run.id)
     order = flowmod.task_order(run.snapshot)

@@ -24,7 +24,7 @@ from featherflow.paths import run_dir
 from featherflow.engine import limits
 from featherflow.engine import script
 from featherflow.errors import (
-    ConflictError, DatabaseError, FeatherflowError, UsageError, ValidationError)
+    ConflictError, DatabaseError, DiskError, FeatherflowError, UsageError, ValidationError)
 from featherflow.store.runs import Run
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def prepare(app, name: str, params: Dict, max_parallel: Optional[int] = None,
     except OSError as exc:
         # The run exists but can never start: say so in the database too.
         app.store.transition_run(run.id, states.FAILED, reason=f"could not write its script: {exc}")
-        raise FeatherflowError(f"run {run.id}: cannot write its script under {run_dir(run)}: "
+        raise DiskError(f"run {run.id}: cannot write its script under {run_dir(run)}: "
                                f"{exc.strerror or exc}") from None
     return Prepared(run, flow, path)
 
@@ -416,7 +416,7 @@ def start_resume(app, plan: ResumePlan, keep_tmp: bool = False, auto: bool = Fal
         path = _script_for(app, run, plan.flow, attempts, plan.keep, keep_tmp)
     except OSError as exc:
         app.store.transition_run(run.id, states.FAILED, reason=f"could not write its script: {exc.strerror or exc}")
-        raise FeatherflowError(f"run {run.id}: cannot write its script under {run_dir(run)}: "
+        raise DiskError(f"run {run.id}: cannot write its script under {run_dir(run)}: "
                                f"{exc.strerror or exc}") from None
     return Prepared(run, plan.flow, path)
 

@@ -28,6 +28,7 @@ import logging
 import os
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -167,8 +168,8 @@ class Scheduler:
         if stopped:
             try:
                 self.app.store.scheduler_stopped(self.pid, now or utcnow())
-            except Exception:  # the lock still goes: a dead row is told apart by its pid
-                log.exception("could not record the scheduler's stop")
+            except Exception as exc:  # the lock still goes: a dead row is told apart by its pid
+                log.warning("could not record the scheduler's stop: %s", exc)
         os.close(self._lock_fd)  # releases the flock
         self._lock_fd = None
 
@@ -350,9 +351,21 @@ class Scheduler:
                 raise
             log.info("scheduler started: pid %s, database %s, check interval %ss",
                      self.pid, self.app.config.db_path, self.check_interval)
-            _report(ready_fd, f"ok {self.pid}")
+            # `scheduler start` hears "ok" only once a whole tick has read the database:
+            # a damaged file must fail the start (exit 4), not a daemon that looks healthy.
+            ready = [ready_fd]
+
+            def up() -> None:
+                if ready[0] is not None:
+                    _report(ready[0], f"ok {self.pid}")
+                    ready[0] = None
+
             try:
-                self._loop(wake_r)
+                self._loop(wake_r, up)
+            except FeatherflowError as exc:
+                if ready[0] is not None:
+                    _report(ready[0], f"err {exc.exit_code} {exc}")
+                raise
             finally:
                 self.release(utcnow())
                 log.info("scheduler stopped")
@@ -364,18 +377,47 @@ class Scheduler:
             os.close(wake_w)
         return 0
 
-    def _loop(self, wake_fd: int) -> None:
+    def _fatal(self, exc: Exception) -> Optional[FeatherflowError]:
+        """The error that stops the daemon, or None to try again next tick.
+
+        A locked database passes; any other database error (damaged, full,
+        read-only, I/O) does not heal by retrying every interval: the daemon exits
+        non-zero with one `error:` line, so systemd's Restart= and the user see it
+        instead of a daemon that looks healthy and never fires.
+        """
+        from featherflow import errors
+
+        is_db = isinstance(exc, (sqlite3.Error, errors.DatabaseError)) or (
+            exc.__class__.__module__ == "peewee" and "Error" in exc.__class__.__name__)
+        if not is_db or errors.sqlite_fault(exc) == errors.LOCKED:
+            return None
+        if isinstance(exc, errors.DatabaseError):
+            return exc
+        return errors.database_error(self.app.config.db_path, exc, "the scheduler stops")
+
+    def _loop(self, wake_fd: int, up=lambda: None) -> None:
         while not self._stop:
             try:
                 report = self.tick(utcnow())
                 log.debug("tick: %s", report)
-            except Exception:
+                up()
+            except Exception as exc:
+                fatal = self._fatal(exc)
+                if fatal is not None:
+                    log.error("error: %s", fatal)
+                    raise fatal from None
                 log.exception("tick failed; trying again in %ss", self.check_interval)
+                if not isinstance(exc, sqlite3.Error) and exc.__class__.__module__ != "peewee":
+                    up()  # the database was readable: the daemon is up (a bug is logged, not fatal)
             if self._stop:
                 break
             try:
                 delay = self.next_wake(utcnow())
-            except Exception:
+            except Exception as exc:
+                fatal = self._fatal(exc)
+                if fatal is not None:
+                    log.error("error: %s", fatal)
+                    raise fatal from None
                 log.exception("could not compute the next slot")
                 delay = self.check_interval
             log.debug("sleeping %.3fs", delay)

@@ -14,9 +14,8 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
-
-from featherflow import states
+from featherflow import errors, states
+from featherflow.store.db import read_only_uri
 from featherflow.errors import DatabaseError, UsageError
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -85,10 +84,10 @@ def _open_source(db_path: Path) -> sqlite3.Connection:
     if head != SQLITE_HEADER:
         raise DatabaseError(f"{db_path} is not a SQLite database; nothing was backed up")
     try:
-        con = sqlite3.connect(f"file:{quote(str(db_path))}?mode=ro", uri=True, timeout=10)
+        con = sqlite3.connect(read_only_uri(db_path), uri=True, timeout=10)
         version = con.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.Error as exc:
-        raise DatabaseError(f"cannot read {db_path} ({exc}); nothing was backed up") from None
+        raise errors.database_error(db_path, exc, "nothing was backed up") from None
     if version == 0 or version > states.SCHEMA_VERSION:
         con.close()
         what = ("not a Featherflow database" if version == 0
@@ -116,7 +115,8 @@ def _copy(source: sqlite3.Connection, tmp: Path, db_path: Path):
         if problems != ["ok"]:
             raise DatabaseError(
                 f"the copy of {db_path} fails integrity_check, so the database itself is damaged "
-                f"({'; '.join(problems[:3])}); nothing was backed up — see `featherflow doctor`")
+                f"({'; '.join(problems[:3])}); nothing was backed up — `featherflow doctor` says the same; "
+                f"{errors.DAMAGED_FIX}")
         return version, runs
     finally:
         target.close()

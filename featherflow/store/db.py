@@ -16,12 +16,13 @@ from typing import List, Optional, Tuple
 from peewee import SqliteDatabase
 
 from featherflow import migrations, states
-from featherflow.errors import DatabaseError
+from featherflow.errors import READ_ONLY, DatabaseError, database_error, filesystem_state
 from featherflow.store.models import MODELS
 
 BUSY_TIMEOUT = 10  # seconds
+# journal_mode is set apart (_use_wal): switching a new file to WAL takes an
+# exclusive lock that SQLite does not wait for under its busy timeout.
 PRAGMAS = {
-    "journal_mode": "wal",
     "synchronous": "full",
     "foreign_keys": 1,
     "busy_timeout": BUSY_TIMEOUT * 1000,
@@ -65,22 +66,39 @@ def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool 
             _refuse_newer(version, len(migration_modules()), path)
             _refuse_foreign(version, tables, path)
         db.connect()
+        _use_wal(db)
         if migrate:
             apply_migrations(db, path)
     except DatabaseError:
         db.close()
         raise
-    except sqlite3.DatabaseError as exc:
+    except Exception as exc:  # sqlite3 errors, or peewee's wrappers of them
         db.close()
-        raise DatabaseError(
-            f"{path} is not a usable Featherflow database ({exc}); move it aside with its -wal and -shm files, or restore a backup") from None
-    except Exception as exc:  # peewee wraps sqlite3 errors in its own classes
-        db.close()
-        if exc.__class__.__module__ == "peewee":
-            raise DatabaseError(
-                f"{path} is not a usable Featherflow database ({exc}); move it aside with its -wal and -shm files, or restore a backup") from None
+        if isinstance(exc, sqlite3.Error) or exc.__class__.__module__ == "peewee":
+            raise database_error(path, exc) from None
         raise
     return db
+
+
+def _use_wal(db: SqliteDatabase, wait: float = BUSY_TIMEOUT) -> None:
+    """`PRAGMA journal_mode = wal`, retried while other processes hold the file.
+
+    Only the first switch of a new file does any work, and it needs the file to
+    itself: when several processes open a new database at the same instant,
+    SQLite answers "database is locked" at once instead of waiting (the busy
+    handler is not used for it), so wait here, as the busy timeout would.
+    """
+    import time
+
+    give_up = time.monotonic() + wait
+    while True:
+        try:
+            db.execute_sql("PRAGMA journal_mode = wal").fetchall()
+            return
+        except Exception as exc:  # sqlite3.OperationalError, or peewee's wrapper of it
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() >= give_up:
+                raise
+            time.sleep(0.01)
 
 
 def apply_migrations(db: SqliteDatabase, path: Path) -> int:
@@ -119,12 +137,20 @@ def schema_version(db: SqliteDatabase) -> int:
 
 
 def _peek(path: Path) -> Tuple[int, int]:
-    """(user_version, number of tables) through a plain connection: no pragma that writes."""
-    con = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT)
+    """(user_version, number of tables) through a plain connection: no pragma that writes.
+
+    Both are read in one read transaction, so they come from one snapshot: read
+    apart, another process's first migration could commit between the two and
+    its tables be counted against the version from before (0), which looks
+    exactly like someone else's database.
+    """
+    con = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT, isolation_level=None)
     try:
-        version = con.execute("PRAGMA user_version").fetchone()[0]
+        con.execute("BEGIN")
         tables = con.execute(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'").fetchone()[0]
+        version = con.execute("PRAGMA user_version").fetchone()[0]
+        con.execute("COMMIT")
         return version, tables
     finally:
         con.close()
@@ -183,7 +209,27 @@ def _check_header(path: Path) -> None:
 READ_ONLY_TIMEOUT = 2  # seconds; a reader in WAL mode waits only while the WAL index is rebuilt
 
 
-def open_read_only(path: Path) -> SqliteDatabase:
+def read_only_uri(path: Path) -> str:
+    """A read-only SQLite URI for `path`; `immutable=1` when the filesystem is read-only and
+    the file has no -wal and no -shm beside it.
+
+    A WAL reader needs the -shm file; on a read-only filesystem it cannot create
+    one, and SQLite refuses ("unable to open database file"). When there is no
+    WAL either, the main file holds every committed transaction and nobody can
+    change it, so reading it as immutable (no locks, no -shm) is exact. With a
+    -shm present SQLite reads it (and the WAL) read-only by itself; a -wal
+    without its -shm is not read as immutable, which would ignore the WAL.
+    """
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(Path(path).absolute()))}?mode=ro"
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    if filesystem_state(path) == READ_ONLY and not shm.exists() and not (wal.exists() and wal.stat().st_size):
+        uri += "&immutable=1"
+    return uri
+
+
+def open_read_only(path: Path, bind_models: bool = False) -> SqliteDatabase:
     """Open an existing database for reading only: no file created, no migration, no pragma.
 
     For the dashboard, which must never write: SQLite itself refuses writes
@@ -191,7 +237,6 @@ def open_read_only(path: Path) -> SqliteDatabase:
     mode. The models are not bound (the process may also hold the writable
     database); Store's read-only queries use raw SQL through this connection.
     """
-    from urllib.parse import quote
 
     path = Path(path).absolute()
     if not path.is_file():
@@ -199,18 +244,23 @@ def open_read_only(path: Path) -> SqliteDatabase:
             f"no database at {path} yet (the first `featherflow run` or the scheduler creates it; "
             "or point --db / FEATHERFLOW_DB at one)")
     _check_header(path)
-    db = SqliteDatabase(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=READ_ONLY_TIMEOUT)
+    db = SqliteDatabase(read_only_uri(path), uri=True, timeout=READ_ONLY_TIMEOUT)
     try:
         db.connect()
         version = db.execute_sql("PRAGMA user_version").fetchall()[0][0]
     except Exception as exc:  # sqlite3 errors, or peewee's wrappers of them
         db.close()
         if isinstance(exc, sqlite3.Error) or exc.__class__.__module__ == "peewee":
-            raise DatabaseError(f"cannot read {path} ({exc})") from None
+            raise database_error(path, exc, "cannot read it") from None
         raise
     try:
         _refuse_newer(version, states.SCHEMA_VERSION, path)
+        if bind_models and version != states.SCHEMA_VERSION:  # the models describe the current schema only
+            raise DatabaseError(f"{path} has schema version {version} and cannot be upgraded here (it cannot be "
+                                f"written); make it writable and any command upgrades it to {states.SCHEMA_VERSION}")
     except DatabaseError:
         db.close()
         raise
+    if bind_models:  # a process that reads only (runs list on a read-only disk): the models may use it
+        db.bind(MODELS, bind_refs=False, bind_backrefs=False)
     return db
