@@ -36,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from featherflow.store import db as dbmod  # noqa: E402
 from featherflow.dashboard import keys, poller, screen  # noqa: E402
+from featherflow.store.readonly import Reader  # noqa: E402
 from featherflow.store.runs import Store  # noqa: E402
 
 FLOWS = [f"flow-{i:02d}" for i in range(20)]
@@ -152,8 +153,8 @@ def main() -> int:
         generate(path, args.runs, datetime.utcnow())
         print(f"generated {args.runs:,} runs in {time.perf_counter() - start:.1f}s "
               f"({path.stat().st_size / 1e6:.1f} MB)")
-        store = Store(dbmod.open_read_only(path))
-        newest = store.dashboard_runs(False, None, 1)[0]["id"]
+        store = Reader(dbmod.open_read_only(path))
+        newest = store.runs(False, None, 1)[0]["id"]
         cases = [("main screen", keys.ViewState()),
                  ("main, filtered by flow", keys.ViewState(flow=FLOWS[3])),
                  ("main, filter matching nothing", keys.ViewState(flow="no-such-flow")),

@@ -68,6 +68,15 @@ DAMAGED_FIX = ("stop the scheduler, move it aside with its -wal and -shm files a
                "place (README, \"Backups\")")
 
 
+def is_database_error(exc: BaseException) -> bool:
+    """Whether `exc` came from SQLite: sqlite3's own errors, or peewee's wrappers of them
+    (peewee re-raises them as classes of its own module, e.g. peewee.OperationalError)."""
+    import sqlite3  # here, not at the top: `_mark` imports this module and does its own
+
+    return isinstance(exc, sqlite3.Error) or (
+        exc.__class__.__module__ == "peewee" and exc.__class__.__name__.endswith("Error"))
+
+
 def sqlite_cause(exc: BaseException) -> BaseException:
     """The sqlite3 error behind peewee's wrapper of it (peewee passes it as the first arg)."""
     for _ in range(3):

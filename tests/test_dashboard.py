@@ -27,6 +27,7 @@ from featherflow.dashboard.poller import (
 from featherflow.dashboard.screen import MIN_HEIGHT, MIN_WIDTH, render
 from featherflow.text import cells, clean, fit
 from featherflow.errors import DatabaseError
+from featherflow.store.readonly import Reader
 from featherflow.store.runs import Store
 
 NOW = datetime(2026, 6, 12, 3, 0, 0)
@@ -309,7 +310,7 @@ def busy_db(store, project):
 
 @pytest.fixture
 def reader(project, busy_db):
-    ro = Store(dbmod.open_read_only(project.db))
+    ro = Reader(dbmod.open_read_only(project.db))
     yield ro
     ro.close()
 
@@ -374,8 +375,8 @@ def test_a_session_writes_nothing_and_blocks_no_writer(project, busy_db, reader)
     monitor.execute("COMMIT")
     assert monitor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall() == [(0, 0, 0)]
     # Even inside a refresh's read transaction a writer is not blocked.
-    with reader.read_transaction():
-        reader.dashboard_runs(True, None, 10)
+    with reader.transaction():
+        reader.runs(True, None, 10)
         monitor.execute("BEGIN IMMEDIATE")
         monitor.execute("UPDATE flow_run SET reason = 'y' WHERE id = ?", (live.id,))
         monitor.execute("COMMIT")
@@ -401,7 +402,7 @@ def test_read_only_open_refuses_missing_non_sqlite_and_newer_files(tmp_path):
 def test_an_unmigrated_database_is_shown_as_empty(tmp_path):
     path = tmp_path / "empty.db"
     sqlite3.connect(str(path)).close()  # a 0-byte file
-    ro = Store(dbmod.open_read_only(path))
+    ro = Reader(dbmod.open_read_only(path))
     snap = Poller(ro, str(path)).poll(ViewState(), NOW)
     ro.close()
     assert "empty" in snap.problem and snap.running == ()

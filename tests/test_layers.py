@@ -6,6 +6,7 @@ the top: a circle hidden in a function is still a circle.
 """
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -153,3 +154,25 @@ def test_pure_modules_load_no_peewee(module):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT),
                          check=True).stdout.strip()
     assert out == "[]", f"importing {module} loads {out}"
+
+
+def test_the_source_tree_imports_and_migrates_as_it_is(tmp_path):
+    """A copy of the source tree, not installed, first on sys.path (as `python bench/x.py` from a
+    clone has it): it imports, finds the top-level migrations/ and migrates a new database."""
+    import shutil
+
+    tree = tmp_path / "clone"
+    shutil.copytree(PACKAGE, tree / "featherflow", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "migrations", tree / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
+    code = ("import featherflow, sys; from featherflow import states; from featherflow.store import db; "
+            "d = db.open_database(sys.argv[1]); print(featherflow.__file__); print(db.schema_version(d)); "
+            "print(states.SCHEMA_VERSION)")
+    import peewee
+
+    # -S: no site, so no .pth file and no editable-install finder; peewee's folder by hand.
+    path = os.pathsep.join([str(tree), os.path.dirname(peewee.__file__)])
+    done = subprocess.run([sys.executable, "-S", "-c", code, str(tmp_path / "new.db")], capture_output=True,
+                          text=True, cwd=str(tree), env={"PYTHONPATH": path, "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    where, version, latest = done.stdout.split()
+    assert where.startswith(str(tree)) and version == latest

@@ -21,8 +21,7 @@ from featherflow.dashboard.keys import QUIT, REDRAW, REFETCH, ViewState, handle_
 from featherflow.dashboard.poller import Poller
 from featherflow.dashboard.screen import render_rows
 from featherflow.errors import UsageError
-from featherflow.store import db
-from featherflow.store.runs import Store
+from featherflow.store.readonly import Reader
 
 INTERVAL = 1.0  # seconds between refreshes
 
@@ -68,7 +67,7 @@ def main(db_path: Path, flow: Optional[str] = None) -> int:
     for name in ("LINES", "COLUMNS"):
         os.environ.pop(name, None)
     check_terminal()
-    store = Store(db.open_read_only(db_path))
+    reader = Reader.open(db_path)
     stop = {"signal": None}
 
     def on_signal(signum, frame):  # only a flag: the loop notices within a refresh
@@ -79,11 +78,11 @@ def main(db_path: Path, flow: Optional[str] = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             previous[sig] = signal.signal(sig, on_signal)
         os.environ.setdefault("ESCDELAY", "25")  # a lone Esc is "back", not the start of a sequence
-        _with_screen(_loop, Poller(store, str(db_path)), ViewState(flow=flow), _ascii_only(), stop)
+        _with_screen(_loop, Poller(reader, str(db_path)), ViewState(flow=flow), _ascii_only(), stop)
     except KeyboardInterrupt:
         pass  # Ctrl-C is a way to quit; _with_screen has restored the terminal
     finally:
-        store.close()
+        reader.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0

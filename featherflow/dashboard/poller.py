@@ -19,6 +19,7 @@ import peewee
 from featherflow import flow as flowmod, paths, proc, states
 from featherflow.dashboard.keys import ViewState
 from featherflow.scheduler.slots import next_slot
+from featherflow.store.readonly import Reader
 
 MAX_SCHEDULES, MAX_RUNNING, MAX_RECENT = 100, 50, 30
 LOG_LINES = 10_000  # lines of a log kept in memory (the newest)
@@ -185,9 +186,9 @@ class Poller:
     when schedules fire.
     """
 
-    def __init__(self, store, db_path: str = "", alive: Callable = proc.is_alive,
+    def __init__(self, reader: Reader, db_path: str = "", alive: Callable = proc.is_alive,
                  next_slot: Callable = next_slot):
-        self.store = store
+        self.reader = reader
         self.db_path = str(db_path)
         self.alive = alive
         self.next_slot = next_slot
@@ -199,19 +200,19 @@ class Poller:
     def poll(self, state: ViewState, now: datetime) -> Snapshot:
         want_detail = state.view in ("run", "log") and state.run_id is not None
         try:
-            with self.store.read_transaction():
-                version = self.store.read_schema_version()
+            with self.reader.transaction():
+                version = self.reader.schema_version()
                 if version == 0:
                     return Snapshot(now, self.db_path, problem="the database is empty (nothing has run yet)")
-                raw_scheduler = self.store.dashboard_scheduler()
-                raw_schedules = self.store.dashboard_schedules(state.flow, MAX_SCHEDULES)
-                raw_running = self.store.dashboard_runs(True, state.flow, MAX_RUNNING)
-                raw_recent = self.store.dashboard_runs(False, state.flow, MAX_RECENT)
-                attempts = self.store.dashboard_attempt_states(
+                raw_scheduler = self.reader.scheduler()
+                raw_schedules = self.reader.schedules(state.flow, MAX_SCHEDULES)
+                raw_running = self.reader.runs(True, state.flow, MAX_RUNNING)
+                raw_recent = self.reader.runs(False, state.flow, MAX_RECENT)
+                attempts = self.reader.attempt_states(
                     [r["id"] for r in raw_running]
                     + [r["id"] for r in raw_recent if r["state"] in states.RESUMABLE])
-                run = self.store.dashboard_run(state.run_id) if want_detail else None
-                run_attempts = self.store.dashboard_attempts(run.id) if run else []
+                run = self.reader.run(state.run_id) if want_detail else None
+                run_attempts = self.reader.attempts(run.id) if run else []
         except (sqlite3.Error, peewee.PeeweeException) as exc:
             last = self._last or Snapshot(now, self.db_path)
             when = last.taken_at.replace(tzinfo=timezone.utc).astimezone().strftime("%H:%M:%S")

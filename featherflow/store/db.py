@@ -6,17 +6,17 @@ keys on. Migrations run on open, each in the IMMEDIATE transaction that sets
 `PRAGMA user_version`, so a database is always wholly at one version.
 """
 
-import importlib
+import importlib.util
 import os
-import pkgutil
 import sqlite3
+import sys
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from peewee import SqliteDatabase
 
-from featherflow import migrations, states
-from featherflow.errors import READ_ONLY, DatabaseError, database_error, filesystem_state
+from featherflow import states
+from featherflow.errors import READ_ONLY, DatabaseError, database_error, filesystem_state, is_database_error
 from featherflow.store.models import MODELS
 
 BUSY_TIMEOUT = 10  # seconds
@@ -30,17 +30,42 @@ PRAGMAS = {
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+def migrations_dir() -> Path:
+    """Where the numbered migrations are: `featherflow/migrations/` in a wheel, the top-level
+    `migrations/` of a source tree (a clone, or an editable install of one).
+
+    Found by file, not by importing `featherflow.migrations`: from a clone the
+    package on sys.path is the clone's `featherflow/`, which has no such subpackage
+    (the install maps it there), so a bench run from the clone would fail.
+    """
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "migrations", package.parent / "migrations"):
+        if (candidate / "0001_initial.py").is_file():
+            return candidate
+    raise DatabaseError(f"no migrations beside {package} (broken install? reinstall featherflow)")
+
+
 def migration_modules() -> List[Tuple[int, object]]:
+    """(number, module) of every `NNNN_name.py`, in order; each loaded once per process."""
     found = []
-    for info in pkgutil.iter_modules(migrations.__path__):
-        number = info.name.split("_", 1)[0]
-        if number.isdigit():
-            module = importlib.import_module(f"{migrations.__name__}.{info.name}")
-            found.append((int(number), module))
-    found.sort(key=lambda item: item[0])
+    for path in sorted(migrations_dir().glob("[0-9][0-9][0-9][0-9]_*.py")):
+        name = f"featherflow.migrations.{path.stem}"
+        module = sys.modules.get(name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            sys.modules[name] = module
+        found.append((int(path.stem[:4]), module))
     if [n for n, _ in found] != list(range(1, len(found) + 1)):
         raise DatabaseError("migrations are not numbered 0001, 0002, ... without gaps (broken install?)")
     return found
+
+
+def chunks(items: Sequence, size: int = 500) -> Iterator[list]:
+    """`items` in lists of at most `size`: SQLite before 3.32 allows 999 variables a statement."""
+    for start in range(0, len(items), size):
+        yield list(items[start:start + size])
 
 
 def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool = True) -> SqliteDatabase:
@@ -74,7 +99,7 @@ def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool 
         raise
     except Exception as exc:  # sqlite3 errors, or peewee's wrappers of them
         db.close()
-        if isinstance(exc, sqlite3.Error) or exc.__class__.__module__ == "peewee":
+        if is_database_error(exc):
             raise database_error(path, exc) from None
         raise
     return db
@@ -250,7 +275,7 @@ def open_read_only(path: Path, bind_models: bool = False) -> SqliteDatabase:
         version = db.execute_sql("PRAGMA user_version").fetchall()[0][0]
     except Exception as exc:  # sqlite3 errors, or peewee's wrappers of them
         db.close()
-        if isinstance(exc, sqlite3.Error) or exc.__class__.__module__ == "peewee":
+        if is_database_error(exc):
             raise database_error(path, exc, "cannot read it") from None
         raise
     try:

@@ -16,6 +16,7 @@ from peewee import SQL, SqliteDatabase, fn
 
 from featherflow import states
 from featherflow.errors import ConflictError, UsageError
+from featherflow.store.db import chunks
 from featherflow.store.models import FlowRun, RunSnapshot, TaskAttempt
 from featherflow.store.records import Attempt, Run, as_attempt, as_run, parse_times
 from featherflow.store.schedules import ScheduleStore
@@ -103,9 +104,9 @@ class Store(ScheduleStore):
         """Failed runs carry the tasks whose latest attempt failed."""
         failed = [r.id for r in runs if r.state == states.FAILED]
         latest = {}
-        for start in range(0, len(failed), 500):  # old SQLite allows 999 variables
+        for chunk in chunks(failed):
             rows = (TaskAttempt.select(TaskAttempt.run, TaskAttempt.task_id, TaskAttempt.state)
-                    .where(TaskAttempt.run.in_(failed[start:start + 500]))
+                    .where(TaskAttempt.run.in_(chunk))
                     .order_by(TaskAttempt.run, TaskAttempt.task_id, TaskAttempt.attempt).tuples())
             latest.update({(run_id, task_id): state for run_id, task_id, state in rows})
         by_run: Dict[int, List[str]] = {}  # one pass: 100,000 runs listed at once stay linear
@@ -196,8 +197,7 @@ class Store(ScheduleStore):
     def delete_runs(self, run_ids: Sequence[int]) -> int:
         """Delete runs and (by cascade) their attempts; never a queued or running one."""
         deleted = 0
-        for start in range(0, len(run_ids), 500):
-            chunk = list(run_ids[start:start + 500])
+        for chunk in chunks(run_ids):
             with self.db.atomic("IMMEDIATE"):
                 deleted += FlowRun.delete().where(
                     FlowRun.id.in_(chunk), FlowRun.state.in_(list(states.RUN_FINISHED))).execute()
@@ -208,8 +208,7 @@ class Store(ScheduleStore):
 
     def attempt_count(self, run_ids: Sequence[int]) -> int:
         total = 0
-        for start in range(0, len(run_ids), 500):
-            chunk = list(run_ids[start:start + 500])
+        for chunk in chunks(run_ids):
             total += TaskAttempt.select().where(TaskAttempt.run.in_(chunk)).count()
         return total
 
@@ -227,87 +226,3 @@ class Store(ScheduleStore):
         if pages and free * 4 >= pages:
             self.db.execute_sql("VACUUM")
         self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    # -- dashboard (read only) -------------------------------------------
-    # Raw SQL through self.db, so these work on the read-only connection of
-    # db.open_read_only (the models stay bound to whatever else the process
-    # opened). Every result is read to its end: a half-read statement keeps its
-    # snapshot, and with it the WAL, alive after the transaction ends.
-
-    def read_transaction(self):
-        """One short read transaction (BEGIN ... COMMIT): a refresh sees one moment."""
-        return self.db.atomic()
-
-    def _fetch(self, sql: str, params: Sequence = ()) -> List[Dict]:
-        cursor = self.db.execute_sql(sql, list(params))
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-    def read_schema_version(self) -> int:
-        return self.db.execute_sql("PRAGMA user_version").fetchall()[0][0]
-
-    def dashboard_scheduler(self) -> Optional[Dict]:
-        rows = self._fetch("SELECT pid, pid_start, boot_id, started_at, heartbeat_at, stopped_at "
-                           "FROM scheduler WHERE id = 1")
-        return parse_times(rows[0], "started_at", "heartbeat_at", "stopped_at") if rows else None
-
-    def dashboard_schedules(self, flow: Optional[str], limit: int) -> List[Dict]:
-        """Schedules by name, each with its newest slot and that slot's run state."""
-        rows = self._fetch(
-            "SELECT s.id, s.name, s.flow_name, s.cron, s.tz, s.enabled, ss.slot_at AS last_slot_at, "
-            "ss.state AS last_state, ss.reason AS last_reason, ss.run_id AS last_run_id, "
-            "r.state AS last_run_state "
-            "FROM schedule s "
-            "LEFT JOIN schedule_slot ss ON ss.id = (SELECT id FROM schedule_slot "
-            "    WHERE schedule_id = s.id ORDER BY slot_at DESC LIMIT 1) "
-            "LEFT JOIN flow_run r ON r.id = ss.run_id "
-            "WHERE ? IS NULL OR s.flow_name = ? ORDER BY s.name LIMIT ?", (flow, flow, limit))
-        return [parse_times(row, "last_slot_at") for row in rows]
-
-    def dashboard_runs(self, active: bool, flow: Optional[str], limit: int) -> List[Dict]:
-        """Newest first: queued/running runs (index on state), or finished ones.
-
-        Finished runs walk the primary key (or the flow_name index) backwards
-        and stop at `limit`, so 100,000 runs in the history cost nothing.
-        """
-        columns = ("id, uid, flow_name, state, trigger, created_at, started_at, ended_at, pid, "
-                   "pid_start, boot_id, reason, output_dir")
-        where = "state IN ('queued', 'running')" if active else "state NOT IN ('queued', 'running')"
-        params: List = []
-        if flow is not None:
-            # active: `+` keeps SQLite on the state index (the flow's whole history is on the other)
-            where += " AND +flow_name = ?" if active else " AND flow_name = ?"
-            params.append(flow)
-        rows = self._fetch(f"SELECT {columns} FROM flow_run WHERE {where} ORDER BY id DESC LIMIT ?",
-                           params + [limit])
-        return [parse_times(row, "created_at", "started_at", "ended_at") for row in rows]
-
-    def dashboard_attempt_states(self, run_ids: Sequence[int]) -> List[Dict]:
-        """(run_id, task_id, attempt, state) of every attempt of these runs."""
-        if not run_ids:
-            return []
-        marks = ", ".join("?" * len(run_ids))
-        return self._fetch(f"SELECT run_id, task_id, attempt, state FROM task_attempt "
-                           f"WHERE run_id IN ({marks}) ORDER BY run_id, task_id, attempt", run_ids)
-
-    def dashboard_run(self, run_id: int) -> Optional[Run]:
-        """The whole run (with its snapshot), or None when it is gone (pruned)."""
-        from dataclasses import fields
-
-        names = [f"r.{f.name}" for f in fields(Run) if f.name not in ("failed_tasks", "snapshot")]
-        # This connection never migrates: a database still at version 2 keeps snapshots in flow_run.
-        table, key = ("run_snapshot", "run_id") if self.read_schema_version() >= 3 else ("flow_run", "id")
-        rows = self._fetch(f"SELECT {', '.join(names)}, (SELECT snapshot FROM {table} WHERE {key} = r.id) "
-                           f"AS snapshot FROM flow_run r WHERE r.id = ?", (run_id,))
-        if not rows:
-            return None
-        row = parse_times(rows[0], "scheduled_at", "created_at", "started_at", "ended_at")
-        row["params"] = json.loads(row["params"])
-        row["auto_resumed"] = bool(row["auto_resumed"])
-        return Run(**row)
-
-    def dashboard_attempts(self, run_id: int) -> List[Attempt]:
-        rows = self._fetch("SELECT run_id, task_id, attempt, state, created_at, started_at, ended_at, "
-                           "exit_code, reason FROM task_attempt WHERE run_id = ? "
-                           "ORDER BY task_id, attempt", (run_id,))
-        return [Attempt(**parse_times(row, "created_at", "started_at", "ended_at")) for row in rows]
