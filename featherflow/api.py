@@ -136,10 +136,3 @@ class Featherflow:
             runner.run_and_wait(self, prepared)
             self.last_run = self.store.get_run(prepared.run.id)
         return str(prepared.script_path)
-
-
-def relative(path: str, base: Path) -> str:
-    try:
-        return str(Path(path).relative_to(base))
-    except ValueError:
-        return path
