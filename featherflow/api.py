@@ -10,7 +10,6 @@ The CLI is a thin layer over this class.
 """
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Dict, List, Optional
 
 from featherflow import config, flow as flowmod
