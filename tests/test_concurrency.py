@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from featherflow import mark, proc, states
+from featherflow import mark
+from helpers import fake_run, integrity, this_process
 
 SOAK = os.environ.get("FEATHERFLOW_SOAK") == "1"
 WORKERS = int(os.environ.get("FEATHERFLOW_MARK_WORKERS", "16"))
@@ -41,11 +42,9 @@ done
 def test_16_processes_marking_at_once_lose_nothing_and_never_hit_a_lock(project, tmp_path):
     tasks = [[f"w{w}t{i}" for i in range(TASKS_PER_WORKER)] for w in range(WORKERS)]
     app = project.app()
-    me = os.getpid()
-    run = app.store.create_run("busy", [t for group in tasks for t in group], "{}", {}, "manual",
-                               str(project.flows), str(project.tasks), str(project.output), WORKERS,
-                               pid=me, pid_start=proc.start_time(me), boot_id=proc.boot_id())
-    app.store.transition_run(run.id, states.RUNNING)
+    run = fake_run(app.store, "busy", [t for group in tasks for t in group], **this_process(),
+                   flows_dir=project.flows, tasks_dir=project.tasks, output=project.output,
+                   max_parallel=WORKERS)
     app.close()
 
     go = tmp_path / "go"
@@ -73,8 +72,8 @@ def test_16_processes_marking_at_once_lose_nothing_and_never_hit_a_lock(project,
     con = sqlite3.connect(str(project.db))
     rows = con.execute("SELECT task_id, attempt, state, exit_code, reason FROM task_attempt "
                        "WHERE run_id = ? ORDER BY task_id, attempt", (run.id,)).fetchall()
-    check = con.execute("PRAGMA integrity_check").fetchone()[0]
     con.close()
+    check = integrity(project.db)
     expected = sorted(row for group in tasks for t in group
                       for row in ((t, 1, "failed", 7, f"boom {t}"), (t, 2, "success", 0, None)))
     lost = len(set(expected) - set(rows))

@@ -1,6 +1,5 @@
 """The dashboard: pure rendering and keys, read-only snapshots, the real thing in tmux."""
 
-import json
 import os
 import shlex
 import shutil
@@ -29,6 +28,7 @@ from featherflow.text import cells, clean, fit
 from featherflow.errors import DatabaseError
 from featherflow.store.readonly import Reader
 from featherflow.store.runs import Store
+from helpers import fake_run, wait_for
 
 NOW = datetime(2026, 6, 12, 3, 0, 0)
 EVIL = "\x1b[2J\x1b]0;pwned\x07\r\x9b31m\u202e\x00"
@@ -273,27 +273,15 @@ def test_log_pages_up_and_down_and_follows_the_end_again():
 
 # -- reading the database ------------------------------------------------------------------
 
-def snapshot_json(tasks):
-    return json.dumps({"name": "x", "tasks": [{"id": t, "depends_on": d} for t, d in tasks]})
-
-
-def make_run(store, flow, tasks, pid=None):
-    ids = [t for t, _ in tasks]
-    run = store.create_run(flow, ids, snapshot_json(tasks), {}, "manual", "/f", "/t", "/o", 2,
-                           pid=pid or os.getpid(), pid_start=None, boot_id=None)
-    store.transition_run(run.id, states.RUNNING)
-    return run
-
-
 @pytest.fixture
 def busy_db(store, project):
     """One running run (tasks out of alphabetical order), one failed, a schedule with a slot."""
-    tasks = [("z_load", ["a_extract"]), ("a_extract", []), ("m_side", [])]
-    live = make_run(store, "etl", tasks)
+    live = fake_run(store, "etl", ["z_load", "a_extract", "m_side"], depends_on={"z_load": ["a_extract"]},
+                    pid=os.getpid(), max_parallel=2)
     store.transition_attempt(live.id, "a_extract", 1, states.RUNNING)
     store.transition_attempt(live.id, "a_extract", 1, states.SUCCESS, exit_code=0)
     store.transition_attempt(live.id, "m_side", 1, states.RUNNING)
-    dead = make_run(store, "other", [("only", [])])
+    dead = fake_run(store, "other", ["only"], pid=os.getpid(), max_parallel=2)
     store.transition_attempt(dead.id, "only", 1, states.RUNNING)
     store.transition_attempt(dead.id, "only", 1, states.FAILED, exit_code=3)
     store.transition_run(dead.id, states.FAILED)
@@ -516,9 +504,7 @@ def test_end_to_end_in_tmux_with_a_live_run(project):
         "env", "TERM=vt100", "NO_COLOR=1", f"FEATHERFLOW_HOME={project.home}",
         sys.executable, "-m", "featherflow", *project.args(), "dashboard"])
     try:
-        deadline = time.monotonic() + 30
-        while not project.db.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)  # the run creates the database
+        wait_for(project.db.exists, "the run to create the database", timeout=30, interval=0.05)
         tmux("new-session", "-d", "-x", "100", "-y", "30", "-c", str(project.root),
              "env PS1='ffprompt$ ' bash --norc --noprofile")
         tmux("send-keys", "-l", f"{command}; echo EXIT=$?")

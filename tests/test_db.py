@@ -6,7 +6,6 @@ that would only show up on a user's machine.
 """
 
 import json
-import os
 import sqlite3
 import stat
 from pathlib import Path
@@ -18,6 +17,7 @@ from featherflow import errors, states
 from featherflow.store import db as dbmod
 from featherflow.errors import DatabaseError
 from featherflow.store.models import MODELS, TaskAttempt
+from helpers import umask_022
 
 
 def affinity(declared: str) -> str:
@@ -321,53 +321,47 @@ def test_updates_of_a_run_never_rewrite_its_snapshot(tmp_path):
     database.close()
 
 
-@pytest.fixture
-def umask_022():
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def test_config_dir_0700_and_database_0600_under_umask_022(tmp_path, umask_022):
-    home = tmp_path / "deep" / "home"
-    path = home / "featherflow.db"
-    database = dbmod.open_database(path, home)
-    try:
-        # A write so that SQLite creates its -wal and -shm files too.
-        with database.atomic("IMMEDIATE"):
-            database.execute_sql("PRAGMA user_version")
+def test_config_dir_0700_and_database_0600_under_umask_022(tmp_path):
+    with umask_022():
+        home = tmp_path / "deep" / "home"
+        path = home / "featherflow.db"
+        database = dbmod.open_database(path, home)
+        try:
+            # A write so that SQLite creates its -wal and -shm files too.
+            with database.atomic("IMMEDIATE"):
+                database.execute_sql("PRAGMA user_version")
+            assert mode(home) == 0o700
+            assert mode(path) == 0o600
+            for extra in home.glob("featherflow.db-*"):
+                assert mode(extra) & 0o077 == 0, extra
+        finally:
+            database.close()
+
+
+def test_existing_loose_permissions_are_tightened(tmp_path):
+    with umask_022():
+        home = tmp_path / "home"
+        home.mkdir(mode=0o755)
+        path = home / "featherflow.db"
+        dbmod.open_database(path, home).close()
+        path.chmod(0o644)
+        dbmod.open_database(path, home).close()
         assert mode(home) == 0o700
         assert mode(path) == 0o600
-        for extra in home.glob("featherflow.db-*"):
-            assert mode(extra) & 0o077 == 0, extra
-    finally:
-        database.close()
 
 
-def test_existing_loose_permissions_are_tightened(tmp_path, umask_022):
-    home = tmp_path / "home"
-    home.mkdir(mode=0o755)
-    path = home / "featherflow.db"
-    dbmod.open_database(path, home).close()
-    path.chmod(0o644)
-    dbmod.open_database(path, home).close()
-    assert mode(home) == 0o700
-    assert mode(path) == 0o600
-
-
-def test_cli_creates_the_private_config_dir(project, umask_022):
-    project.write_task("a.sh", "echo\n")
-    project.write_flow({"name": "f", "tasks": [{"id": "a", "script": "a.sh"}]})
-    result = project.cli("run", "f", "--dry-run")
-    assert result.code == 0, result.err
-    assert mode(project.home) == 0o700
-    assert mode(project.db) == 0o600
+def test_cli_creates_the_private_config_dir(project):
+    with umask_022():
+        project.write_task("a.sh", "echo\n")
+        project.write_flow({"name": "f", "tasks": [{"id": "a", "script": "a.sh"}]})
+        result = project.cli("run", "f", "--dry-run")
+        assert result.code == 0, result.err
+        assert mode(project.home) == 0o700
+        assert mode(project.db) == 0o600
 
 
 

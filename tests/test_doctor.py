@@ -13,6 +13,7 @@ import pytest
 
 from featherflow import doctor, scaffold, states
 from featherflow.doctor import OK, PROBLEM, WARNING
+from helpers import fake_run
 
 NOW = datetime(2030, 6, 1, 12, 0, 0)
 
@@ -246,9 +247,7 @@ def test_a_stuck_run_is_reported_and_left_alone(project, synced):
     try:
         dead = subprocess.Popen(["true"])
         dead.wait()
-        run = app.store.create_run("f", ["t"], "{}", {}, "manual", "/f", "/t", "/o", 1, pid=dead.pid,
-                                   pid_start=12345, boot_id=None)
-        app.store.transition_run(run.id, states.RUNNING)
+        run = fake_run(app.store, "f", ["t"], pid=dead.pid, pid_start=12345)
     finally:
         app.close()
     result = project.cli("doctor")

@@ -46,6 +46,7 @@ import pytest
 
 from featherflow import mark, proc, states
 from featherflow.store import backup
+from helpers import fake_run, integrity, wait_for
 
 SOAK = os.environ.get("FEATHERFLOW_SOAK") == "1"
 MIGRATION_ROUNDS = 40 if SOAK else 2  # rounds over every kill point
@@ -80,14 +81,6 @@ def record_figures(test: str, **counts) -> None:
         f.write(json.dumps(line) + "\n")
 
 
-def integrity(db: Path) -> str:
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return "; ".join(row[0] for row in con.execute("PRAGMA integrity_check"))
-    finally:
-        con.close()
-
-
 def duplicate_slots(db: Path) -> int:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
@@ -106,15 +99,6 @@ def stuck_runs(db: Path) -> int:
     finally:
         con.close()
     return sum(not proc.is_alive(*row) for row in rows)
-
-
-def wait_for(predicate, timeout=30.0, what="a condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- the gated run ---------------------------------------------------------------------
@@ -375,9 +359,7 @@ def run_with_tasks(project, n: int) -> int:
     """A run in state running with n pending attempts t0..t{n-1}, made through the store."""
     app = project.app()
     try:
-        run = app.store.create_run("m", [f"t{i}" for i in range(n)], "{}", {}, "manual", "/f", "/t", "/o", 1)
-        app.store.transition_run(run.id, states.RUNNING)
-        return run.id
+        return fake_run(app.store, "m", [f"t{i}" for i in range(n)]).id
     finally:
         app.close()
 

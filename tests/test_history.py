@@ -28,6 +28,7 @@ from featherflow.cli import main as cli
 from featherflow.store import retention
 from featherflow.engine import runner
 from featherflow.cli import format as views
+from helpers import fake_run, group_members, integrity, this_process, wait_for
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -66,40 +67,6 @@ def done(tmp_path_factory):
         result = project.sh("run", flow)
         assert result.code == code, result.out + result.err
     return project
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
-def fake_run(store, flow, tasks, end=states.SUCCESS, output="/nonexistent", me=False):
-    """A run made through the state machine without running anything.
-
-    `tasks` maps a task id to the outcomes of its attempts, e.g. {"a": ["failed", "success"]}.
-    With `me`, the run's process is this one (alive: reconcile leaves it alone).
-    """
-    ident = dict(pid=os.getpid(), pid_start=proc.start_time(os.getpid()), boot_id=proc.boot_id()) if me else {}
-    snapshot = json.dumps({"name": flow, "tasks": [{"id": t, "script": "ok.sh"} for t in tasks]})
-    run = store.create_run(flow, list(tasks), snapshot, {}, "manual", "/f", "/t", str(output), 1, **ident)
-    store.transition_run(run.id, states.RUNNING)
-    for task_id, outcomes in tasks.items():
-        for number, outcome in enumerate(outcomes, 1):
-            if outcome in (states.PENDING, states.UPSTREAM_FAILED):
-                store.transition_attempt(run.id, task_id, number, outcome)
-                continue
-            store.transition_attempt(run.id, task_id, number, states.RUNNING)
-            if outcome != states.RUNNING:
-                code = 0 if outcome == states.SUCCESS else 3
-                store.transition_attempt(run.id, task_id, number, outcome, exit_code=code,
-                                         reason=None if code == 0 else "exit code 3")
-    if end != states.RUNNING:
-        store.transition_run(run.id, end)
-    return store.get_run(run.id)
 
 
 def set_times(db, run_id, created, started=None, ended=None):
@@ -185,8 +152,8 @@ def test_list_json_has_the_documented_stable_keys(done):
 
 
 def test_list_since_takes_an_age_or_a_local_time(project, store):
-    old = fake_run(store, "hello", {"a": ["success"]})
-    new = fake_run(store, "hello", {"a": ["success"]})
+    old = fake_run(store, "hello", outcomes={"a": ["success"]}, state=states.SUCCESS)
+    new = fake_run(store, "hello", outcomes={"a": ["success"]}, state=states.SUCCESS)
     three_days_ago = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(days=3)
     set_times(project.db, old.id, three_days_ago, three_days_ago, three_days_ago)
 
@@ -224,10 +191,10 @@ def test_parse_since_and_parse_age_take_now_as_a_parameter(monkeypatch):
 def test_list_lines_fit_80_columns_whatever_the_names(project, store):
     long_flow = "f" * 120
     tasks = {("t%02d" % i) + "x" * 60: ["failed"] for i in range(3)}
-    fake_run(store, long_flow, tasks, end=states.FAILED)
-    run = fake_run(store, "etl-" + "y" * 100, {"a": ["running"]}, end=states.RUNNING)
+    fake_run(store, long_flow, outcomes=tasks, state=states.FAILED)
+    run = fake_run(store, "etl-" + "y" * 100, outcomes={"a": ["running"]})
     store.interrupt(run.id, states.RUNNING, "its process 4242 is gone (killed, crashed or out of memory)" * 3)
-    fake_run(store, "hello", {"a": ["success"]})
+    fake_run(store, "hello", outcomes={"a": ["success"]}, state=states.SUCCESS)
     result = project.cli("runs", "list")
     assert result.code == 0
     lines = result.out.splitlines()
@@ -327,7 +294,7 @@ def running_task(project, task_id):
             return bool(runs) and any(a.task_id == task_id and a.state == states.RUNNING
                                       for a in app.store.attempts(runs[0].id))
 
-        assert wait_until(ready, timeout=30)
+        wait_for(ready, f"task {task_id} to run", timeout=30)
         return app.store.list_runs(limit=1)[0].id
     finally:
         app.close()
@@ -408,7 +375,7 @@ def test_logs_follow_ends_when_the_run_dies(project):
 # -- local time, terminal safety ---------------------------------------------------
 
 def test_times_are_stored_in_utc_and_shown_in_local_time(project, store):
-    run = fake_run(store, "hello", {"a": ["success"]})
+    run = fake_run(store, "hello", outcomes={"a": ["success"]}, state=states.SUCCESS)
     noon = datetime(2026, 1, 15, 12, 0, 0)
     set_times(project.db, run.id, noon, noon, noon + timedelta(seconds=90))
 
@@ -488,27 +455,13 @@ def test_control_characters_are_escaped_on_a_real_pty(project):
 
 # -- runs cancel -------------------------------------------------------------------
 
-def group_members(pgid):
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_bytes()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(b")") + 2:].split()
-            if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-                found.append(int(entry))
-    return found
-
-
 @pytest.mark.slow
 def test_cancel_from_another_process_stops_the_run_and_its_task_group(project):
     gate, pids = gated(project)
     run = start(project, "run", "gated", stdout=subprocess.DEVNULL, start_new_session=True)
     try:
         run_id = running_task(project, "w")
-        assert wait_until((pids / "w.pid").exists, timeout=30)
+        wait_for((pids / "w.pid").exists, "task w to start", timeout=30)
         task = int((pids / "w.pid").read_text())
         group = os.getpgid(task)
         assert group != run.pid and group_members(group)  # the task has its own group
@@ -516,7 +469,7 @@ def test_cancel_from_another_process_stops_the_run_and_its_task_group(project):
         assert result.code == 0, result.err
         assert result.out.strip() == f"run {run_id}: cancelled"
         assert run.wait(timeout=30) == 5  # the script handled the TERM itself: no SIGKILL needed
-        assert wait_until(lambda: not group_members(group), timeout=10)
+        wait_for(lambda: not group_members(group), "the task group to end", timeout=10)
         app = project.app()
         try:
             assert app.store.get_run(run_id).state == states.CANCELLED
@@ -571,7 +524,8 @@ def test_a_cancel_that_lands_while_a_start_is_being_recorded_starts_nothing(proj
         holder = sqlite3.connect(str(project.db), isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")  # the next state change (first ends, w starts) waits
         go.touch()
-        assert wait_until(lambda: b"pipe_read" in Path(f"/proc/{run.pid}/wchan").read_bytes(), timeout=30)
+        wait_for(lambda: b"pipe_read" in Path(f"/proc/{run.pid}/wchan").read_bytes(), "the run to wait in _mark",
+                 timeout=30)
         run.send_signal(signal.SIGTERM)
         assert lines.wait_for("cancelling run")  # the trap has run; the start is not recorded yet
         holder.execute("COMMIT")
@@ -658,11 +612,9 @@ def test_an_interrupted_run_whose_tasks_all_succeeded_resumes_to_success(project
     project.write_task("ok.sh", OK)
     project.write_flow(HELLO)
     flow = project.app().load_flow("hello")
-    run = store.create_run("hello", ["only"], flow.snapshot(), {}, "manual", str(project.flows),
-                           str(project.tasks), str(project.output), 1, pid=dead_pid_for_history())
-    store.transition_run(run.id, states.RUNNING)
-    store.transition_attempt(run.id, "only", 1, states.RUNNING)
-    store.transition_attempt(run.id, "only", 1, states.SUCCESS, exit_code=0)
+    run = fake_run(store, "hello", outcomes={"only": ["success"]}, snapshot=flow.snapshot(),
+                   pid=dead_pid_for_history(), flows_dir=project.flows, tasks_dir=project.tasks,
+                   output=project.output)
     listing = json.loads(project.cli("runs", "list", "--json").out)  # reconciles
     assert listing[0]["state"] == states.INTERRUPTED
     result = project.sh("runs", "resume", run.id)
@@ -697,10 +649,11 @@ def pruneable(project, store):
     """Finished runs of two flows (with files), one live run, and one leftover dir."""
     runs = {}
     for name in ("a1", "a2", "a3"):
-        runs[name] = fake_run(store, "alpha", {"a": ["failed", "success"]}, output=project.output)
-    runs["b1"] = fake_run(store, "beta", {"a": ["failed"]}, end=states.FAILED, output=project.output)
-    runs["live"] = fake_run(store, "alpha", {"a": ["running"]}, end=states.RUNNING,
-                            output=project.output, me=True)
+        runs[name] = fake_run(store, "alpha", outcomes={"a": ["failed", "success"]}, state=states.SUCCESS,
+                              output=project.output)
+    runs["b1"] = fake_run(store, "beta", outcomes={"a": ["failed"]}, state=states.FAILED, output=project.output)
+    runs["live"] = fake_run(store, "alpha", outcomes={"a": ["running"]}, output=project.output,
+                            **this_process())
     for run in runs.values():
         with_files(run)
     ended = max(r.ended_at for r in store.list_runs(limit=None) if r.ended_at)
@@ -724,8 +677,8 @@ def test_prune_older_than_counts_from_now_and_never_takes_a_running_run(project,
     assert not any(paths.run_dir(runs[k]).exists() for k in ("a1", "a2", "a3", "b1"))
     con = sqlite3.connect(str(project.db))
     assert con.execute("SELECT COUNT(*) FROM task_attempt").fetchone()[0] == 1
-    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
+    assert integrity(project.db) == "ok"
 
 
 def test_prune_keep_last_and_flow(project, store, pruneable):
@@ -795,8 +748,8 @@ def test_prune_command_reports_what_it_freed(project):
         assert project.sh("run", flow).code in (0, 1)
     app = project.app()
     dirs = [paths.run_dir(r) for r in app.store.list_runs(limit=None)]
-    live = fake_run(app.store, "hello", {"only": ["running"]}, end=states.RUNNING,
-                    output=project.output, me=True)
+    live = fake_run(app.store, "hello", outcomes={"only": ["running"]}, output=project.output,
+                    **this_process())
     app.close()
     assert all(d.is_dir() for d in dirs)
 

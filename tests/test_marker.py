@@ -11,16 +11,10 @@ import pytest
 
 from featherflow import mark, paths, states
 from featherflow.engine import runner
+from helpers import fake_run
 
 WAIT = 30  # seconds: the bound on every wait in this file
 MARK = os.path.abspath(mark.__file__)
-
-
-def fake_run(store, tasks=("a", "b")):
-    run = store.create_run("f", list(tasks), "{}", {}, "manual", "/f", "/t", "/o", 1,
-                           pid=os.getpid(), pid_start=None, boot_id=None)
-    store.transition_run(run.id, states.RUNNING)
-    return run.id
 
 
 def serve_once(db, run_id, calls):
@@ -32,7 +26,7 @@ def serve_once(db, run_id, calls):
 
 
 def test_serve_answers_each_call_with_its_exit_code(project, store):
-    run = fake_run(store)
+    run = fake_run(store, pid=os.getpid()).id
     answers = serve_once(project.db, run, [
         ["a:1:running"],
         ["a:1:success:0", "b:1:running"],
@@ -46,7 +40,7 @@ def test_serve_answers_each_call_with_its_exit_code(project, store):
 
 
 def test_serve_answers_only_after_the_transition_is_committed(project, store):
-    run = fake_run(store, tasks=("a",))
+    run = fake_run(store, tasks=["a"], pid=os.getpid()).id
     seen = []
 
     def answer(text):  # what another process sees the moment the answer is sent
@@ -69,7 +63,7 @@ def start_marker(db, run_id, *extra):
 
 
 def test_the_co_process_ends_by_itself_when_idle(project, store):
-    run = fake_run(store, tasks=("a",))
+    run = fake_run(store, tasks=["a"], pid=os.getpid()).id
     marker = start_marker(project.db, run, "--idle", "0.2")
     marker.stdin.write(b"a:1:running\n")
     marker.stdin.flush()
@@ -81,7 +75,7 @@ def test_the_co_process_ends_by_itself_when_idle(project, store):
 
 
 def test_the_co_process_ends_at_the_end_of_its_input(project, store):
-    run = fake_run(store, tasks=("a",))
+    run = fake_run(store, tasks=["a"], pid=os.getpid()).id
     marker = start_marker(project.db, run)  # default idle: seconds
     out, err = marker.communicate(b"a:1:running\na:1:success:0\n", timeout=WAIT)
     assert (marker.returncode, out, err) == (0, b"0\n0\n", b"")

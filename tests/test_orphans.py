@@ -12,6 +12,7 @@ run process, a fork of the script that had not exec'd yet, a parent process
 sharing the run's process group (it must survive), and a live run (untouched).
 """
 
+import contextlib
 import os
 import random
 import signal
@@ -25,6 +26,7 @@ import pytest
 
 from featherflow import paths, proc, states
 from featherflow.engine import runner
+from helpers import alive, fake_run, integrity, read, wait_for
 
 SOAK = os.environ.get("FEATHERFLOW_SOAK") == "1"
 KILLS = int(os.environ.get("FEATHERFLOW_KILLS", "200" if SOAK else "30"))
@@ -69,20 +71,6 @@ def killable(project):
 
 # -- helpers: /proc, read independently of featherflow.proc -----------------------
 
-def read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
-
-
-def alive(pid: int) -> bool:
-    """Exists and is not a zombie."""
-    stat = read(f"/proc/{pid}/stat")
-    return bool(stat) and stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
-
-
 def children(pid: int):
     return [int(p) for p in read(f"/proc/{pid}/task/{pid}/children").split()]
 
@@ -98,16 +86,6 @@ def run_processes(uid: str, script: str):
         if needle in read(f"/proc/{entry}/environ").split(b"\0") or script.encode() in argv[1:2]:
             found.append(int(entry))
     return found
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
 
 
 def start_run(project, flow: str, out: Path, new_session: bool = True) -> subprocess.Popen:
@@ -126,14 +104,6 @@ def db_rows(db: Path, run_id: int):
             "SELECT task_id, attempt, state FROM task_attempt WHERE run_id = ? ORDER BY task_id, attempt",
             (run_id,)).fetchall()
         return run, attempts
-    finally:
-        con.close()
-
-
-def integrity(db: Path) -> str:
-    con = sqlite3.connect(str(db))
-    try:
-        return con.execute("PRAGMA integrity_check").fetchone()[0]
     finally:
         con.close()
 
@@ -199,7 +169,8 @@ def _kill_at(popen: subprocess.Popen, mode: str, rng: random.Random, span: float
             seen[:] = [moment(pid)]
             return popen.poll() is not None or seen[0] == mode
 
-        wait_until(hit, timeout=span * 2, interval=0.0005)
+        with contextlib.suppress(AssertionError):  # not seen in time: kill it wherever it is
+            wait_for(hit, f"the run to be {mode}", timeout=span * 2, interval=0.0005)
         what = seen[0] if seen else moment(pid)
     try:
         os.kill(pid, signal.SIGKILL)
@@ -259,8 +230,11 @@ def test_sigkill_at_random_moments_leaves_nothing_running_and_resumes(killable):
 
         # No task process (nor a _mark, nor a fork of the script) outlives its run.
         pids = recorded_pids(project.pids, run.id)
-        gone = wait_until(lambda: not survivors(pids, run.uid) and not run_processes(run.uid, script),
-                          timeout=10)
+        try:
+            gone = wait_for(lambda: not survivors(pids, run.uid) and not run_processes(run.uid, script),
+                            "the run's processes to end", timeout=10)
+        except AssertionError:
+            gone = False
         if not gone:
             counts["survivors"] += 1
         assert gone, (seed, hit, survivors(pids, run.uid), run_processes(run.uid, script))
@@ -310,19 +284,13 @@ def test_sigkill_at_random_moments_leaves_nothing_running_and_resumes(killable):
 
 # -- detection without a real kill -------------------------------------------------
 
-def fake_run(store, pid, pid_start, boot, task_ids=("a", "b"), output="/nonexistent/out"):
-    """A run row whose process is `pid`, with attempt a:1 running."""
-    run = store.create_run("fake", list(task_ids), '{"name": "fake", "tasks": []}', {}, "manual",
-                           "/nonexistent/flows", "/nonexistent/tasks", str(output), 1,
-                           pid=pid, pid_start=pid_start, boot_id=boot)
-    store.transition_run(run.id, states.RUNNING)
-    store.transition_attempt(run.id, task_ids[0], 1, states.RUNNING)
-    return run
+A_RUNNING = dict(flow="fake", tasks=["a", "b"], outcomes={"a": ["running"]})  # a:1 running, b pending
 
 
 def test_another_boot_id_means_the_machine_restarted(store):
     me = os.getpid()
-    run = fake_run(store, me, proc.start_time(me), "00000000-0000-0000-0000-000000000000")
+    run = fake_run(store, **A_RUNNING, pid=me, pid_start=proc.start_time(me),
+                   boot_id="00000000-0000-0000-0000-000000000000")
     assert proc.boot_id() and proc.boot_id() != run.boot_id
     done = runner.reconcile(store)
     assert [r for r, _ in done] == [run.id]
@@ -334,7 +302,7 @@ def test_another_boot_id_means_the_machine_restarted(store):
 
 def test_a_reused_pid_with_another_start_time_is_not_the_run(store):
     me = os.getpid()  # alive, but not the process that was recorded
-    run = fake_run(store, me, proc.start_time(me) - 1, proc.boot_id())
+    run = fake_run(store, **A_RUNNING, pid=me, pid_start=proc.start_time(me) - 1, boot_id=proc.boot_id())
     assert not proc.is_alive(me, proc.start_time(me) - 1, proc.boot_id())
     runner.reconcile(store)
     after = store.get_run(run.id)
@@ -345,7 +313,7 @@ def test_a_reused_pid_with_another_start_time_is_not_the_run(store):
 
 def test_the_very_process_recorded_is_alive_and_untouched(store):
     me = os.getpid()
-    run = fake_run(store, me, proc.start_time(me), proc.boot_id())
+    run = fake_run(store, **A_RUNNING, pid=me, pid_start=proc.start_time(me), boot_id=proc.boot_id())
     assert runner.reconcile(store) == []
     assert store.get_run(run.id).state == states.RUNNING
     assert store.attempts(run.id)[0].state == states.RUNNING
@@ -356,11 +324,12 @@ def test_a_dead_pid_and_an_unreaped_zombie_are_both_gone(store):
     done.wait()
     zombie = subprocess.Popen(["true"])
     try:
-        assert wait_until(lambda: not alive(zombie.pid), timeout=10)  # exited, not collected
+        wait_for(lambda: not alive(zombie.pid), "the child to exit", timeout=10)  # exited, not collected
         assert os.path.exists(f"/proc/{zombie.pid}")
         boot = proc.boot_id()
-        dead_run = fake_run(store, done.pid, 1, boot)
-        zombie_run = fake_run(store, zombie.pid, proc.start_time(zombie.pid), boot)
+        dead_run = fake_run(store, **A_RUNNING, pid=done.pid, pid_start=1, boot_id=boot)
+        zombie_run = fake_run(store, **A_RUNNING, pid=zombie.pid, pid_start=proc.start_time(zombie.pid),
+                              boot_id=boot)
         assert not proc.is_alive(zombie.pid, proc.start_time(zombie.pid), boot)
         runner.reconcile(store)
         assert store.get_run(dead_run.id).state == states.INTERRUPTED
@@ -373,8 +342,8 @@ def test_a_dead_pid_and_an_unreaped_zombie_are_both_gone(store):
 def test_a_late_mark_that_starts_the_run_during_reconcile_does_not_leave_it_running(store, monkeypatch):
     """Killed during its first `_mark` (queued -> running): that mark may commit while
     reconcile works on the run. The run must still end up interrupted."""
-    run = store.create_run("fake", ["a"], "{}", {}, "manual", "/f", "/t", "/o", 1,
-                           pid=os.getpid(), pid_start=proc.start_time(os.getpid()) + 1, boot_id=proc.boot_id())
+    run = fake_run(store, "fake", ["a"], state=states.QUEUED,
+                   pid=os.getpid(), pid_start=proc.start_time(os.getpid()) + 1, boot_id=proc.boot_id())
     assert run.state == states.QUEUED
     real = runner.kill_leftovers
     late = []
@@ -403,8 +372,7 @@ def test_a_first_mark_that_lands_after_its_process_died_is_refused_and_the_run_i
     from featherflow import mark
 
     pid = dead_pid()
-    run = store.create_run("fake", ["a"], "{}", {}, "manual", "/f", "/t", "/o", 1,
-                           pid=pid, pid_start=12345, boot_id=proc.boot_id())
+    run = fake_run(store, "fake", ["a"], state=states.QUEUED, pid=pid, pid_start=12345, boot_id=proc.boot_id())
     assert mark.main([str(project.db), str(run.id), "--pid", str(pid), "--run", "running"]) == 3
     row = store.get_run(run.id)
     assert (row.state, row.pid_start) == (states.QUEUED, 12345)
@@ -414,7 +382,7 @@ def test_a_first_mark_that_lands_after_its_process_died_is_refused_and_the_run_i
 
 def test_a_fork_of_the_script_that_has_not_exec_d_yet_is_killed(project, store):
     """A subshell forked by the run's bash shows the run only in its command line."""
-    run = fake_run(store, None, None, None, output=project.output)
+    run = fake_run(store, **A_RUNNING, output=project.output)
     script = paths.run_dir(run) / "run.sh"
     script.parent.mkdir(parents=True)
     ready = project.root / "forked"
@@ -422,12 +390,12 @@ def test_a_fork_of_the_script_that_has_not_exec_d_yet_is_killed(project, store):
     script.write_text(f'( touch {ready}; sleep 60; true ) &\nwait\n')
     main = subprocess.Popen(["bash", str(script)], start_new_session=True)
     try:
-        assert wait_until(ready.exists, timeout=10)
+        wait_for(ready.exists, "the subshell to start", timeout=10)
 
         def forks():  # the subshell's own children show `bash <script>` until they exec
             return [p for p in proc.processes_running_script(str(script)) if p != main.pid]
 
-        assert wait_until(lambda: len(forks()) == 1, timeout=10)
+        wait_for(lambda: len(forks()) == 1, "one fork", timeout=10)
         fork = forks()
         assert read(f"/proc/{fork[0]}/cmdline").split(b"\0")[0].endswith(b"bash")
         assert b"FEATHERFLOW_RUN_UID" not in read(f"/proc/{fork[0]}/environ")
@@ -436,7 +404,7 @@ def test_a_fork_of_the_script_that_has_not_exec_d_yet_is_killed(project, store):
         main.wait()
         runner.reconcile(store)
         assert store.get_run(run.id).state == states.INTERRUPTED
-        assert wait_until(lambda: not alive(fork[0]), timeout=10)
+        wait_for(lambda: not alive(fork[0]), "the fork to be killed", timeout=10)
     finally:
         try:
             os.killpg(main.pid, signal.SIGKILL)  # its own session: the subshell and its sleep
@@ -459,19 +427,19 @@ def test_a_parent_sharing_the_runs_process_group_survives_the_cleanup(killable):
     harness = subprocess.Popen(["bash", "-c", cmd], cwd=project.root, env=project.env,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), timeout=10)
+        wait_for(lambda: pidfile.exists() and pidfile.read_text().strip(), "the run's pid", timeout=10)
         run_pid = int(pidfile.read_text())
 
         def timer():
             return [c for c in children(run_pid) if read(f"/proc/{c}/cmdline").startswith(b"sleep")]
 
-        assert wait_until(lambda: timer(), timeout=30)  # the retry's timer runs in the run's group
+        wait_for(lambda: timer(), "the retry's timer", timeout=30)  # the retry's timer runs in the run's group
         sleeper = timer()[0]
         assert os.getpgid(sleeper) == harness.pid
         os.kill(run_pid, signal.SIGKILL)
         listing = project.cli("runs", "list")
         assert listing.code == 0 and "interrupted" in listing.out
-        assert wait_until(lambda: not alive(sleeper), timeout=10)
+        wait_for(lambda: not alive(sleeper), "the timer to be killed", timeout=10)
         assert harness.poll() is None, "reconcile killed the process that started the run"
         assert alive(harness.pid)
     finally:
@@ -495,10 +463,10 @@ def test_a_live_run_is_never_touched_by_reconcile(killable):
                 runs = app.store.list_runs(limit=1)
                 return bool(runs) and any(a.state == states.RUNNING for a in app.store.attempts(runs[0].id))
 
-            assert wait_until(task_running, timeout=30)
+            wait_for(task_running, "a task to run", timeout=30)
             run = app.store.list_runs(limit=1)[0]
             pids = recorded_pids(project.pids, run.id)
-            assert wait_until(lambda: recorded_pids(project.pids, run.id), timeout=10)
+            wait_for(lambda: recorded_pids(project.pids, run.id), "the task's pid", timeout=10)
             pids = recorded_pids(project.pids, run.id)
             for _ in range(3):
                 assert runner.reconcile(app.store) == []

@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from featherflow import flow as flowmod
 from featherflow.cli import main as cli
 from featherflow.errors import ValidationError
+from helpers import umask_022
 
 DUMP_PY = """\
 import json, os, sys
@@ -327,10 +328,6 @@ def test_planted_symlinks_in_a_run_dir_are_not_followed_by_resume(project, tmp_p
 
 # -- permissions ---------------------------------------------------------------------------
 
-def umask_022():
-    os.umask(0o022)
-
-
 def loose(root: Path):
     """Everything under root that group or others can read, write or enter."""
     found = []
@@ -342,8 +339,9 @@ def loose(root: Path):
 
 
 def test_init_and_run_under_umask_022_leave_nothing_loose(project):
-    assert project.sh("init", preexec_fn=umask_022).code == 0
-    result = project.sh("run", "sample", preexec_fn=umask_022)
+    with umask_022():  # the commands inherit it
+        assert project.sh("init").code == 0
+        result = project.sh("run", "sample")
     assert result.code == 0, result.err
     assert project.home.is_dir() and loose(project.home) == []
     assert loose(project.output) == []
@@ -361,7 +359,8 @@ def test_scheduler_start_under_umask_022_leaves_nothing_loose(project):
     project.write_task("t.sh", "true\n")
     project.write_flow(task_with())
     try:
-        result = project.sh("scheduler", "start", "--allow-root", preexec_fn=umask_022, timeout=60)
+        with umask_022():  # the daemon inherits it
+            result = project.sh("scheduler", "start", "--allow-root", timeout=60)
         assert result.code == 0, result.err
         assert loose(project.home) == []
     finally:

@@ -20,6 +20,7 @@ from featherflow import proc, states
 from featherflow.engine import runner
 from featherflow.api import Featherflow
 from featherflow.states import IllegalTransition
+from helpers import fake_run
 
 ME = os.getpid()
 ALIVE = dict(pid=ME, pid_start=proc.start_time(ME), boot_id=proc.boot_id())
@@ -335,21 +336,15 @@ def test_the_machine_reached_the_moves_that_matter():
 
 # -- holes the machine found in states.py, closed there ----------------------------
 
-def fake(store, tasks=("a", "b")):
-    run = store.create_run("f", list(tasks), "{}", {}, "manual", "/f", "/t", "/o", 1, **ALIVE)
-    store.transition_run(run.id, states.RUNNING)
-    return run.id
-
-
 def test_an_attempt_cannot_start_in_a_run_that_is_over(store):
-    run = fake(store)
+    run = fake_run(store, **ALIVE).id
     store.interrupt(run, states.RUNNING, "killed")
     with pytest.raises(IllegalTransition):
         store.transition_attempt(run, "a", 1, states.RUNNING)
 
 
 def test_a_run_cannot_succeed_with_attempts_still_open(store):
-    run = fake(store, tasks=("a",))
+    run = fake_run(store, tasks=["a"], **ALIVE).id
     store.transition_attempt(run, "a", 1, states.RUNNING)
     with pytest.raises(IllegalTransition, match="'a' is still open"):
         store.transition_run(run, states.SUCCESS)
@@ -360,7 +355,7 @@ def test_a_run_cannot_succeed_with_attempts_still_open(store):
 
 
 def test_a_new_attempt_needs_the_previous_one_finished(store):
-    run = fake(store)
+    run = fake_run(store, **ALIVE).id
     store.transition_attempt(run, "a", 1, states.RUNNING)
     with pytest.raises(IllegalTransition, match="attempt 1 is running"):
         store.transition_attempt(run, "a", 2, states.RUNNING)
