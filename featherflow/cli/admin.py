@@ -2,7 +2,7 @@
 
 All three leave the database as it is: they never open app.store (it would
 create or migrate it) and never reconcile (it writes). What they call loads
-peewee, hence the imports inside the commands (`# lazy: peewee`, see common.py).
+peewee, hence the imports inside the commands (`# lazy:`, see common.py).
 """
 
 import json

@@ -9,11 +9,13 @@ import os
 import shlex
 import sys
 
-from featherflow import errors, graph, scaffold
+from featherflow import errors, graph
 from featherflow.cli.common import command, for_terminal
 
 
 def cmd_init(app, args) -> int:
+    from featherflow import scaffold  # lazy: not for --help (see common.py)
+
     report = scaffold.init(args.directory)
     shown = lambda rel: rel if args.directory in (".", "./") else os.path.join(args.directory, rel)  # noqa: E731
     for rel in report.created:

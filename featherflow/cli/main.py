@@ -13,7 +13,6 @@ import sys
 from typing import List, Optional
 
 from featherflow import __version__, errors
-from featherflow.api import Featherflow
 from featherflow.cli import admin, flows, runs, schedules
 from featherflow.cli.common import for_terminal, global_options
 from featherflow.errors import FeatherflowError
@@ -37,6 +36,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return errors.EXIT_USAGE
+    from featherflow.api import Featherflow  # lazy: not for --help (see common.py)
+
     app = Featherflow(args.flows_dir, args.tasks_dir, args.output_dir, args.config_dir, args.db, args.log_dir)
     try:
         return args.func(app, args) or 0

@@ -2,8 +2,8 @@
 
 Each command parses, calls the engine or the store, prints through format.py.
 Commands that read runs first mark orphaned ones interrupted (common.reconciled),
-so the history never shows a dead run as running. The engine loads peewee: it is
-imported inside the commands (`# lazy: peewee`, see common.py), not at the top.
+so the history never shows a dead run as running. What loads peewee or the store is
+imported inside the commands (`# lazy:`, see common.py).
 """
 
 import json
@@ -11,9 +11,7 @@ import sys
 import time
 
 from featherflow import clock, errors, flow as flowmod, paths, proc, states, text
-from featherflow.cli import format as views
 from featherflow.cli.common import command, for_terminal, group, positive, reading, reconciled
-from featherflow.store import retention
 
 
 def cmd_run(app, args) -> int:
@@ -51,6 +49,8 @@ def _resume(app, runner, run_id, args) -> int:
 
 
 def cmd_runs_list(app, args) -> int:
+    from featherflow.cli import format as views  # lazy: not for --help
+
     since = None
     if args.since:
         try:
@@ -71,6 +71,8 @@ def cmd_runs_list(app, args) -> int:
 
 
 def cmd_runs_show(app, args) -> int:
+    from featherflow.cli import format as views  # lazy: not for --help
+
     store = reading(app)
     run = store.get_run(args.run_id)
     attempts = store.attempts(run.id)
@@ -175,6 +177,9 @@ def cmd_runs_cancel(app, args) -> int:
 
 
 def cmd_runs_prune(app, args) -> int:
+    from featherflow.cli import format as views  # lazy: not for --help
+    from featherflow.store import retention  # lazy: not for --help
+
     try:
         older = views.parse_age(args.older_than) if args.older_than else None
     except ValueError as exc:
