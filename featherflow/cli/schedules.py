@@ -169,8 +169,17 @@ def cmd_start_run(app, args) -> int:
 
 def add_commands(sub) -> None:
     """The `schedule`, `scheduler` and hidden `_start-run` commands, under `sub`."""
-    schedule_sub = group(sub, "schedule", "schedules: add, list, show, remove, enable, disable",
-                         "Schedules start flows at cron times; the scheduler daemon fires them.")
+    _add_schedule(group(sub, "schedule", "schedules: add, list, show, remove, enable, disable",
+                        "Schedules start flows at cron times; the scheduler daemon fires them."))
+    _add_scheduler(group(sub, "scheduler", "the scheduler daemon: start, stop, status, install",
+                         "The daemon that fires schedules; one per database."))
+    p = command("_start-run", cmd_start_run, "", sub, hidden=True)  # how the scheduler starts a run
+    p.add_argument("run_id", type=positive)
+    p.add_argument("--launcher", type=int)
+    p.add_argument("--resume", action="store_true")
+
+
+def _add_schedule(schedule_sub) -> None:
     p = command("add", cmd_schedule_add, "schedule a flow: --interval [--at] or --cron, in a time zone", schedule_sub)
     p.description = ("Schedule a flow: --interval [--at] or --cron, in a time zone. A schedule is named after "
                      "its flow unless given --name, so a second schedule of the same flow needs its own --name "
@@ -206,8 +215,8 @@ def add_commands(sub) -> None:
         p = command(name, func, about, schedule_sub)
         p.add_argument("name", metavar="NAME")
 
-    daemon_sub = group(sub, "scheduler", "the scheduler daemon: start, stop, status, install",
-                       "The daemon that fires schedules; one per database.")
+
+def _add_scheduler(daemon_sub) -> None:
     p = command("start", cmd_scheduler_start, "start the daemon (detached, unless --foreground); exit 3 if it runs",
                 daemon_sub)
     p.add_argument("--foreground", action="store_true", help="stay in the foreground, log to stderr (systemd)")
@@ -229,8 +238,3 @@ def add_commands(sub) -> None:
     p.add_argument("--allow-root", action="store_true",
                    help="as root with no user behind sudo: a unit that runs the scheduler as root, "
                         "with --allow-root in its ExecStart (every flow then runs as root)")
-
-    p = command("_start-run", cmd_start_run, "", sub, hidden=True)  # how the scheduler starts a run
-    p.add_argument("run_id", type=positive)
-    p.add_argument("--launcher", type=int)
-    p.add_argument("--resume", action="store_true")
