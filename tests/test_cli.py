@@ -282,6 +282,17 @@ def test_every_command_and_option_has_help_text():
     assert {"list", "validate", "graph"} <= seen
 
 
+def test_parsing_the_command_line_loads_neither_peewee_nor_the_store():
+    """`featherflow --help`, a usage error and `featherflow _mark` stay fast: the CLI's
+    modules import the facade, the store and what loads peewee (or croniter, curses)
+    only inside the commands that need them (see cli/common.py)."""
+    heavy = ("peewee", "playhouse", "croniter", "curses", "featherflow.store", "featherflow.api")
+    code = ("import sys; from featherflow.cli import main; main.build_parser().format_help(); "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", f"building the parser loads {out}"
+
+
 # -- the installed console script ---------------------------------------------------------------
 
 def test_installed_console_script(flows):

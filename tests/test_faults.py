@@ -755,12 +755,12 @@ def test_a_malformed_database_error_says_what_helps_not_retry(project, monkeypat
     """`database disk image is malformed` met in the middle of a command: retrying cannot
     help; the one error line gives the damage advice (doctor's integrity check, a backup)."""
     from featherflow import errors
-    from featherflow.cli import main as cli
+    from featherflow.cli import runs as cli_runs
 
     def damaged_meanwhile(app, args):
         raise sqlite3.DatabaseError("database disk image is malformed")
 
-    monkeypatch.setattr(cli, "cmd_runs_list", damaged_meanwhile)
+    monkeypatch.setattr(cli_runs, "cmd_runs_list", damaged_meanwhile)
     result = project.cli("runs", "list")
     assert result.code == 4 and result.err.count("\n") == 1 and result.err.startswith("error: "), result.err
     assert "(retry;" not in result.err and "retrying cannot help" in result.err, result.err

@@ -1,20 +1,16 @@
 """The `schedule` and `scheduler` commands of the CLI (and the hidden `_start-run`).
 
-Split from cli.py, which builds the parser and handles errors for every
-command: these only parse, call schedule_admin / scheduler, and print.
+These only parse, call schedule_admin / scheduler, and print; main.py builds the
+parser and handles errors for every command. The scheduler and the engine load
+peewee: each command imports what it calls inside (see common.py).
 """
 
 import json
 import sys
 
-from featherflow import errors, text
-from featherflow.cli import main as cli
-
-
-def _utcnow():
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc)
+from featherflow import clock, errors, text
+from featherflow.cli.admin import cmd_dashboard
+from featherflow.cli.common import command, group, positive, reconciled, seconds
 
 
 def cmd_schedule_add(app, args) -> int:
@@ -29,14 +25,14 @@ def cmd_schedule_add(app, args) -> int:
     print(f"added schedule {s.name}: flow {s.flow_name}, cron '{s.cron}' in {s.tz}"
           + ("" if s.enabled else " (disabled)"))
     if s.enabled:
-        print(f"next: {schedule_admin.in_zone(scheduler.next_fire(app.store, s, _utcnow()), s.tz)}")
+        print(f"next: {schedule_admin.in_zone(scheduler.next_fire(app.store, s, clock.now()), s.tz)}")
     return 0
 
 
 def cmd_schedule_list(app, args) -> int:
     from featherflow.scheduler import admin as schedule_admin
 
-    now = _utcnow()
+    now = clock.now()
     if args.json:
         print(json.dumps([schedule_admin.schedule_json(app.store, s, now) for s in app.store.list_schedules()],
                          indent=2, ensure_ascii=False))
@@ -50,7 +46,7 @@ def cmd_schedule_list(app, args) -> int:
 def cmd_schedule_show(app, args) -> int:
     from featherflow.scheduler import admin as schedule_admin
 
-    store, now = cli._reconciled(app), _utcnow()
+    store, now = reconciled(app), clock.now()
     s = store.get_schedule(args.name)
     if args.json:
         print(json.dumps(schedule_admin.schedule_json(store, s, now, args.limit), indent=2, ensure_ascii=False))
@@ -111,13 +107,13 @@ def cmd_scheduler_stop(app, args) -> int:
 def cmd_scheduler_status(app, args) -> int:
     if args.interactive:  # the original tool's entry point to the dashboard
         args.flow = None
-        return cli.cmd_dashboard(app, args)
+        return cmd_dashboard(app, args)
     from featherflow.scheduler import admin as schedule_admin
     from featherflow.scheduler import daemon as scheduler
     from featherflow.cli import format as views
 
-    now = _utcnow()
-    st = scheduler.status(cli._reconciled(app), now)
+    now = clock.now()
+    st = scheduler.status(reconciled(app), now)
     naive = now.replace(tzinfo=None)
     if st.running:
         print(f"scheduler: running, pid {st.row.pid}, up {views.human_seconds(views.elapsed(st.row.started_at, None, naive))}, "
@@ -169,15 +165,21 @@ def cmd_start_run(app, args) -> int:
     return errors.EXIT_FAILED  # not reached: exec replaced this process
 
 
-
 # -- parser -----------------------------------------------------------------
 
-def add_commands(sub, command, common) -> None:
+def add_commands(sub) -> None:
     """The `schedule`, `scheduler` and hidden `_start-run` commands, under `sub`."""
-    schedule = sub.add_parser("schedule", help="schedules: add, list, show, remove, enable, disable",
-                              description="Schedules start flows at cron times; the scheduler daemon fires them.")
-    schedule_sub = schedule.add_subparsers(title="commands", metavar="COMMAND")
-    schedule.set_defaults(func=lambda app, args: schedule.print_help() or errors.EXIT_USAGE)
+    _add_schedule(group(sub, "schedule", "schedules: add, list, show, remove, enable, disable",
+                        "Schedules start flows at cron times; the scheduler daemon fires them."))
+    _add_scheduler(group(sub, "scheduler", "the scheduler daemon: start, stop, status, install",
+                         "The daemon that fires schedules; one per database."))
+    p = command("_start-run", cmd_start_run, "", sub, hidden=True)  # how the scheduler starts a run
+    p.add_argument("run_id", type=positive)
+    p.add_argument("--launcher", type=int)
+    p.add_argument("--resume", action="store_true")
+
+
+def _add_schedule(schedule_sub) -> None:
     p = command("add", cmd_schedule_add, "schedule a flow: --interval [--at] or --cron, in a time zone", schedule_sub)
     p.description = ("Schedule a flow: --interval [--at] or --cron, in a time zone. A schedule is named after "
                      "its flow unless given --name, so a second schedule of the same flow needs its own --name "
@@ -205,7 +207,7 @@ def add_commands(sub, command, common) -> None:
     p = command("show", cmd_schedule_show, "a schedule and its recent slots: fired, waiting, skipped and why",
                 schedule_sub)
     p.add_argument("name", metavar="NAME")
-    p.add_argument("--limit", type=cli._positive, default=20, metavar="N", help="at most N slots (default: 20)")
+    p.add_argument("--limit", type=positive, default=20, metavar="N", help="at most N slots (default: 20)")
     p.add_argument("--json", action="store_true", help="print JSON")
     for name, func, about in (("remove", cmd_schedule_remove, "delete a schedule and its slots (runs stay)"),
                              ("enable", cmd_schedule_enable, "enable a schedule (slots count from now)"),
@@ -213,14 +215,12 @@ def add_commands(sub, command, common) -> None:
         p = command(name, func, about, schedule_sub)
         p.add_argument("name", metavar="NAME")
 
-    daemon = sub.add_parser("scheduler", help="the scheduler daemon: start, stop, status, install",
-                            description="The daemon that fires schedules; one per database.")
-    daemon_sub = daemon.add_subparsers(title="commands", metavar="COMMAND")
-    daemon.set_defaults(func=lambda app, args: daemon.print_help() or errors.EXIT_USAGE)
+
+def _add_scheduler(daemon_sub) -> None:
     p = command("start", cmd_scheduler_start, "start the daemon (detached, unless --foreground); exit 3 if it runs",
                 daemon_sub)
     p.add_argument("--foreground", action="store_true", help="stay in the foreground, log to stderr (systemd)")
-    p.add_argument("--check-interval", type=cli._seconds, default=60.0, metavar="SECONDS",
+    p.add_argument("--check-interval", type=seconds, default=60.0, metavar="SECONDS",
                    help="longest sleep between looks at the database (default: 60)")
     p.add_argument("--allow-root", action="store_true", help="run even as root (every flow then runs as root)")
     command("stop", cmd_scheduler_stop, "stop the daemon and wait for it (running flows go on)", daemon_sub)
@@ -238,9 +238,3 @@ def add_commands(sub, command, common) -> None:
     p.add_argument("--allow-root", action="store_true",
                    help="as root with no user behind sudo: a unit that runs the scheduler as root, "
                         "with --allow-root in its ExecStart (every flow then runs as root)")
-
-    p = sub.add_parser("_start-run", parents=[common])  # hidden: how the scheduler starts a run
-    p.set_defaults(func=cmd_start_run)
-    p.add_argument("run_id", type=cli._positive)
-    p.add_argument("--launcher", type=int)
-    p.add_argument("--resume", action="store_true")
