@@ -57,9 +57,16 @@ class Flow:
     max_parallel: Optional[int] = None
     params: Dict[str, Any] = field(default_factory=dict)
     source: Dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # id -> task, built once: looking each task up by a walk of `tasks` made
+    # rendering a 5,000-task flow quadratic.
+    _by_id: Dict[str, Task] = field(init=False, default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_id", {t.id: t for t in self.tasks})
 
     def task(self, task_id: str) -> Task:
-        return next(t for t in self.tasks if t.id == task_id)
+        """The task with this id (KeyError if there is none)."""
+        return self._by_id[task_id]
 
     @property
     def edges(self) -> Dict[str, Tuple[str, ...]]:

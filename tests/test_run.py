@@ -155,6 +155,59 @@ def test_the_failure_tail_cuts_long_lines_and_the_log_keeps_them(project):
     assert [len(line) for line in log[:10]] == [10000] * 10 and log[10].endswith("étail")
 
 
+def long_chain(count, script="ok.sh", broken=None):
+    tasks = [{"id": f"t{i:03d}", "script": script if i != broken else "bad.sh"} for i in range(count)]
+    for i, task in enumerate(tasks[1:], 1):
+        task["depends_on"] = [f"t{i - 1:03d}"]
+    return tasks
+
+
+def test_a_long_chain_runs_every_task_once_in_order(project):
+    """300 tasks, each started only after the one before ended (the engine's
+    ready queue and counts of unmet dependencies, not a rescan of every task)."""
+    project.write_task("ok.sh", "true\n")
+    project.write_flow({"name": "f", "tasks": long_chain(300)})
+    result = project.sh("run", "f")
+    assert result.code == 0, result.out + result.err
+    run, attempts = only_run(project)
+    assert run.state == "success"
+    assert sorted(attempts) == [(f"t{i:03d}", 1) for i in range(300)]
+    ordered = [attempts[(f"t{i:03d}", 1)] for i in range(300)]
+    assert all(a.state == "success" for a in ordered)
+    for before, after in zip(ordered, ordered[1:]):
+        assert before.ended_at <= after.started_at, (before.task_id, after.task_id)
+
+
+def test_a_failure_in_the_middle_of_a_long_chain_skips_everything_below_it(project):
+    """t150 fails: t151..t299 and a task that also needs an unrelated root are
+    upstream_failed, never started; that root and a branch off t100 succeed."""
+    project.write_task("ok.sh", "true\n")
+    project.write_task("bad.sh", "exit 7\n")
+    tasks = long_chain(300, broken=150) + [
+        {"id": "root", "script": "ok.sh"},
+        {"id": "side", "script": "ok.sh", "depends_on": ["t100"]},
+        {"id": "join", "script": "ok.sh", "depends_on": ["root", "t200"]},
+        {"id": "after_join", "script": "ok.sh", "depends_on": ["join", "side"]},
+    ]
+    project.write_flow({"name": "f", "tasks": tasks})
+    result = project.sh("run", "f")
+    assert result.code == 1, result.out + result.err
+    run, attempts = only_run(project)
+    assert run.state == "failed"
+    done = latest(attempts)
+    assert len(done) == len(tasks) and len(attempts) == len(tasks)
+    assert done["t150"].state == "failed" and done["t150"].exit_code == 7
+    succeeded = [f"t{i:03d}" for i in range(150)] + ["root", "side"]
+    assert [t for t in succeeded if done[t].state != "success"] == []
+    below = [f"t{i:03d}" for i in range(151, 300)] + ["join", "after_join"]
+    for task in below:
+        assert done[task].state == "upstream_failed", task
+        assert done[task].started_at is None, task
+        assert done[task].reason == "upstream t150 failed", task
+    assert result.out.count("skip    ") == len(below)
+    assert "run 1 failed: 1 task(s) failed" in result.out
+
+
 @pytest.mark.parametrize("code,expected", [(0, 0), (1, 1), (5, 1)])
 def test_exit_codes(project, code, expected):
     """The run's exit code says success (0) or failure (1), whatever the task's own code."""

@@ -118,9 +118,10 @@ def task_command(task: flowmod.Task, spec: RunSpec, flow_name: str) -> List[str]
 
 
 def render(flow: flowmod.Flow, spec: RunSpec) -> str:
-    order = graph.topological_order(flow.edges)
+    edges = flow.edges  # built once: a flow's edges and children are walked once per render
+    order = graph.topological_order(edges)
     index = {task_id: i for i, task_id in enumerate(order)}
-    down = graph.children(flow.edges)
+    down = graph.children(edges)
     out = [_HEADER.format(
         flow=flow.name, run_id=spec.run_id,
         note=("# DRY RUN: a preview. It records nothing: its first _mark fails and it stops.\n"
@@ -147,12 +148,13 @@ def render(flow: flowmod.Flow, spec: RunSpec) -> str:
     out += [f"export {name}={q(value)}" for name, value in contract]
     out.append("")
     out.append("# The tasks, in dependency order. Each function runs one attempt of one task.")
-    out.append("# T_RETRY_MS: the wait before each retry, in milliseconds.")
-    out.append("declare -a T_ID T_DEPS T_DOWN T_RETRY_MS T_TIMEOUT T_TIMEOUT_MS T_ATTEMPT T_STATE")
+    out.append("# T_DEPS: the tasks it depends on; T_NEXT: the tasks that depend on it (indexes,")
+    out.append("# named in the comment above). T_RETRY_MS: the wait before each retry, in milliseconds.")
+    out.append("declare -a T_ID T_DEPS T_NEXT T_RETRY_MS T_TIMEOUT T_TIMEOUT_MS T_ATTEMPT T_STATE")
     for i, task_id in enumerate(order):
         task = flow.task(task_id)
         deps = " ".join(str(index[d]) for d in task.depends_on)
-        below = " ".join(str(index[d]) for d in sorted(graph.descendants(flow.edges, [task_id]), key=index.get))
+        below = " ".join(str(index[d]) for d in sorted(down[task_id], key=index.__getitem__))
         delays = [task.retry_delay * task.retry_backoff ** n for n in range(task.retries)]
         kept = task_id in spec.keep
         out.append("")
@@ -172,7 +174,7 @@ def render(flow: flowmod.Flow, spec: RunSpec) -> str:
             facts.append("already succeeded: kept")
         if facts:
             out.append("#     " + "; ".join(facts))
-        out.append(f"T_ID[{i}]={q(task_id)} T_DEPS[{i}]={q(deps)} T_DOWN[{i}]={q(below)}")
+        out.append(f"T_ID[{i}]={q(task_id)} T_DEPS[{i}]={q(deps)} T_NEXT[{i}]={q(below)}")
         out.append(f"T_RETRY_MS[{i}]={q(' '.join(str(round(d * 1000)) for d in delays))} "
                    f"T_TIMEOUT[{i}]={q(_seconds(task.timeout or 0))} "
                    f"T_TIMEOUT_MS[{i}]={round((task.timeout or 0) * 1000)} "
@@ -312,6 +314,17 @@ declare -a START_MS=() MARKS=() LOST=() starts=()
 declare -a T_FIRST_ATTEMPT=("${T_ATTEMPT[@]}")
 RUNNING=0 CANCELLED=0 FAILED=0 BROKEN=0 TOTAL=${#T_ID[@]} TOOK=
 
+# What may start: T_WAIT[i] counts the dependencies of task i that have not
+# succeeded yet; a pending task whose count is 0 is in READY, a queue (first
+# in, first out; READY_HEAD is its first entry). Each task's end only touches
+# its own T_NEXT, so a run's cost per task does not grow with the flow.
+declare -a T_WAIT=() READY=()
+READY_HEAD=0 READY_TAIL=0
+ready() {  # index
+  READY[READY_TAIL]=$1
+  READY_TAIL=$((READY_TAIL + 1))
+}
+
 # Send a signal to every running task's process group.
 signal_tasks() {  # signal
   local pid
@@ -387,7 +400,10 @@ ended() {  # pid exit-code
   elif [[ -n ${PID_TIMER[$1]:-} ]]; then  # a retry's wait is over
     i=${PID_TIMER[$1]}
     unset "PID_TIMER[$1]"
-    [[ ${T_STATE[i]} == delay ]] && T_STATE[i]=pending
+    if [[ ${T_STATE[i]} == delay ]]; then
+      T_STATE[i]=pending
+      ready "$i"
+    fi
   elif [[ $1 == "$MARKER" ]] && ((MARKD_UP)); then  # it ended (idle): the next call starts one
     exec 6<&- 7>&-
     MARKD_UP=0
@@ -397,11 +413,6 @@ ended() {  # pid exit-code
     GRACE=
     signal_tasks KILL
   fi
-}
-
-deps_ok() {
-  local d
-  for d in ${T_DEPS[$1]}; do [[ ${T_STATE[d]} == ok ]] || return 1; done
 }
 
 launch() {  # index
@@ -432,6 +443,10 @@ finished() {  # pid exit-code
     MARKS+=("${T_ID[i]}:$n:success:0")
     T_STATE[i]=ok
     say "ok      ${T_ID[i]} (attempt $n) in $TOOK"
+    for d in ${T_NEXT[i]}; do
+      T_WAIT[d]=$((T_WAIT[d] - 1))
+      if ((T_WAIT[d] == 0)) && [[ ${T_STATE[d]} == pending ]]; then ready "$d"; fi
+    done
     return
   fi
   if ((CANCELLED || BROKEN)); then
@@ -476,17 +491,33 @@ finished() {  # pid exit-code
       say "retry   ${T_ID[i]} (attempt $n) in ${secs}s"
     else
       T_STATE[i]=pending
+      ready "$i"
     fi
     return
   fi
   T_STATE[i]=failed
   FAILED=$((FAILED + 1))
-  for d in ${T_DOWN[i]}; do
+  skip_below "$i"
+}
+
+# Mark every pending task downstream of task $1 upstream_failed, walking
+# T_NEXT. A skipped task's own descendants were walked when it was skipped,
+# so the walk stops there: each task is visited at most once per run.
+skip_below() {  # index
+  local d k todo=() at=0
+  local -A seen=()
+  for k in ${T_NEXT[$1]}; do todo+=("$k"); done
+  while ((at < ${#todo[@]})); do
+    d=${todo[at]}
+    at=$((at + 1))
+    [[ -n ${seen[$d]:-} || ${T_STATE[d]} == skipped ]] && continue
+    seen[$d]=1
     if [[ ${T_STATE[d]} == pending ]]; then
       T_STATE[d]=skipped
-      MARKS+=("${T_ID[d]}:${T_ATTEMPT[d]}:upstream_failed::upstream ${T_ID[i]} failed")
-      say "skip    ${T_ID[d]} (upstream ${T_ID[i]} failed)"
+      MARKS+=("${T_ID[d]}:${T_ATTEMPT[d]}:upstream_failed::upstream ${T_ID[$1]} failed")
+      say "skip    ${T_ID[d]} (upstream ${T_ID[$1]} failed)"
     fi
+    for k in ${T_NEXT[d]}; do todo+=("$k"); done
   done
 }
 
@@ -507,13 +538,21 @@ FIRST="run $RUN_ID of $FEATHERFLOW_FLOW_NAME: $TOTAL task(s), up to $MAX_PARALLE
 say "$FIRST${UNDECLARED:+; params the flow does not declare: $UNDECLARED}"
 for ((i = 0; i < TOTAL; i++)); do
   [[ ${T_STATE[i]} == ok ]] && say "kept    ${T_ID[i]} (succeeded before)"
+  T_WAIT[i]=0
+  for d in ${T_DEPS[i]}; do
+    [[ ${T_STATE[d]} == ok ]] || T_WAIT[i]=$((T_WAIT[i] + 1))
+  done
+  if ((T_WAIT[i] == 0)) && [[ ${T_STATE[i]} == pending ]]; then ready "$i"; fi
 done
 
 while :; do
   starts=()
   if ((!CANCELLED && !BROKEN)); then
-    for ((i = 0; i < TOTAL && RUNNING + ${#starts[@]} < MAX_PARALLEL; i++)); do
-      if [[ ${T_STATE[i]} == pending ]] && deps_ok "$i"; then starts+=("$i"); fi
+    while ((READY_HEAD < READY_TAIL && RUNNING + ${#starts[@]} < MAX_PARALLEL)); do
+      i=${READY[READY_HEAD]}
+      unset "READY[READY_HEAD]"  # the queue stays as short as what waits in it
+      READY_HEAD=$((READY_HEAD + 1))
+      [[ ${T_STATE[i]} == pending ]] && starts+=("$i")
     done
   fi
   if flush "${starts[@]}"; then
