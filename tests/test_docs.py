@@ -31,7 +31,7 @@ def _blocks(language):
 
 
 def _section(title):
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## )", README, re.S | re.M)
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.S | re.M)
     assert match, f"README has no section {title!r}"
     return match.group(1)
 
@@ -147,3 +147,23 @@ def test_the_params_rule_is_documented_in_the_flow_reference():
     text = " ".join(_section("Flow reference").split("### Params", 1)[1].split())
     assert "A flow **with** a `params` block takes only the names it declares" in text
     assert "A flow **without** a `params` block" in text and "params the flow does not declare:" in text
+
+
+def test_every_module_is_in_the_development_map():
+    """README's "Development" maps each folder of the package to its modules: a module
+    added or moved without a word there fails here."""
+    rows = {}
+    for line in _section("Development").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`featherflow/"):
+            rows[cells[0].strip("`").rstrip("/")] = cells[1]
+    package = ROOT / "featherflow"
+    missing = []
+    for path in sorted(package.rglob("*.py")) + sorted(package.rglob("*.bash")):
+        if path.name in ("__init__.py", "__main__.py"):
+            continue
+        folder = str(path.parent.relative_to(ROOT))
+        name = path.stem if path.suffix == ".py" else path.name
+        if f"`{name}`" not in rows.get(folder, ""):
+            missing.append(str(path.relative_to(ROOT)))
+    assert missing == [], f"modules not named in README's Development map: {missing}"
