@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from featherflow import states
+from featherflow import clock, states
 from featherflow.cli import main as cli
 from featherflow.scheduler import admin as schedule_admin
 from featherflow.scheduler import compat, lock, systemd
@@ -184,6 +184,22 @@ def test_tick_fires_a_due_slot_once(project):
     again = sched.tick(now)
     assert (again.fired, again.skipped, again.launched) == (0, 0, 0)
     assert app.store.slot_count(s.id) == 1 and app.store.run_count() == 1
+    app.close()
+
+
+def test_a_fired_slot_and_its_run_are_stamped_with_the_ticks_now(project):
+    """One clock: the run written in the slot's transaction is created at the tick's `now`,
+    not at the wall clock's (which would date a 2030 run today)."""
+    add_flow(project)
+    app, sched, fake = ticker(project)
+    s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 3 * * *", tz="UTC", now=T0)
+    now = datetime(2030, 1, 1, 3, tzinfo=UTC)
+    assert sched.tick(now).fired == 1
+    (slot,) = app.store.recent_slots(s.id)
+    run = app.store.get_run(slot.run_id)
+    assert clock.as_utc(slot.created_at) == now
+    assert clock.as_utc(run.created_at) == now
+    assert [clock.as_utc(a.created_at) for a in app.store.attempts(run.id)] == [now]
     app.close()
 
 
