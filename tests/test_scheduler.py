@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
@@ -486,6 +487,32 @@ def test_python_api(project):
     assert s.is_running() is False and s.stop() is False
     assert manager.remove_schedule("tick") is True and manager.remove_schedule("tick") is False
     s.close()
+
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs_as_written(project):
+    """The README's "From Python (compatible with the original tool)" block, run from the project
+    folder with its relative dirs. As root (the test machine), `allow_root=True` is added to
+    get_scheduler, the only change: the daemon refuses root otherwise, as the README says."""
+    section = README.split("From Python (compatible with the original tool):", 1)[1]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "scheduler.get_scheduler(" in block and "s.start()" in block
+    if ROOT:
+        assert block.count("check_interval=60)") == 1
+        block = block.replace("check_interval=60)", "check_interval=60, allow_root=True)")
+    project.write_task("etl.sh", "#!/bin/bash\necho etl\n")
+    project.write_flow({"name": "etl", "tasks": [{"id": "work", "script": "etl.sh"}]})
+    check = ("\nentries = s.schedule_manager.get_all_schedules()\n"
+             "print(s.is_running(), s.stop(), entries)\n")
+    done = subprocess.run([sys.executable, "-c", block + check], cwd=str(project.root), env=project.env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False False []", done.stdout
+    log_text = (project.home / "logs" / scheduler.LOG_NAME).read_text()
+    assert "scheduler started" in log_text and "scheduler stopped" in log_text, log_text
 
 
 # -- real daemons --------------------------------------------------------------------------------
