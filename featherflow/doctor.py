@@ -23,7 +23,6 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import quote
 
 from featherflow import errors, proc, scaffold, states
-from featherflow.scheduler.daemon import HEARTBEAT_STALE  # one limit for doctor and dashboard
 from featherflow.store import db
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
@@ -449,7 +448,7 @@ def check_clock(synchronised: Optional[bool], now: datetime) -> Finding:
 # -- scheduler and runs -----------------------------------------------------------------
 
 def check_scheduler(row: Optional[Dict], alive: bool, enabled_schedules: int, now: datetime,
-                    stale_after: float = HEARTBEAT_STALE) -> Finding:
+                    stale_after: float = states.HEARTBEAT_STALE) -> Finding:
     """Needed only when an enabled schedule exists; alive means the recorded process
     (pid, start time, boot id) still exists, fresh means a heartbeat within `stale_after`."""
     name = "scheduler"

@@ -15,6 +15,13 @@ from featherflow.errors import ConflictError
 
 SCHEMA_VERSION = 3  # the number of the newest migration
 
+# The scheduler writes its heartbeat every tick, and a tick comes at least every
+# HEARTBEAT_EVERY seconds. A scheduler whose heartbeat is older than HEARTBEAT_STALE
+# (two and a half ticks) is not running: it is hung or gone. The daemon, `doctor` and
+# the dashboard use these; they live in the kernel so the pure screen loads no store.
+HEARTBEAT_EVERY = 60.0
+HEARTBEAT_STALE = 150.0
+
 QUEUED, RUNNING, SUCCESS, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "success", "failed", "cancelled", "interrupted")
 PENDING, UPSTREAM_FAILED = "pending", "upstream_failed"

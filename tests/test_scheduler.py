@@ -14,12 +14,14 @@ import sys
 import time
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
-from featherflow import states
+from featherflow import clock, states
 from featherflow.cli import main as cli
 from featherflow.scheduler import admin as schedule_admin
+from featherflow.scheduler import compat, lock, systemd
 from featherflow.scheduler import daemon as scheduler
 from featherflow.scheduler import slots as schedules
 from featherflow.errors import ConflictError, UsageError
@@ -52,7 +54,7 @@ class FakeLaunch:
 def ticker(project, **kwargs):
     app = project.app()
     fake = FakeLaunch()
-    return app, scheduler.Scheduler(app, launch=fake, **kwargs), fake
+    return app, scheduler.Scheduler(app.config, app.store, launch=fake, **kwargs), fake
 
 
 def wait_for(predicate, deadline=30.0, what="condition"):
@@ -169,7 +171,7 @@ def test_unknown_schedule_names_the_known_ones(project):
 def test_tick_fires_a_due_slot_once(project):
     add_flow(project, params={"who": "x"})
     app, sched, fake = ticker(project)
-    s = schedule_admin.add_schedule(app, "tick", cron="0 3 * * *", tz="UTC", params={"who": "y"}, now=T0)
+    s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 3 * * *", tz="UTC", params={"who": "y"}, now=T0)
     now = T0 + timedelta(hours=3, seconds=0.4)
     report = sched.tick(now)
     assert (report.fired, report.skipped) == (1, 0)
@@ -186,11 +188,27 @@ def test_tick_fires_a_due_slot_once(project):
     app.close()
 
 
+def test_a_fired_slot_and_its_run_are_stamped_with_the_ticks_now(project):
+    """One clock: the run written in the slot's transaction is created at the tick's `now`,
+    not at the wall clock's (which would date a 2030 run today)."""
+    add_flow(project)
+    app, sched, fake = ticker(project)
+    s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 3 * * *", tz="UTC", now=T0)
+    now = datetime(2030, 1, 1, 3, tzinfo=UTC)
+    assert sched.tick(now).fired == 1
+    (slot,) = app.store.recent_slots(s.id)
+    run = app.store.get_run(slot.run_id)
+    assert clock.as_utc(slot.created_at) == now
+    assert clock.as_utc(run.created_at) == now
+    assert [clock.as_utc(a.created_at) for a in app.store.attempts(run.id)] == [now]
+    app.close()
+
+
 def test_tick_after_downtime_records_skips_with_reasons(project):
     add_flow(project)
     app, sched, fake = ticker(project)
-    latest = schedule_admin.add_schedule(app, "tick", cron="0 * * * *", tz="UTC", name="l", now=T0)
-    none = schedule_admin.add_schedule(app, "tick", cron="0 * * * *", tz="UTC", name="n", catchup="none", now=T0)
+    latest = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 * * * *", tz="UTC", name="l", now=T0)
+    none = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 * * * *", tz="UTC", name="n", catchup="none", now=T0)
     report = sched.tick(T0 + timedelta(hours=4, minutes=10))
     assert report.fired == 1 and report.skipped == 3 + 4
     by_state = Counter(x.state for x in app.store.recent_slots(latest.id))
@@ -213,7 +231,7 @@ def test_slots_missed_while_the_daemon_was_frozen_say_it_did_not_tick(project):
     """SIGSTOP then SIGCONT: the daemon was running, not ticking, between its two ticks."""
     add_flow(project)
     app, sched, fake = ticker(project)
-    s = schedule_admin.add_schedule(app, "tick", cron="0 * * * *", tz="UTC", now=T0)
+    s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 * * * *", tz="UTC", now=T0)
     sched.tick(T0 + timedelta(minutes=5))  # its first tick: nothing was due yet
     assert sched.tick(T0 + timedelta(hours=1, seconds=1)).fired == 1
     finish(app, app.store.recent_slots(s.id)[0].run_id)
@@ -230,7 +248,7 @@ def test_slots_missed_while_the_daemon_was_frozen_say_it_did_not_tick(project):
 def test_a_waiting_catch_up_slot_says_it_fired_once_it_did(project):
     add_flow(project)
     app, sched, fake = ticker(project)
-    s = schedule_admin.add_schedule(app, "tick", cron="0 * * * *", tz="UTC", catchup="all", now=T0)
+    s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 * * * *", tz="UTC", catchup="all", now=T0)
     sched.tick(T0 + timedelta(hours=2, minutes=30))  # after downtime: 01:00 fires, 02:00 waits
     by_hour = {x.slot_at.hour: x for x in app.store.recent_slots(s.id)}
     assert by_hour[1].reason == "catch-up: fired 1h30m late (catchup=all)"
@@ -246,7 +264,7 @@ def test_a_waiting_catch_up_slot_says_it_fired_once_it_did(project):
 def test_tick_overlap_skip_names_the_run(project):
     add_flow(project)
     app, sched, fake = ticker(project)
-    s = schedule_admin.add_schedule(app, "tick", cron="*/10 * * * *", tz="UTC", now=T0)
+    s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="*/10 * * * *", tz="UTC", now=T0)
     sched.tick(T0 + timedelta(minutes=10, seconds=1))  # fires; the fake launcher leaves it queued
     run_id = app.store.recent_slots(s.id)[0].run_id
     sched.tick(T0 + timedelta(minutes=20, seconds=1))
@@ -258,7 +276,7 @@ def test_tick_overlap_skip_names_the_run(project):
 def test_tick_queue_fires_the_waiting_slot_when_the_run_ends(project):
     add_flow(project)
     app, sched, fake = ticker(project)
-    s = schedule_admin.add_schedule(app, "tick", cron="*/10 * * * *", tz="UTC", overlap="queue", now=T0)
+    s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="*/10 * * * *", tz="UTC", overlap="queue", now=T0)
     sched.tick(T0 + timedelta(minutes=10, seconds=1))
     first = app.store.recent_slots(s.id)[0].run_id
     sched.tick(T0 + timedelta(minutes=20, seconds=1))
@@ -278,7 +296,7 @@ def test_tick_queue_fires_the_waiting_slot_when_the_run_ends(project):
 def test_tick_records_a_flow_that_cannot_run(project):
     add_flow(project)
     app, sched, fake = ticker(project)
-    s = schedule_admin.add_schedule(app, "tick", cron="0 * * * *", tz="UTC", now=T0)
+    s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 * * * *", tz="UTC", now=T0)
     (project.tasks / "record.sh").unlink()
     report = sched.tick(T0 + timedelta(hours=1, seconds=1))
     slot = app.store.recent_slots(s.id)[0]
@@ -289,7 +307,7 @@ def test_tick_records_a_flow_that_cannot_run(project):
 def test_tick_disabled_schedule_does_not_fire_and_enable_starts_from_now(project):
     add_flow(project)
     app, sched, fake = ticker(project)
-    s = schedule_admin.add_schedule(app, "tick", cron="0 * * * *", tz="UTC", enabled=False, now=T0)
+    s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 * * * *", tz="UTC", enabled=False, now=T0)
     assert sched.tick(T0 + timedelta(hours=5, seconds=1)).fired == 0
     app.store.set_schedule_enabled("tick", True, now=T0 + timedelta(hours=5, minutes=30))
     assert sched.tick(T0 + timedelta(hours=5, minutes=40)).fired == 0  # nothing from while disabled
@@ -301,7 +319,7 @@ def test_tick_disabled_schedule_does_not_fire_and_enable_starts_from_now(project
 def test_tick_adopts_a_queued_run_whose_launcher_died(project):
     add_flow(project)
     app, sched, fake = ticker(project)
-    s = schedule_admin.add_schedule(app, "tick", cron="0 * * * *", tz="UTC", now=T0)
+    s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 * * * *", tz="UTC", now=T0)
     dead = subprocess.Popen(["true"])
     dead.wait()
     args = dict(sched._run_args(app.store.get_schedule(s.id)), pid=dead.pid, pid_start=1)
@@ -315,7 +333,7 @@ def test_tick_adopts_a_queued_run_whose_launcher_died(project):
 def test_tick_auto_resumes_an_interrupted_scheduled_run_once(project):
     add_flow(project)
     app, sched, fake = ticker(project)
-    s = schedule_admin.add_schedule(app, "tick", cron="0 3 * * *", tz="UTC", now=T0)
+    s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 3 * * *", tz="UTC", now=T0)
     sched.tick(T0 + timedelta(hours=3, seconds=1))
     run_id = app.store.recent_slots(s.id)[0].run_id
 
@@ -337,7 +355,7 @@ def test_tick_auto_resumes_an_interrupted_scheduled_run_once(project):
 def test_on_interrupt_leave_is_not_resumed(project):
     add_flow(project)
     app, sched, fake = ticker(project)
-    s = schedule_admin.add_schedule(app, "tick", cron="0 3 * * *", tz="UTC", on_interrupt="leave", now=T0)
+    s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 3 * * *", tz="UTC", on_interrupt="leave", now=T0)
     sched.tick(T0 + timedelta(hours=3, seconds=1))
     run_id = app.store.recent_slots(s.id)[0].run_id
     app.store.set_process(run_id, 999999, 1, "another-boot")
@@ -363,13 +381,13 @@ def test_cli_refuses_root(project):
 
 def test_lock_is_exclusive_in_process(project):
     app = project.app()
-    first = scheduler.Scheduler(app, allow_root=True)
+    first = scheduler.Scheduler(app.config, app.store, allow_root=True)
     first.acquire(T0)
     other = project.app()
     with pytest.raises(ConflictError, match=f"already runs \\(pid {os.getpid()}\\)"):
-        scheduler.Scheduler(other, allow_root=True).acquire(T0)
+        scheduler.Scheduler(other.config, other.store, allow_root=True).acquire(T0)
     first.release(T0)
-    scheduler.Scheduler(other, allow_root=True).acquire(T0)  # free again
+    scheduler.Scheduler(other.config, other.store, allow_root=True).acquire(T0)  # free again
     assert (project.home / "scheduler.lock").stat().st_mode & 0o777 == 0o600
     other.close()
     app.close()
@@ -396,7 +414,7 @@ def test_systemd_unit(project, monkeypatch):
     exec_line = next(line for line in unit.splitlines() if line.startswith("ExecStart="))
     assert "scheduler start --foreground" in exec_line and str(project.home) in exec_line
     assert exec_line.split("=", 1)[1].split()[0] == sys.executable
-    user_unit = schedule_admin.unit_text(project.app().config, "pi", system=False)
+    user_unit = systemd.unit_text(project.app().config, "pi", system=False)
     assert "WantedBy=default.target" in user_unit and "User=" not in user_unit
 
 
@@ -411,15 +429,15 @@ def _exec_argv(unit):
 def test_install_as_root_alone_prints_a_root_unit_and_writes_one_only_with_allow_root(project, tmp_path):
     """Root with nobody behind sudo (a container, a bare t2.nano): printing is harmless."""
     cfg = project.app().config
-    path, unit = schedule_admin.install(cfg, write=False, euid=0)
+    path, unit = systemd.install(cfg, write=False, euid=0)
     assert path is None and "User=root" in unit.splitlines()
     assert "--allow-root" not in _exec_argv(unit)
     assert any(line.startswith("# ") and "refuses root without --allow-root" in line for line in unit.splitlines())
     with pytest.raises(UsageError, match="needs --allow-root"):
-        schedule_admin.install(cfg, write=True, euid=0, sudo_user="root", home=str(tmp_path))
+        systemd.install(cfg, write=True, euid=0, sudo_user="root", home=str(tmp_path))
     assert not (tmp_path / ".config").exists()
-    path, unit = schedule_admin.install(cfg, system=False, write=True, euid=0, home=str(tmp_path), allow_root=True)
-    assert path == tmp_path / ".config" / "systemd" / "user" / schedule_admin.UNIT_NAME
+    path, unit = systemd.install(cfg, system=False, write=True, euid=0, home=str(tmp_path), allow_root=True)
+    assert path == tmp_path / ".config" / "systemd" / "user" / systemd.UNIT_NAME
     assert path.read_text() == unit
     argv = _exec_argv(unit)
     assert argv[-4:] == ["scheduler", "start", "--foreground", "--allow-root"]
@@ -428,11 +446,11 @@ def test_install_as_root_alone_prints_a_root_unit_and_writes_one_only_with_allow
 
 
 def test_install_under_sudo_is_for_the_sudo_user_whatever_allow_root(project):
-    _, unit = schedule_admin.install(project.app().config, write=False, euid=0, sudo_user="pi",
+    _, unit = systemd.install(project.app().config, write=False, euid=0, sudo_user="pi",
                                      home="/nonexistent-root-home", allow_root=True)
     assert "User=pi" in unit.splitlines() and "--allow-root" not in _exec_argv(unit)
     with pytest.raises(UsageError, match="without sudo"):
-        schedule_admin.install(project.app().config, system=False, write=False, euid=0, sudo_user="pi")
+        systemd.install(project.app().config, system=False, write=False, euid=0, sudo_user="pi")
 
 
 @pytest.mark.skipif(not ROOT, reason="needs to run as root")
@@ -451,13 +469,13 @@ def test_cli_install_as_root(project, monkeypatch, tmp_path):
     assert not (tmp_path / ".config").exists()
     r = project.cli("scheduler", "install", "--user", "--allow-root")
     assert r.code == 0, r.err
-    written = (tmp_path / ".config" / "systemd" / "user" / schedule_admin.UNIT_NAME).read_text()
+    written = (tmp_path / ".config" / "systemd" / "user" / systemd.UNIT_NAME).read_text()
     assert _exec_argv(written)[-1] == "--allow-root"
 
 
 def test_python_api(project):
     add_flow(project)
-    s = scheduler.get_scheduler(flows_dir=str(project.flows), tasks_dir=str(project.tasks),
+    s = compat.get_scheduler(flows_dir=str(project.flows), tasks_dir=str(project.tasks),
                                 output_dir=str(project.output), config_dir=str(project.home), check_interval=30)
     manager = s.schedule_manager
     assert manager.add_schedule("tick", "*/5 * * * *", description="five") is True
@@ -468,7 +486,33 @@ def test_python_api(project):
     assert entries[0].next_run is not None and entries[0].to_dict()["next_run"].endswith("Z")
     assert s.is_running() is False and s.stop() is False
     assert manager.remove_schedule("tick") is True and manager.remove_schedule("tick") is False
-    s.app.close()
+    s.close()
+
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs_as_written(project):
+    """The README's "From Python (compatible with the original tool)" block, run from the project
+    folder with its relative dirs. As root (the test machine), `allow_root=True` is added to
+    get_scheduler, the only change: the daemon refuses root otherwise, as the README says."""
+    section = README.split("From Python (compatible with the original tool):", 1)[1]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "scheduler.get_scheduler(" in block and "s.start()" in block
+    if ROOT:
+        assert block.count("check_interval=60)") == 1
+        block = block.replace("check_interval=60)", "check_interval=60, allow_root=True)")
+    project.write_task("etl.sh", "#!/bin/bash\necho etl\n")
+    project.write_flow({"name": "etl", "tasks": [{"id": "work", "script": "etl.sh"}]})
+    check = ("\nentries = s.schedule_manager.get_all_schedules()\n"
+             "print(s.is_running(), s.stop(), entries)\n")
+    done = subprocess.run([sys.executable, "-c", block + check], cwd=str(project.root), env=project.env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False False []", done.stdout
+    log_text = (project.home / "logs" / scheduler.LOG_NAME).read_text()
+    assert "scheduler started" in log_text and "scheduler stopped" in log_text, log_text
 
 
 # -- real daemons --------------------------------------------------------------------------------
@@ -535,26 +579,26 @@ def test_daemon_end_to_end(project):
 
 @pytest.mark.slow
 def test_python_api_starts_and_stops_the_daemon(project):
-    s = scheduler.get_scheduler(flows_dir=str(project.flows), tasks_dir=str(project.tasks),
+    s = compat.get_scheduler(flows_dir=str(project.flows), tasks_dir=str(project.tasks),
                                 output_dir=str(project.output), config_dir=str(project.home),
                                 check_interval=30, allow_root=ROOT)
     assert s.start() is True
     assert s.is_running() is True
     assert s.start() is False  # one per database
     assert s.stop() is True and s.is_running() is False
-    s.app.close()
+    s.close()
 
 
 @pytest.mark.slow
 def test_sigterm_finishes_the_tick_releases_the_lock_and_exits_0(project):
     first = daemon(project, "--check-interval", "30")
     app = project.app()
-    wait_for(lambda: scheduler._row_alive(app.store.scheduler_row()), 20, "the daemon")
+    wait_for(lambda: lock.row_alive(app.store.scheduler_row()), 20, "the daemon")
     first.send_signal(signal.SIGTERM)
     assert first.wait(20) == 0
     assert app.store.scheduler_row().stopped_at is not None
     again = daemon(project, "--check-interval", "30")  # the lock was released
-    wait_for(lambda: app.store.scheduler_row().pid == again.pid and scheduler._row_alive(app.store.scheduler_row()),
+    wait_for(lambda: app.store.scheduler_row().pid == again.pid and lock.row_alive(app.store.scheduler_row()),
              20, "the second daemon")
     again.send_signal(signal.SIGINT)
     assert again.wait(20) == 0
@@ -630,7 +674,7 @@ def test_fault_injection_sigkill_at_each_point_of_the_fire_path(project, capsys)
     # A clean daemon picks up whatever the killed ones left, fires a few more, and stops.
     final = daemon(project, "--check-interval", "1")
     wait_for(lambda: len({r.id for r in scheduled_runs(app.store)}) and
-             scheduler._row_alive(app.store.scheduler_row()), 20, "the clean daemon")
+             lock.row_alive(app.store.scheduler_row()), 20, "the clean daemon")
     time.sleep(2.5)  # a few per-second slots, on purpose
     final.send_signal(signal.SIGTERM)
     _, err = final.communicate(timeout=20)

@@ -6,8 +6,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from featherflow.scheduler import slots as schedules
-from featherflow.scheduler.slots import ScheduleError, decide, next_slot, prev_slot, slots_between
+from featherflow.scheduler import policy, slots as schedules
+from featherflow.scheduler.policy import decide
+from featherflow.scheduler.slots import ScheduleError, next_slot, prev_slot, slots_between
 
 UTC = timezone.utc
 
@@ -301,7 +302,7 @@ def test_clock_stepping_backwards_never_refires():
 
 
 @settings(max_examples=80, deadline=None)
-@given(catchup=st.sampled_from(schedules.CATCHUP), overlap=st.sampled_from(schedules.OVERLAP),
+@given(catchup=st.sampled_from(policy.CATCHUP), overlap=st.sampled_from(policy.OVERLAP),
        gap=st.integers(0, 40), late=st.integers(0, 3600), active=st.sampled_from([None, 5]),
        waiting=st.integers(0, 2))
 def test_every_due_slot_is_fired_waiting_or_skipped_exactly_once(catchup, overlap, gap, late, active, waiting):
@@ -311,7 +312,7 @@ def test_every_due_slot_is_fired_waiting_or_skipped_exactly_once(catchup, overla
     queued = [latest - timedelta(minutes=10 * (i + 1)) for i in range(waiting)]
     d = decide(s, latest, now, active=active, waiting=queued)
     new = [slot for slot in list(d.fire) + [w for w, _ in d.wait] + [k for k, _ in d.skip] if slot > latest]
-    due, _ = slots_between(s.cron, s.tz, latest, now)
+    due, _ = slots_between(s.cron, s.tz, latest, now, policy.CATCHUP_CAP)
     assert sorted(new) == due  # nothing lost, nothing twice
     assert all(slot <= now for slot in new)
     old = [slot for slot in d.fire if slot <= latest]

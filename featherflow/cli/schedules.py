@@ -16,16 +16,16 @@ from featherflow.cli.common import command, group, positive, reconciled, seconds
 def cmd_schedule_add(app, args) -> int:
     from featherflow.engine import runner
     from featherflow.scheduler import admin as schedule_admin
-    from featherflow.scheduler import daemon as scheduler
+    from featherflow.scheduler import control
 
     s = schedule_admin.add_schedule(
-        app, args.flow, cron=args.cron, interval=args.interval, at=args.at, tz=args.tz, name=args.name,
+        app.config, app.store, args.flow, cron=args.cron, interval=args.interval, at=args.at, tz=args.tz, name=args.name,
         params=runner.parse_params(args.params), catchup=args.catchup, overlap=args.overlap,
         on_interrupt=args.on_interrupt, description=args.description, enabled=not args.disabled)
     print(f"added schedule {s.name}: flow {s.flow_name}, cron '{s.cron}' in {s.tz}"
           + ("" if s.enabled else " (disabled)"))
     if s.enabled:
-        print(f"next: {schedule_admin.in_zone(scheduler.next_fire(app.store, s, clock.now()), s.tz)}")
+        print(f"next: {schedule_admin.in_zone(control.next_fire(app.store, s, clock.now()), s.tz)}")
     return 0
 
 
@@ -56,50 +56,50 @@ def cmd_schedule_show(app, args) -> int:
 
 
 def cmd_schedule_remove(app, args) -> int:
-    from featherflow.scheduler import daemon as scheduler
+    from featherflow.scheduler import control
 
     s = app.store.remove_schedule(args.name)
-    scheduler.notify(app.store)  # the daemon sees it at once
+    control.notify(app.store)  # the daemon sees it at once
     print(f"removed schedule {s.name} and its slots (its runs stay in the history)")
     return 0
 
 
 def cmd_schedule_enable(app, args) -> int:
-    from featherflow.scheduler import daemon as scheduler
+    from featherflow.scheduler import control
 
     s = app.store.set_schedule_enabled(args.name, True)
-    scheduler.notify(app.store)  # the daemon sees it at once
+    control.notify(app.store)  # the daemon sees it at once
     print(f"schedule {s.name} enabled (slots from now on; none missed while it was disabled)")
     return 0
 
 
 def cmd_schedule_disable(app, args) -> int:
-    from featherflow.scheduler import daemon as scheduler
+    from featherflow.scheduler import control
 
     s = app.store.set_schedule_enabled(args.name, False)
-    scheduler.notify(app.store)  # the daemon sees it at once
+    control.notify(app.store)  # the daemon sees it at once
     print(f"schedule {s.name} disabled")
     return 0
 
 
 def cmd_scheduler_start(app, args) -> int:
     from featherflow import config
-    from featherflow.scheduler import daemon as scheduler
+    from featherflow.scheduler import control, daemon as scheduler
 
     fault = config.scheduler_env()["fault"]
     scheduler.check_root(args.allow_root)
     scheduler.configure_logging(args.log_level)
     if args.foreground:
-        return scheduler.Scheduler(app, args.check_interval, args.allow_root, fault).serve()
-    pid = scheduler.start_background(app.config, args.check_interval, args.allow_root, fault, args.log_level)
+        return scheduler.Scheduler(app.config, app.store, args.check_interval, args.allow_root, fault).serve()
+    pid = control.start_background(app.config, args.check_interval, args.allow_root, fault, args.log_level)
     print(f"scheduler started (pid {pid}); log: {app.config.log_dir / scheduler.LOG_NAME}")
     return 0
 
 
 def cmd_scheduler_stop(app, args) -> int:
-    from featherflow.scheduler import daemon as scheduler
+    from featherflow.scheduler import control
 
-    pid = scheduler.stop(app.store)
+    pid = control.stop(app.store)
     print(f"scheduler stopped (pid {pid})" if pid else "scheduler is not running")
     return 0
 
@@ -109,11 +109,11 @@ def cmd_scheduler_status(app, args) -> int:
         args.flow = None
         return cmd_dashboard(app, args)
     from featherflow.scheduler import admin as schedule_admin
-    from featherflow.scheduler import daemon as scheduler
+    from featherflow.scheduler import control
     from featherflow.cli import format as views
 
     now = clock.now()
-    st = scheduler.status(reconciled(app), now)
+    st = control.status(reconciled(app), now)
     naive = now.replace(tzinfo=None)
     if st.running:
         print(f"scheduler: running, pid {st.row.pid}, up {views.human_seconds(views.elapsed(st.row.started_at, None, naive))}, "
@@ -136,18 +136,18 @@ def cmd_scheduler_status(app, args) -> int:
 
 def cmd_scheduler_install(app, args) -> int:
     from featherflow import config
-    from featherflow.scheduler import admin as schedule_admin
+    from featherflow.scheduler import systemd
 
     sudo_user = config.scheduler_env()["sudo_user"]
-    path, text = schedule_admin.install(app.config, system=not args.user, write=not args.print,
+    path, text = systemd.install(app.config, system=not args.user, write=not args.print,
                                         sudo_user=sudo_user, allow_root=args.allow_root)
     if args.print:
         sys.stdout.write(text)
-        if schedule_admin.runs_as_root(sudo_user=sudo_user) and not args.allow_root:
-            print("note: " + " ".join(schedule_admin.ROOT_NOTE.split()), file=sys.stderr)
+        if systemd.runs_as_root(sudo_user=sudo_user) and not args.allow_root:
+            print("note: " + " ".join(systemd.ROOT_NOTE.split()), file=sys.stderr)
         return 0
     ctl = "systemctl --user" if args.user else "sudo systemctl"
-    print(f"wrote {path}\nnext: {ctl} daemon-reload && {ctl} enable --now {schedule_admin.UNIT_NAME}")
+    print(f"wrote {path}\nnext: {ctl} daemon-reload && {ctl} enable --now {systemd.UNIT_NAME}")
     if args.user:
         print("and, to start it at boot without logging in: sudo loginctl enable-linger $USER")
     return 0

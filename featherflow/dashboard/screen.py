@@ -12,10 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 from featherflow import states
 from featherflow.text import cells, clean, duration, fit, fit_left, local, pad, take
 from featherflow.dashboard.keys import ViewState, body_height, page_size
-from featherflow.scheduler.daemon import HEARTBEAT_STALE  # one limit for doctor and dashboard
 
-# The scheduler writes its heartbeat once a tick, and ticks at least every --check-interval
-# (60 s by default): stale means two ticks missed, with room for a slow one.
 MIN_WIDTH, MIN_HEIGHT = 40, 8
 SHORT = "%m-%d %H:%M"  # how the screen shows a time
 
@@ -263,7 +260,7 @@ class _Screen:
         if not info.alive:
             return (f"NOT RUNNING: pid {info.pid} is gone without stopping "
                     f"(last heartbeat {beat_text})"), "bad"
-        if beat is None or beat > HEARTBEAT_STALE:
+        if beat is None or beat > states.HEARTBEAT_STALE:
             return (f"STALE: pid {info.pid} has not written a heartbeat for {duration(beat)} "
                     "(stuck? see its log)"), "bad"
         up = duration(_since(info.started_at, self.now))

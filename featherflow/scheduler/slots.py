@@ -1,8 +1,9 @@
-"""When schedules fire: intervals -> cron, slot times in a time zone, and the firing policy.
+"""When schedules fire: intervals -> cron, and slot times in a time zone (cron math, pure).
 
-Pure functions of explicit times (every `now`, `after` and `before` is a
-parameter, UTC), so the policy is tested without sleeping or patching the
-clock. croniter is imported here and nowhere else.
+Pure functions of explicit times (every `after`, `until` and `before` is a
+parameter, UTC), so slot times are tested without sleeping or patching the
+clock. croniter is imported here and nowhere else. Which slots fire, wait or
+are skipped is the firing policy, in policy.py.
 
 Cron expressions are the usual 5 fields (minute hour day-of-month month
 day-of-week), croniter's 6-field form whose LAST field is seconds (`* * * * *
@@ -29,17 +30,16 @@ follow what Vixie cron and cronie do:
 A zone without DST (UTC, the default on most servers) has none of this.
 """
 
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import List, Optional, Sequence, Tuple
+import os
+from datetime import datetime, timedelta
+from typing import List, Optional, Tuple
+from zoneinfo import ZoneInfo
 
-UTC = timezone.utc
+from croniter import croniter
+
+from featherflow.clock import UTC, as_utc
+
 INTERVALS = ("hourly", "daily", "weekly", "monthly")
-CATCHUP = ("none", "latest", "all")
-OVERLAP = ("skip", "queue", "allow")
-ON_INTERRUPT = ("resume", "leave")
-CATCHUP_CAP = 100  # slots one decision fires or queues at most; also the queue limit
-GRACE = timedelta(seconds=60)  # how late a slot may be seen and still count as on time
 ALIASES = {
     "@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
     "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *",
@@ -89,8 +89,6 @@ def interval_cron(interval: str, at: Optional[str] = None) -> str:
 
 def parse_cron(text: str) -> str:
     """Validate a cron expression and return it normalised (single spaces, aliases expanded)."""
-    from croniter import croniter
-
     raw = " ".join((text or "").split())
     expr = ALIASES.get(raw.lower(), raw)
     if expr.startswith("@"):
@@ -111,8 +109,6 @@ def parse_cron(text: str) -> str:
 
 def zone(name: str):
     """The ZoneInfo for an IANA zone name; a clear error otherwise."""
-    from zoneinfo import ZoneInfo
-
     try:
         if not name or name.startswith("/") or ".." in name:
             raise ValueError(name)
@@ -126,8 +122,6 @@ def local_zone_name(tz_env: Optional[str] = None, etc_timezone: str = "/etc/time
                     localtime: str = "/etc/localtime") -> str:
     """The machine's zone as an IANA name: $TZ if it names one, else /etc/timezone, else the
     target of the /etc/localtime link, else UTC."""
-    import os
-
     candidates = []
     if tz_env:
         candidates.append(tz_env.lstrip(":"))
@@ -152,11 +146,6 @@ def local_zone_name(tz_env: Optional[str] = None, etc_timezone: str = "/etc/time
 
 
 # -- slot times --------------------------------------------------------------
-
-def as_utc(moment: datetime) -> datetime:
-    """Aware UTC; a naive datetime is taken as UTC (that is how the database stores times)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
 
 def _fields(cron: str) -> List[str]:
     return ALIASES.get(cron.strip().lower(), cron).split()
@@ -210,8 +199,6 @@ def _repeat_size(wall: datetime, tz) -> timedelta:
 
 
 def _croniter(cron: str, start: datetime):
-    from croniter import croniter
-
     return croniter(ALIASES.get(cron.strip().lower(), cron), start)
 
 
@@ -273,7 +260,7 @@ def prev_slot(cron: str, tz: str, before: datetime) -> Optional[datetime]:
 
 
 def slots_between(cron: str, tz: str, after: Optional[datetime], until: datetime,
-                  limit: int = CATCHUP_CAP) -> Tuple[List[datetime], bool]:
+                  limit: int) -> Tuple[List[datetime], bool]:
     """The last `limit` slots in (after, until], oldest first, and whether earlier ones were left out."""
     found: List[datetime] = []
     cursor = as_utc(until) + timedelta(microseconds=1)
@@ -287,143 +274,3 @@ def slots_between(cron: str, tz: str, after: Optional[datetime], until: datetime
     older = prev_slot(cron, tz, cursor)
     more = older is not None and (after is None or older > after)
     return found[::-1], more
-
-
-# -- the firing policy ---------------------------------------------------------
-
-@dataclass(frozen=True)
-class Decision:
-    """What to do with a schedule's due slots: fire now, record as waiting, record as skipped.
-    `notes` are the reasons recorded with fired slots that did not fire on time (catch-up, or
-    after waiting); an on-time slot has none."""
-
-    fire: Tuple[datetime, ...] = ()
-    wait: Tuple[Tuple[datetime, str], ...] = ()
-    skip: Tuple[Tuple[datetime, str], ...] = ()
-    notes: Tuple[Tuple[datetime, str], ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.fire or self.wait or self.skip)
-
-
-def decide(schedule, latest: Optional[datetime], now: datetime, active=None,
-           waiting: Sequence[datetime] = (), cap: int = CATCHUP_CAP,
-           grace: timedelta = GRACE, last_tick: Optional[datetime] = None) -> Decision:
-    """Decide which slots of `schedule` fire at `now`, which wait and which are skipped (and why).
-
-    `schedule` has `cron`, `tz`, `catchup`, `overlap` and `updated_at` (when it was added or
-    last enabled); `latest` is its latest recorded slot (fired, waiting or skipped); `active`
-    is the id of a queued or running run of it (or None); `waiting` its slots recorded as
-    waiting, oldest first; `last_tick` when the daemon deciding ticked before `now` (None:
-    this is its first tick, it was not running before). The policy:
-
-    - Due slots are the slot times after both `latest` and `updated_at`, up to `now`. A slot
-      at or before the latest recorded one is never due again, so a clock that steps
-      backwards (or a restart) never fires a slot twice; slots that fell while the schedule
-      was disabled or not yet added are not due either.
-    - Catch-up picks among the due slots. `latest` (default, like systemd's Persistent=true):
-      the most recent one fires, the older ones are skipped as missed. `none`: the most
-      recent one fires only if it is on time (at most `grace` late: the scheduler was up
-      when it fell); every other one is skipped as missed. `all`: every due slot runs, oldest
-      first, one after another. At most `cap` slots are looked at; when more were missed
-      (a per-second schedule after a day of downtime) the earlier ones are covered by one
-      skipped row at the oldest missed slot that says so. A missed slot says why: one after
-      `last_tick` fell while the daemon ran but did not tick (it was frozen by SIGSTOP, the
-      machine suspended, or a tick took that long); one before the daemon's first tick fell
-      while it was not running; one at or before `last_tick` was left by a tick that failed.
-    - Overlap applies while a run of the schedule is active or slots wait. `skip` (default):
-      the picked slots are skipped (reason names the active run). `queue`: they wait, and
-      fire one at a time as runs end, at most `cap` waiting (further ones are skipped).
-      `allow`: they fire at once, whatever runs. Several picked slots with nothing active
-      (catch-up `all`) fire one after another as well, unless overlap is `allow`.
-    - With nothing active, the oldest waiting slot fires (before any new one).
-    - A slot that fires more than `grace` late, or after waiting, gets a note saying so
-      (catch-up, or waited for the previous run); an on-time slot gets none.
-
-    Slots are returned oldest first; the caller records them in one transaction.
-    """
-    now = as_utc(now)
-    starts = [as_utc(t) for t in (latest, getattr(schedule, "updated_at", None)) if t is not None]
-    after = max(starts) if starts else None
-    waiting = sorted(as_utc(t) for t in waiting)
-    fire: List[datetime] = []
-    wait: List[Tuple[datetime, str]] = []
-    skip: List[Tuple[datetime, str]] = []
-    busy_before = active is not None or bool(waiting)
-    holder = f"run {active}" if active is not None else "an earlier slot's run"
-    if schedule.overlap == "allow":
-        fire += waiting
-        waiting = []
-    elif waiting and active is None:
-        fire.append(waiting.pop(0))
-    waited = list(fire)
-    busy = active is not None or bool(fire)
-
-    due, more = ([], False) if after is not None and now <= after else \
-        slots_between(schedule.cron, schedule.tz, after, now, cap)
-    if more and after is not None:
-        first = next_slot(schedule.cron, schedule.tz, after)
-        if due and first < due[0]:
-            skip.append((first, f"missed, with every slot up to {due[0].isoformat()} "
-                                f"(more than {cap} missed slots; catch-up looks at the last {cap})"))
-    picked: List[datetime] = []
-    if due:
-        if schedule.catchup == "all":
-            picked, missed = due, []
-        elif schedule.catchup == "none" and now - due[-1] > grace:
-            picked, missed = [], due
-        else:
-            picked, missed = [due[-1]], due[:-1]
-        policy = f"catchup={schedule.catchup}" + (" runs only the most recent" if schedule.catchup == "latest" else "")
-        skip += [(slot, f"missed: {_why_missed(slot, last_tick, now)} ({policy})") for slot in missed]
-    for slot in picked:
-        if schedule.overlap == "allow":
-            fire.append(slot)
-        elif schedule.overlap == "skip" and busy_before:
-            skip.append((slot, f"{holder} was still active (overlap=skip)"))
-        elif not busy:
-            fire.append(slot)
-            busy = True
-        elif len(waiting) + len(wait) >= cap:
-            skip.append((slot, f"{cap} slots were already waiting (overlap={schedule.overlap})"))
-        elif schedule.overlap == "queue":
-            wait.append((slot, f"waits for {holder} to end (overlap=queue)"))
-        else:
-            wait.append((slot, "catch-up: waits for the previous slot's run to end"))
-    skip.sort()
-    notes = []
-    for slot in fire:
-        late = _took(now - slot)
-        if slot in waited and schedule.overlap == "queue":
-            notes.append((slot, f"fired {late} late, after waiting for the previous run to end (overlap=queue)"))
-        elif slot in waited:
-            notes.append((slot, f"catch-up: fired {late} late, after the previous slot's run ended "
-                                f"(catchup={schedule.catchup})"))
-        elif now - slot > grace:
-            notes.append((slot, f"catch-up: fired {late} late (catchup={schedule.catchup})"))
-    return Decision(tuple(fire), tuple(wait), tuple(skip), tuple(notes))
-
-
-def _why_missed(slot: datetime, last_tick: Optional[datetime], now: datetime) -> str:
-    """Why a due slot was not on time: what the daemon knows of its own ticks."""
-    if last_tick is None:
-        return "the scheduler was not running then"
-    last_tick = as_utc(last_tick)
-    if slot > last_tick:
-        return f"the scheduler did not tick from {_stamp(last_tick)} to {_stamp(now)}"
-    return "a tick of the scheduler failed before recording it (see the scheduler log)"
-
-
-def _stamp(moment: datetime) -> str:
-    return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _took(delta: timedelta) -> str:
-    seconds = max(0, int(delta.total_seconds()))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours < 48 else f"{hours // 24}d{hours % 24:02d}h"

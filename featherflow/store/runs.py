@@ -35,9 +35,11 @@ class Store(ScheduleStore):
                    trigger: str, flows_dir: str, tasks_dir: str, output_dir: str,
                    max_parallel: int, schedule_id: Optional[int] = None,
                    scheduled_at: Optional[datetime] = None, pid: Optional[int] = None,
-                   pid_start: Optional[int] = None, boot_id: Optional[str] = None) -> Run:
-        """Create a queued run and one pending attempt per task, in one transaction."""
-        now = states.utcnow()
+                   pid_start: Optional[int] = None, boot_id: Optional[str] = None,
+                   now: Optional[datetime] = None) -> Run:
+        """Create a queued run and one pending attempt per task, in one transaction;
+        `now` stamps them (default: the clock's now)."""
+        now = states.format_time(now) if now else states.utcnow()
         with self.db.atomic("IMMEDIATE"):
             run_id = FlowRun.insert(
                 uid=uuid.uuid4().hex, flow_name=flow_name, state=states.QUEUED, trigger=trigger,

@@ -115,7 +115,7 @@ class ScheduleStore:
                 if self._slot_state(schedule_id, slot_at) not in (None, SLOT_WAITING):
                     continue
                 new = self.create_run(**{**run, "trigger": "schedule", "schedule_id": schedule_id,
-                                         "scheduled_at": states.format_time(slot_at)})
+                                         "scheduled_at": states.format_time(slot_at), "now": now})
                 self._put_slot(schedule_id, slot_at, SLOT_FIRED, note[0] if note else None, stamp, run_id=new.id)
                 created.append(new)
             if before_commit is not None:
