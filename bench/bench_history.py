@@ -50,7 +50,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from featherflow import proc, states  # noqa: E402
+from featherflow import clock, proc, states# noqa: E402
 from featherflow.store import db as dbmod
 from featherflow.engine import runner
 from featherflow.store.runs import Store  # noqa: E402
@@ -72,7 +72,7 @@ LIVE_RUNS = 2
 
 
 def fmt(moment: datetime) -> str:
-    return states.format_time(moment)
+    return clock.to_text(moment)
 
 
 def descendants(task: str) -> set:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from urllib.parse import quote
 
-from featherflow import errors, proc, scaffold, states
+from featherflow import clock, errors, proc, scaffold, states
 from featherflow.store import db
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
@@ -32,7 +32,7 @@ MIN_FREE_RATIO = 0.05  # ... or below 5 % free, unless more than LOTS_FREE remai
 LOTS_FREE = 1024 ** 3
 WAL_WARN_BYTES = 64 * 1024 * 1024  # a WAL this big means a reader keeps it from being checkpointed
 LOGS_WARN_BYTES = 1024 ** 3
-EARLIEST_PLAUSIBLE = datetime(2024, 1, 1)  # a clock before this was never set (no RTC, no network)
+EARLIEST_PLAUSIBLE = datetime(2024, 1, 1, tzinfo=clock.UTC)  # a clock before this was never set (no RTC, no network)
 PRUNE = "featherflow runs prune --older-than 30d"
 # SQLite's locking (and WAL's shared memory) does not work over these: two
 # machines, or even two processes, can corrupt the database.
@@ -59,7 +59,7 @@ def problems(findings: Iterable[Finding]) -> List[Finding]:
 
 
 def diagnose(config, now: datetime) -> List[Finding]:
-    """Every check, in the order a person would look (`now`: naive UTC)."""
+    """Every check, in the order a person would look (`now`: UTC)."""
     db_path = Path(config.db_path)
     findings = [check_filesystem(db_path, read_mountinfo())]
     con, finding = _connect(db_path)
@@ -433,7 +433,7 @@ def clock_synchronised() -> Optional[bool]:
 def check_clock(synchronised: Optional[bool], now: datetime) -> Finding:
     """Schedules fire by the clock: a Pi has no RTC and boots in the past until NTP answers."""
     name = "clock"
-    if now < EARLIEST_PLAUSIBLE:
+    if clock.as_utc(now) < EARLIEST_PLAUSIBLE:
         return Finding(name, PROBLEM, f"the clock says {now:%Y-%m-%d %H:%M} UTC: it was never set",
                        "connect the machine to the network and enable time sync "
                        "(timedatectl set-ntp true), or set it by hand (date -s)")
@@ -461,7 +461,7 @@ def check_scheduler(row: Optional[Dict], alive: bool, enabled_schedules: int, no
                            start)
         return Finding(name, OK, f"{why} (no enabled schedule needs it)")
     beat = _parse_time(row.get("heartbeat_at"))
-    age = (now - beat).total_seconds() if beat else None
+    age = (clock.as_utc(now) - beat).total_seconds() if beat else None
     if age is None or age > stale_after:
         said = "no heartbeat" if age is None else f"last heartbeat {age:.0f}s ago"
         return Finding(name, PROBLEM, f"pid {row['pid']} is alive but hung ({said}; limit {stale_after:.0f}s)",
@@ -504,12 +504,7 @@ def uids_by_pid() -> Dict[int, str]:
 # -- small helpers --------------------------------------------------------------------
 
 def _parse_time(value) -> Optional[datetime]:
-    if isinstance(value, datetime):
-        return value
-    try:
-        return datetime.fromisoformat(str(value)) if value else None
-    except ValueError:
-        return None
+    return clock.from_text(value if isinstance(value, datetime) else str(value) if value else None)
 
 
 def _lstat(path: Path):

@@ -119,7 +119,7 @@ def record(db, run_id, pid, run, specs, states, deadline=DEADLINE):
                 if version != states.SCHEMA_VERSION:
                     raise sqlite3.DatabaseError(
                         f"schema version {version}, expected {states.SCHEMA_VERSION}")
-                now = states.utcnow()
+                now = states.stamp()
                 if run is not None and run[0] == states.RUNNING:
                     states.apply_run(cur, run_id, run[0], now, run[1], pid, start, boot)
                 for task_id, attempt, state, exit_code, reason in specs:

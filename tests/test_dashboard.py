@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from featherflow import states
+from featherflow import clock, states
 from featherflow.dashboard import app as dashboard
 from featherflow.store import db as dbmod
 from featherflow.dashboard import keys, poller as poller_mod
@@ -285,7 +285,7 @@ def busy_db(store, project):
     store.transition_attempt(dead.id, "only", 1, states.RUNNING)
     store.transition_attempt(dead.id, "only", 1, states.FAILED, exit_code=3)
     store.transition_run(dead.id, states.FAILED)
-    now = states.utcnow()
+    now = clock.to_text(clock.now())
     with store.db.atomic("IMMEDIATE"):
         store.db.execute_sql(
             "INSERT INTO schedule (name, flow_name, cron, tz, flows_dir, tasks_dir, output_dir, created_at, "

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from featherflow import doctor, scaffold, states
+from featherflow import clock, doctor, scaffold, states
 from featherflow.doctor import OK, PROBLEM, WARNING
 from helpers import fake_run
 
@@ -82,7 +82,7 @@ def test_clock(synced, now, status):
 
 
 def beat(age_seconds, pid=123, stopped=None):
-    return {"pid": pid, "heartbeat_at": states.format_time(NOW - timedelta(seconds=age_seconds)),
+    return {"pid": pid, "heartbeat_at": clock.to_text(NOW - timedelta(seconds=age_seconds)),
             "stopped_at": stopped}
 
 
@@ -279,7 +279,7 @@ def test_a_process_of_a_finished_run_is_an_orphan(project, synced):
 
 def test_a_hung_scheduler_with_enabled_schedules_is_a_problem(project, synced):
     ran(project)
-    old = states.format_time(datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=10))
+    old = clock.to_text(datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=10))
     con = sqlite3.connect(str(project.db))
     with con:
         con.execute("INSERT INTO scheduler (id, pid, pid_start, boot_id, started_at, heartbeat_at) "

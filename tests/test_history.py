@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Project
-from featherflow import paths, proc, states
+from featherflow import clock, paths, proc, states
 from featherflow.cli import main as cli
 from featherflow.store import retention
 from featherflow.engine import runner
@@ -73,8 +73,8 @@ def set_times(db, run_id, created, started=None, ended=None):
     con = sqlite3.connect(str(db))
     with con:
         con.execute("UPDATE flow_run SET created_at = ?, started_at = ?, ended_at = ? WHERE id = ?",
-                    (states.format_time(created), started and states.format_time(started),
-                     ended and states.format_time(ended), run_id))
+                    (clock.to_text(created), started and clock.to_text(started),
+                     ended and clock.to_text(ended), run_id))
     con.close()
 
 
@@ -171,15 +171,15 @@ def test_list_since_takes_an_age_or_a_local_time(project, store):
 
 
 def test_parse_since_and_parse_age_take_now_as_a_parameter(monkeypatch):
-    now = datetime(2026, 3, 10, 12, 0, 0)
-    assert views.parse_since("2h", now) == datetime(2026, 3, 10, 10, 0, 0)
-    assert views.parse_since("7d", now) == datetime(2026, 3, 3, 12, 0, 0)
+    now = datetime(2026, 3, 10, 12, 0, 0, tzinfo=timezone.utc)
+    assert views.parse_since("2h", now) == datetime(2026, 3, 10, 10, 0, 0, tzinfo=timezone.utc)
+    assert views.parse_since("7d", now) == datetime(2026, 3, 3, 12, 0, 0, tzinfo=timezone.utc)
     assert views.parse_age("2w") == timedelta(weeks=2)
     monkeypatch.setenv("TZ", "XXX-02")  # local time is UTC+2
     time.tzset()
     try:
-        assert views.parse_since("2026-03-01 03:00", now) == datetime(2026, 3, 1, 1, 0, 0)
-        assert views.parse_since("2026-03-01", now) == datetime(2026, 2, 28, 22, 0, 0)
+        assert views.parse_since("2026-03-01 03:00", now) == datetime(2026, 3, 1, 1, 0, 0, tzinfo=timezone.utc)
+        assert views.parse_since("2026-03-01", now) == datetime(2026, 2, 28, 22, 0, 0, tzinfo=timezone.utc)
     finally:
         monkeypatch.undo()
         time.tzset()

@@ -176,10 +176,10 @@ def test_tick_fires_a_due_slot_once(project):
     report = sched.tick(now)
     assert (report.fired, report.skipped) == (1, 0)
     slots = app.store.recent_slots(s.id)
-    assert [(x.slot_at, x.state) for x in slots] == [(datetime(2030, 1, 1, 3), "fired")]
+    assert [(x.slot_at, x.state) for x in slots] == [(datetime(2030, 1, 1, 3, tzinfo=UTC), "fired")]
     run = app.store.get_run(slots[0].run_id)
     assert (run.trigger, run.schedule_id, run.scheduled_at, run.state) == (
-        "schedule", s.id, datetime(2030, 1, 1, 3), "queued")
+        "schedule", s.id, datetime(2030, 1, 1, 3, tzinfo=UTC), "queued")
     assert run.params == {"who": "y"} and run.flows_dir == str(project.flows)
     assert fake.calls == [(run.id, False)]
     again = sched.tick(now)
@@ -288,8 +288,8 @@ def test_tick_queue_fires_the_waiting_slot_when_the_run_ends(project):
     app.store.transition_run(first, states.SUCCESS)
     report = sched.tick(T0 + timedelta(minutes=21))
     newest = app.store.recent_slots(s.id)[0]
-    assert report.fired == 1 and newest.state == "fired" and newest.slot_at == datetime(2030, 1, 1, 0, 20)
-    assert app.store.get_run(newest.run_id).scheduled_at == datetime(2030, 1, 1, 0, 20)
+    assert report.fired == 1 and newest.state == "fired" and newest.slot_at == datetime(2030, 1, 1, 0, 20, tzinfo=UTC)
+    assert app.store.get_run(newest.run_id).scheduled_at == datetime(2030, 1, 1, 0, 20, tzinfo=UTC)
     app.close()
 
 
@@ -571,7 +571,7 @@ def test_daemon_end_to_end(project):
         _, _, trigger, scheduled, params, cwd = seen[run.id]
         assert trigger == "schedule" and json.loads(params) == {"who": "sched"}
         assert cwd == str(project.root)  # the parent of the schedule's flows dir
-        assert datetime.fromisoformat(scheduled.rstrip("Z")) == run.scheduled_at  # the slot, not "now"
+        assert datetime.fromisoformat(scheduled.replace("Z", "+00:00")) == run.scheduled_at  # the slot, not "now"
     log = (project.home / "logs" / "scheduler.log").read_text()
     assert "scheduler started" in log and "scheduler stopped" in log
     app.close()

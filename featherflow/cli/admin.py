@@ -23,7 +23,7 @@ def cmd_doctor(app, args) -> int:
     from featherflow import doctor  # lazy: peewee
 
     # doctor compares `now` with times read from the database, still naive UTC.
-    findings = doctor.diagnose(app.config, clock.now().replace(tzinfo=None))
+    findings = doctor.diagnose(app.config, clock.now())
     bad = doctor.problems(findings)
     if args.json:
         print(json.dumps({"healthy": not bad, "problems": len(bad),

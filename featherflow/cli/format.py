@@ -47,7 +47,7 @@ def parse_since(text: str, now: datetime) -> datetime:
             moment = datetime.strptime(text.strip(), fmt)
         except ValueError:
             continue
-        return moment.astimezone(timezone.utc).replace(tzinfo=None)
+        return moment.astimezone(timezone.utc)
     raise ValueError(f"{text!r} is not a time (valid: an age like 2h or 7d, or YYYY-MM-DD[ HH:MM[:SS]] local time)")
 
 

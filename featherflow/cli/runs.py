@@ -188,8 +188,7 @@ def cmd_runs_prune(app, args) -> int:
         raise errors.UsageError(f"--keep-last must be a whole number >= 0, not {args.keep_last}")
     if older is None and args.keep_last is None:
         older = views.parse_age("30d")
-    # retention compares `now` with times as the store returns them, still naive UTC.
-    now = clock.now().replace(tzinfo=None)
+    now = clock.now()
     report = retention.prune(reconciled(app), app.config.db_path, now, older, args.keep_last,
                              args.flow, args.dry_run, output_dir=app.config.output_dir)
     verb = "would delete" if args.dry_run else "deleted"

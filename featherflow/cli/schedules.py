@@ -114,10 +114,9 @@ def cmd_scheduler_status(app, args) -> int:
 
     now = clock.now()
     st = control.status(reconciled(app), now)
-    naive = now.replace(tzinfo=None)
     if st.running:
-        print(f"scheduler: running, pid {st.row.pid}, up {views.human_seconds(views.elapsed(st.row.started_at, None, naive))}, "
-              f"last heartbeat {views.human_seconds(views.elapsed(st.row.heartbeat_at, None, naive))} ago")
+        print(f"scheduler: running, pid {st.row.pid}, up {views.human_seconds(views.elapsed(st.row.started_at, None, now))}, "
+              f"last heartbeat {views.human_seconds(views.elapsed(st.row.heartbeat_at, None, now))} ago")
     elif st.row is not None:
         when = st.row.stopped_at or st.row.heartbeat_at
         print(f"scheduler: not running (pid {st.row.pid}, last seen {text.local(when)})")

@@ -138,10 +138,10 @@ def _serve(screen, poller: Poller, state: ViewState, ascii_only: bool, stop: Dic
     snapshot, painted, due = None, None, 0.0
     while stop["signal"] is None:
         if time.monotonic() >= due:
-            snapshot = poller.poll(state, clock.now().replace(tzinfo=None))
+            snapshot = poller.poll(state, clock.now())
             due = time.monotonic() + INTERVAL
         height, width = screen.getmaxyx()
-        rows = render_rows(snapshot, state, width, height, clock.now().replace(tzinfo=None), ascii_only=ascii_only)
+        rows = render_rows(snapshot, state, width, height, clock.now(), ascii_only=ascii_only)
         if (rows, width, height) != painted:
             _paint(screen, rows, width, height, attrs)
             painted = (rows, width, height)

@@ -10,16 +10,17 @@ import os
 import sqlite3
 from collections import deque
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import peewee
 
-from featherflow import flow as flowmod, paths, proc, states
+from featherflow import clock, flow as flowmod, paths, proc, states
 from featherflow.dashboard.keys import ViewState
 from featherflow.scheduler.slots import next_slot
 from featherflow.store.readonly import Reader
+from featherflow.text import local
 
 MAX_SCHEDULES, MAX_RUNNING, MAX_RECENT = 100, 50, 30
 LOG_LINES = 10_000  # lines of a log kept in memory (the newest)
@@ -119,7 +120,7 @@ class LogInfo:
 
 @dataclass(frozen=True)
 class Snapshot:
-    taken_at: datetime  # UTC, naive like every stored time
+    taken_at: datetime  # UTC, aware like every time the store returns
     db_path: str = ""
     scheduler: Optional[SchedulerInfo] = None
     schedules: Tuple[ScheduleInfo, ...] = ()
@@ -215,7 +216,7 @@ class Poller:
                 run_attempts = self.reader.attempts(run.id) if run else []
         except (sqlite3.Error, peewee.PeeweeException) as exc:
             last = self._last or Snapshot(now, self.db_path)
-            when = last.taken_at.replace(tzinfo=timezone.utc).astimezone().strftime("%H:%M:%S")
+            when = local(last.taken_at, "%H:%M:%S")
             return replace(last, problem=f"cannot read the database ({exc}); showing {when}")
         # Outside the transaction: /proc, cron arithmetic and the log file.
         latest = _latest_states(attempts)
@@ -254,9 +255,9 @@ class Poller:
         if cached and cached[0] <= now and (cached[1] is None or now < cached[1]):
             return cached[1], cached[2]
         try:
-            moment = self.next_slot(cron, tz, now.replace(tzinfo=timezone.utc))
-            if moment is not None and moment.tzinfo is not None:
-                moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+            moment = self.next_slot(cron, tz, clock.as_utc(now))
+            if moment is not None and now.tzinfo is None:  # a caller that works in naive UTC
+                moment = clock.as_utc(moment).replace(tzinfo=None)
             result = (moment, None)
         except Exception as exc:  # a bad cron or zone in the database must not stop the screen
             result = (None, f"invalid: {exc}")

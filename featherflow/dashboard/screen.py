@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import List, Optional, Sequence, Tuple
 
-from featherflow import states
+from featherflow import clock, states
 from featherflow.text import cells, clean, duration, fit, fit_left, local, pad, take
 from featherflow.dashboard.keys import ViewState, body_height, page_size
 
@@ -103,7 +103,7 @@ def _table(cols: Sequence[Col], cells_rows: List[List[Segment]], width: int, ell
 def _since(start: Optional[datetime], end: Optional[datetime]) -> Optional[float]:
     if start is None or end is None:
         return None
-    return (end - start).total_seconds()
+    return (clock.as_utc(end) - clock.as_utc(start)).total_seconds()
 
 
 STATE_STYLE = {states.SUCCESS: "ok", states.FAILED: "bad", states.INTERRUPTED: "bad",

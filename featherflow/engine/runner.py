@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Set, Tuple
 
-from featherflow import flow as flowmod, graph, proc, states
+from featherflow import clock, flow as flowmod, graph, proc, states
 from featherflow.paths import run_dir
 from featherflow.engine import limits
 from featherflow.engine import script
@@ -185,8 +185,7 @@ def _spec(app, run_id, uid, trigger, params, parallel, directory, scheduled_at, 
 def _script_for(app, run: Run, flow, attempts, keep, keep_tmp, lock_wait=script.LOCK_WAIT,
                 kill_grace=script.KILL_GRACE) -> Path:
     directory = run_dir(run)
-    scheduled = run.scheduled_at.isoformat(timespec="seconds" if not run.scheduled_at.microsecond
-                                           else "microseconds") + "Z" if run.scheduled_at else ""
+    scheduled = clock.iso(run.scheduled_at) or ""
     spec = _spec(app, run.id, run.uid, run.trigger, run.params, run.max_parallel, directory,
                  scheduled, attempts, keep, keep_tmp, lock_wait=lock_wait, kill_grace=kill_grace)
     spec = script.RunSpec(**{**spec.__dict__, "tasks_dir": run.tasks_dir, "output_dir": run.output_dir})

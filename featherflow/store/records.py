@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Dict, List, Optional
 
+from featherflow import clock
+
 
 @dataclass
 class Attempt:
@@ -47,8 +49,12 @@ class Run:
     failed_tasks: List[str] = field(default_factory=list)
 
 
+RUN_TIMES = ("scheduled_at", "created_at", "started_at", "ended_at")
+ATTEMPT_TIMES = ("created_at", "started_at", "ended_at")
+
+
 def as_run(row: dict) -> Run:
-    row = dict(row)
+    row = parse_times(dict(row), *RUN_TIMES)
     row["schedule_id"] = row.pop("schedule", None)
     row.setdefault("snapshot", None)
     row["params"] = json.loads(row["params"])
@@ -57,19 +63,16 @@ def as_run(row: dict) -> Run:
 
 
 def as_attempt(row: dict) -> Attempt:
-    row = dict(row)
+    row = parse_times(dict(row), *ATTEMPT_TIMES)
     row["run_id"] = row.pop("run")
     row.pop("id", None)
     return Attempt(**row)
 
 
 def parse_times(row: Dict, *names: str) -> Dict:
-    """Raw SQL gives stored times as text (states.format_time); peewee would give datetimes."""
+    """Stored times as aware UTC datetimes: raw SQL gives them as text, peewee as naive
+    datetimes; clock.from_text reads both (and an unreadable one as None)."""
     for name in names:
-        value = row.get(name)
-        if isinstance(value, str):
-            try:
-                row[name] = datetime.fromisoformat(value)
-            except ValueError:
-                row[name] = None
+        if name in row:
+            row[name] = clock.from_text(row[name])
     return row

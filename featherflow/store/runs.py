@@ -14,7 +14,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 from peewee import SQL, SqliteDatabase, fn
 
-from featherflow import states
+from featherflow import clock, states
 from featherflow.errors import ConflictError, UsageError
 from featherflow.store.db import chunks
 from featherflow.store.models import FlowRun, RunSnapshot, TaskAttempt
@@ -39,7 +39,9 @@ class Store(ScheduleStore):
                    now: Optional[datetime] = None) -> Run:
         """Create a queued run and one pending attempt per task, in one transaction;
         `now` stamps them (default: the clock's now)."""
-        now = states.format_time(now) if now else states.utcnow()
+        now = clock.to_text(now or clock.now())
+        if isinstance(scheduled_at, datetime):
+            scheduled_at = clock.to_text(scheduled_at)
         with self.db.atomic("IMMEDIATE"):
             run_id = FlowRun.insert(
                 uid=uuid.uuid4().hex, flow_name=flow_name, state=states.QUEUED, trigger=trigger,
@@ -88,7 +90,7 @@ class Store(ScheduleStore):
         if states_in is not None:
             query = query.where(FlowRun.state.in_(list(states_in)))
         if since is not None:
-            stamp = states.format_time(since)
+            stamp = clock.to_text(since)
             # Also from the window's lowest id, found in the created_at index (migration
             # 0002): the newest-first walk stops there even when the window holds fewer
             # runs than the limit, instead of reading every run. Exact whatever the clock
@@ -157,13 +159,13 @@ class Store(ScheduleStore):
 
     def resume(self, run_id: int, rerun: Iterable[str], snapshot: Optional[str] = None,
                auto: bool = False, pid: Optional[int] = None, pid_start: Optional[int] = None,
-               boot_id: Optional[str] = None) -> Dict[str, int]:
+               boot_id: Optional[str] = None, now: Optional[datetime] = None) -> Dict[str, int]:
         """Reopen a failed or interrupted run: `running` again, a new attempt per re-run task.
 
         Returns {task: attempt number to run}. A task whose latest attempt never
         started (still pending) keeps that attempt instead of getting another.
         """
-        now = states.utcnow()
+        now = clock.to_text(now or clock.now())
         with self.db.atomic("IMMEDIATE"):
             cur = self.db.cursor()
             row = cur.execute("SELECT state FROM flow_run WHERE id = ?", (run_id,)).fetchone()

@@ -13,10 +13,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 from peewee import JOIN
 
-from featherflow import states
+from featherflow import clock, states
 from featherflow.errors import ConflictError, UsageError
 from featherflow.store.models import FlowRun, Schedule as ScheduleModel, ScheduleSlot, SchedulerState
-from featherflow.store.records import Run, as_run
+from featherflow.store.records import Run, as_run, parse_times
 
 
 class ScheduleStore:
@@ -26,7 +26,7 @@ class ScheduleStore:
                      flows_dir: str, tasks_dir: str, output_dir: str, catchup: str = "latest",
                      overlap: str = "skip", on_interrupt: str = "resume", enabled: bool = True,
                      description: str = "", now: Optional[datetime] = None) -> "Schedule":
-        stamp = states.format_time(now) if now else states.utcnow()
+        stamp = clock.to_text(now or clock.now())
         with self.db.atomic("IMMEDIATE"):
             if ScheduleModel.select().where(ScheduleModel.name == name).exists():
                 raise ConflictError(f"a schedule named {name!r} already exists "
@@ -67,7 +67,7 @@ class ScheduleStore:
         Disabling skips the slots it had waiting, so enabling it later does not
         run a backlog from before.
         """
-        stamp = states.format_time(now) if now else states.utcnow()
+        stamp = clock.to_text(now or clock.now())
         schedule = self.get_schedule(name)
         with self.db.atomic("IMMEDIATE"):
             if enabled and not schedule.enabled:
@@ -83,13 +83,13 @@ class ScheduleStore:
         """The latest slot recorded in any state: no slot at or before it is ever due again."""
         row = (ScheduleSlot.select(ScheduleSlot.slot_at).where(ScheduleSlot.schedule == schedule_id)
                .order_by(ScheduleSlot.slot_at.desc()).first())
-        return row.slot_at if row else None
+        return clock.from_text(row.slot_at) if row else None
 
     def waiting_slots(self, schedule_id: int) -> List[datetime]:
         query = (ScheduleSlot.select(ScheduleSlot.slot_at)
                  .where(ScheduleSlot.schedule == schedule_id, ScheduleSlot.state == SLOT_WAITING)
                  .order_by(ScheduleSlot.slot_at))
-        return [row.slot_at for row in query]
+        return [clock.from_text(row.slot_at) for row in query]
 
     def record_decision(self, schedule_id: int, skip: Sequence = (), wait: Sequence = (),
                         fire: Sequence = (), now: Optional[datetime] = None,
@@ -104,7 +104,7 @@ class ScheduleStore:
         replaced (a fired slot no longer says it waits). Returns the runs created. `before_commit` is called just before
         the commit (fault-injection tests).
         """
-        stamp = states.format_time(now) if now else states.utcnow()
+        stamp = clock.to_text(now or clock.now())
         created = []
         with self.db.atomic("IMMEDIATE"):
             for slot_at, reason in skip:
@@ -115,7 +115,7 @@ class ScheduleStore:
                 if self._slot_state(schedule_id, slot_at) not in (None, SLOT_WAITING):
                     continue
                 new = self.create_run(**{**run, "trigger": "schedule", "schedule_id": schedule_id,
-                                         "scheduled_at": states.format_time(slot_at), "now": now})
+                                         "scheduled_at": clock.to_text(slot_at), "now": now})
                 self._put_slot(schedule_id, slot_at, SLOT_FIRED, note[0] if note else None, stamp, run_id=new.id)
                 created.append(new)
             if before_commit is not None:
@@ -140,12 +140,12 @@ class ScheduleStore:
     def _slot_state(self, schedule_id: int, slot_at: datetime) -> Optional[str]:
         row = (ScheduleSlot.select(ScheduleSlot.state)
                .where(ScheduleSlot.schedule == schedule_id,
-                      ScheduleSlot.slot_at == states.format_time(slot_at)).first())
+                      ScheduleSlot.slot_at == clock.to_text(slot_at)).first())
         return row.state if row else None
 
     def _put_slot(self, schedule_id, slot_at, state, reason, stamp, run_id=None) -> bool:
         """Insert the slot, or move a waiting one on; inside the caller's transaction."""
-        key = states.format_time(slot_at)
+        key = clock.to_text(slot_at)
         old = self._slot_state(schedule_id, slot_at)
         if old is None:
             ScheduleSlot.insert(schedule=schedule_id, slot_at=key, state=state, reason=reason,
@@ -236,12 +236,12 @@ class ScheduleStore:
         if row is None:
             return None
         row.pop("id")
-        return SchedulerRow(**row)
+        return SchedulerRow(**parse_times(dict(row), "started_at", "heartbeat_at", "stopped_at"))
 
     def scheduler_started(self, pid: int, pid_start: Optional[int], boot_id: Optional[str],
                           now: datetime, is_alive: "Callable[[SchedulerRow], bool]") -> Optional["SchedulerRow"]:
         """Record this process as the database's scheduler; if another live one is, return it instead."""
-        stamp = states.format_time(now)
+        stamp = clock.to_text(now)
         with self.db.atomic("IMMEDIATE"):
             row = self.scheduler_row()
             if row is not None and row.stopped_at is None and row.pid != pid and is_alive(row):
@@ -252,12 +252,12 @@ class ScheduleStore:
 
     def scheduler_heartbeat(self, pid: int, now: datetime) -> None:
         with self.db.atomic("IMMEDIATE"):
-            SchedulerState.update(heartbeat_at=states.format_time(now)).where(
+            SchedulerState.update(heartbeat_at=clock.to_text(now)).where(
                 SchedulerState.id == 1, SchedulerState.pid == pid).execute()
 
     def scheduler_stopped(self, pid: int, now: datetime) -> None:
         with self.db.atomic("IMMEDIATE"):
-            SchedulerState.update(stopped_at=states.format_time(now)).where(
+            SchedulerState.update(stopped_at=clock.to_text(now)).where(
                 SchedulerState.id == 1, SchedulerState.pid == pid).execute()
 
 
@@ -308,14 +308,14 @@ class SchedulerRow:
 
 
 def _schedule(row: dict) -> Schedule:
-    row = dict(row)
+    row = parse_times(dict(row), "created_at", "updated_at")
     row["params"] = json.loads(row["params"])
     row["enabled"] = bool(row["enabled"])
     return Schedule(**row)
 
 
 def _slot(row: dict) -> Slot:
-    row = dict(row)
+    row = parse_times(dict(row), "slot_at", "created_at")
     row.pop("id", None)
     row["schedule_id"] = row.pop("schedule")
     row["run_id"] = row.pop("run")
