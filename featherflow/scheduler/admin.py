@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 
 from featherflow import config as configmod, flow as flowmod
 from featherflow.engine import limits
-from featherflow.engine import runner
+from featherflow.engine import launch
 from featherflow.scheduler import slots as schedules
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
 from featherflow.scheduler.daemon import START_DEADLINE, _failure, _iso, _row_alive, next_fire, notify, stop, utcnow
@@ -61,7 +61,7 @@ def add_schedule(app, flow_name: str, cron: Optional[str] = None, interval: Opti
     except schedules.ScheduleError as exc:
         raise UsageError(str(exc)) from None
     flow = app.load_flow(flow_name)
-    merged = runner.merge_params(flow, params or {})
+    merged = launch.merge_params(flow, params or {})
     if params:
         limits.check(flow, merged, str(app.config.tasks_dir), "--params",
                      str(flowmod.flow_path(app.config.flows_dir, flow.name)))

@@ -39,7 +39,7 @@ from typing import Dict, List, Optional
 
 from featherflow import config as configmod, flow as flowmod, graph, proc, states
 from featherflow.engine import limits
-from featherflow.engine import runner
+from featherflow.engine import launch, reconcile
 from featherflow.scheduler import slots as schedules
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
 
@@ -204,7 +204,7 @@ class Scheduler:
                 log.info("run %s: its launcher (pid %s) is gone; starting it", run.id, run.pid)
                 report.adopted += 1
                 report.launched += bool(self._launch(run))
-        for run_id, reason in runner.reconcile(store):
+        for run_id, reason in reconcile.reconcile(store):
             log.warning("run %s is now interrupted: %s", run_id, reason)
             report.interrupted += 1
         for run in store.runs_to_auto_resume():
@@ -258,7 +258,7 @@ class Scheduler:
     def _run_args(self, schedule) -> Dict:
         """Store.create_run's arguments for a run of `schedule` (the flow as it is now)."""
         flow = flowmod.load(Path(schedule.flows_dir), schedule.flow_name, Path(schedule.tasks_dir))
-        params = runner.merge_params(flow, schedule.params)
+        params = launch.merge_params(flow, schedule.params)
         limits.check(flow, params, schedule.tasks_dir, "the schedule's params",
                      str(flowmod.flow_path(Path(schedule.flows_dir), flow.name)))
         start, boot = self.identity
@@ -266,7 +266,7 @@ class Scheduler:
                     snapshot=flow.snapshot(), params=params, trigger="schedule",
                     flows_dir=schedule.flows_dir, tasks_dir=schedule.tasks_dir,
                     output_dir=schedule.output_dir,
-                    max_parallel=flow.max_parallel or runner.default_parallel(),
+                    max_parallel=flow.max_parallel or launch.default_parallel(),
                     pid=self.pid, pid_start=start, boot_id=boot)
 
     # -- launching runs --
