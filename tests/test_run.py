@@ -11,11 +11,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from featherflow import Featherflow, paths
+from featherflow import Featherflow, flow as flowmod, paths
 from featherflow.engine import launch, reconcile
 from helpers import alive, group_members, wait_for
 
@@ -689,3 +691,14 @@ def test_a_reader_that_goes_away_does_not_kill_the_run(project):
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 1
     assert only_run(project)[0].state == "success"
+
+
+@pytest.mark.parametrize("moment", [datetime(2026, 1, 2, 3, 4, 5), datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+                                    datetime(2026, 1, 2, 4, 4, 5, tzinfo=timezone(timedelta(hours=1)))])
+def test_a_scheduled_time_reaches_the_script_as_utc_whether_the_store_gives_it_naive_or_aware(project, moment):
+    project.write_task("t.sh", "true\n")
+    flow = flowmod.validate({"name": "f", "tasks": [{"id": "t", "script": "t.sh"}]})
+    run = SimpleNamespace(id=7, uid="0123456789abcdef", trigger="schedule", params={}, max_parallel=1,
+                          scheduled_at=moment, tasks_dir=str(project.tasks), output_dir=str(project.output))
+    path = launch.script_for(project.app().config, run, flow, {"t": 1}, (), False)
+    assert "export FEATHERFLOW_SCHEDULED_AT=2026-01-02T03:04:05Z\n" in path.read_text()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Dict, Optional
 
-from featherflow import flow as flowmod, graph, mark, proc, states
+from featherflow import clock, flow as flowmod, graph, mark, proc, states
 from featherflow.config import Config
 from featherflow.engine import limits, script
 from featherflow.errors import DatabaseError, DiskError, FeatherflowError, UsageError, ValidationError
@@ -173,8 +173,7 @@ def script_for(config: Config, run: Run, flow, attempts, keep, keep_tmp, lock_wa
                kill_grace=script.KILL_GRACE) -> Path:
     """Write the script of a recorded run into its run dir; its tasks and output dirs are the run's own."""
     directory = run_dir(run)
-    scheduled = run.scheduled_at.isoformat(timespec="seconds" if not run.scheduled_at.microsecond
-                                           else "microseconds") + "Z" if run.scheduled_at else ""
+    scheduled = clock.iso(run.scheduled_at) or ""  # naive (UTC) or aware: the store may give either
     spec = run_spec(config, run.id, run.uid, run.trigger, run.params, run.max_parallel, directory,
                     scheduled, attempts, keep, keep_tmp, lock_wait=lock_wait, kill_grace=kill_grace)
     spec = replace(spec, tasks_dir=run.tasks_dir, output_dir=run.output_dir)
