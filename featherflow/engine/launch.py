@@ -28,6 +28,8 @@ from featherflow.store.runs import Run, Store
 
 @dataclass
 class Prepared:
+    """A run whose script is written, ready for bash (`run` is None for a dry run)."""
+
     run: Optional[Run]
     flow: flowmod.Flow
     script_path: Path
