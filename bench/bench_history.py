@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from featherflow import clock, proc, states# noqa: E402
 from featherflow.store import db as dbmod
-from featherflow.engine import runner
+from featherflow.engine import reconcile
 from featherflow.store.runs import Store  # noqa: E402
 
 from common import console_script  # noqa: E402
@@ -339,7 +339,7 @@ def main() -> int:
             ("runs list --since 10m (2 runs in the window)", lambda s: s.list_runs(since=ago10m, limit=20)),
             ("runs list --since 400d (every run in the window)", lambda s: s.list_runs(since=ago400d, limit=20)),
             (f"runs list --flow {RARE} --state success", lambda s: s.list_runs(flow=RARE, state="success", limit=20)),
-            ("reconcile (before every runs command)", lambda s: runner.reconcile(s)),
+            ("reconcile (before every runs command)", lambda s: reconcile.reconcile(s)),
             (f"runs show {old_failed}", lambda s: (s.get_run(old_failed), s.attempts(old_failed))),
         ]
         print("\nquery plans (EXPLAIN QUERY PLAN) and in-process time of each SELECT:")

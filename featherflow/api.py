@@ -40,10 +40,7 @@ class Featherflow:
         refuse to start (limits.py) makes the flow invalid."""
         from featherflow.engine import limits
 
-        flow = flowmod.load(self.config.flows_dir, name, self.config.tasks_dir)
-        limits.check(flow, flow.params, str(self.config.tasks_dir),
-                     source=str(flowmod.flow_path(self.config.flows_dir, flow.name)))
-        return flow
+        return limits.load_flow(self.config.flows_dir, name, self.config.tasks_dir)
 
     def flow_infos(self) -> List[FlowInfo]:
         """Every flow file in the flows dir; a broken one carries its first error."""
@@ -128,10 +125,12 @@ class Featherflow:
 
         The run itself is in `self.last_run` afterwards (id, state, ...).
         """
-        from featherflow.engine import runner
+        from featherflow.engine import launch
 
-        prepared = runner.prepare(self, name, params or {}, max_parallel=max_parallel, dry_run=dry_run)
+        store = None if dry_run else self.store  # a dry run records nothing: no database opened for it
+        prepared = launch.prepare(self.config, store, name, params or {}, max_parallel=max_parallel,
+                                  dry_run=dry_run)
         if not dry_run:
-            runner.run_and_wait(self, prepared)
+            launch.run_and_wait(prepared)
             self.last_run = self.store.get_run(prepared.run.id)
         return str(prepared.script_path)

@@ -18,7 +18,7 @@ import pytest
 
 from featherflow import flow as flowmod
 from featherflow.cli import main as cli
-from featherflow.engine import runner, script
+from featherflow.engine import launch, script
 from featherflow.errors import UsageError
 
 # The quick start's flow file, as the original README gives it.
@@ -159,20 +159,20 @@ def _flow(**extra):
 
 
 def test_a_flow_without_params_takes_any_and_a_declared_one_refuses_a_typo():
-    assert runner.merge_params(_flow(), {"date": "2023-01-01", "n": 2}) == {"date": "2023-01-01", "n": 2}
+    assert launch.merge_params(_flow(), {"date": "2023-01-01", "n": 2}) == {"date": "2023-01-01", "n": 2}
     declared = _flow(params={"date": "today", "limit": 10})
-    assert runner.merge_params(declared, {"date": "2023-01-01"}) == {"date": "2023-01-01", "limit": 10}
+    assert launch.merge_params(declared, {"date": "2023-01-01"}) == {"date": "2023-01-01", "limit": 10}
     with pytest.raises(UsageError, match=r"unknown param 'dte' for flow 'f' \(known: date, limit\)"):
-        runner.merge_params(declared, {"dte": "2023-01-01"})
+        launch.merge_params(declared, {"dte": "2023-01-01"})
     with pytest.raises(UsageError, match="'params' block is empty"):
-        runner.merge_params(_flow(params={}), {"date": "2023-01-01"})
+        launch.merge_params(_flow(params={}), {"date": "2023-01-01"})
 
 
 def test_an_undeclared_name_is_still_checked_text():
     with pytest.raises(UsageError, match="NUL"):
-        runner.merge_params(_flow(), {"a\x00b": 1})
+        launch.merge_params(_flow(), {"a\x00b": 1})
     with pytest.raises(UsageError, match="not valid Unicode"):
-        runner.merge_params(_flow(), {"\ud800": 1})
+        launch.merge_params(_flow(), {"\ud800": 1})
 
 
 def _spec(params):

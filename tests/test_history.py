@@ -26,7 +26,6 @@ from conftest import Project
 from featherflow import clock, paths, proc, states
 from featherflow.cli import main as cli
 from featherflow.store import retention
-from featherflow.engine import runner
 from featherflow.cli import format as views
 from helpers import fake_run, group_members, integrity, this_process, wait_for
 

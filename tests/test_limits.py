@@ -11,7 +11,7 @@ import pytest
 
 from featherflow import flow as flowmod, proc, states
 from featherflow.engine import limits
-from featherflow.engine import runner
+from featherflow.engine import launch, reconcile
 from featherflow.errors import FeatherflowError
 
 LIMIT = limits.MAX_ARG_STRLEN - 1  # the longest string an exec takes: its NUL makes 131072
@@ -139,7 +139,7 @@ def test_a_flow_file_at_the_cap_loads(project):
 def _queued_run(project):
     setup(project)
     app = project.app()
-    prepared = runner.prepare(app, "big", {})
+    prepared = launch.prepare(app.config, app.store, "big", {})
     return app, prepared
 
 
@@ -155,7 +155,7 @@ def test_a_script_that_cannot_start_and_cannot_record_it_leaves_its_reason_for_t
         gone.wait()
         app.store.set_process(prepared.run.id, gone.pid, 1, proc.boot_id())
         assert (prepared.script_path.parent / "start-failed").exists()
-        done = runner.reconcile(app.store)
+        done = reconcile.reconcile(app.store)
         run = app.store.get_run(prepared.run.id)
         assert run.state == states.FAILED, run.reason
         assert run.reason.startswith("could not start: cannot create ") and "File exists" in run.reason
@@ -183,10 +183,10 @@ def test_bash_that_cannot_be_executed_fails_the_run_with_the_reason(project, mon
     fake = project.root / "not-bash"
     fake.write_text("no exec bit\n")
     fake.chmod(0o644)  # even root cannot exec a file without an exec bit: EACCES
-    monkeypatch.setattr(runner, "bash", lambda: str(fake))
+    monkeypatch.setattr(launch, "bash", lambda: str(fake))
     try:
         with pytest.raises(FeatherflowError, match="could not start: cannot execute"):
-            runner.exec_script(app, prepared)
+            launch.exec_script(app.store, prepared)
         run = app.store.get_run(prepared.run.id)
         assert run.state == states.FAILED and "Permission denied" in run.reason
     finally:

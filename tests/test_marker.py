@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from featherflow import mark, paths, states
-from featherflow.engine import runner
+from featherflow.engine import launch
 from helpers import fake_run
 
 WAIT = 30  # seconds: the bound on every wait in this file
@@ -146,7 +146,7 @@ def test_a_co_process_that_never_answers_falls_back_to_one_mark_per_call(project
         {"id": "a", "script": "ok.sh"}, {"id": "b", "script": "ok.sh", "depends_on": ["a"]}]})
     app = project.app()
     try:
-        prepared = runner.prepare(app, "f", {})
+        prepared = launch.prepare(app.config, app.store, "f", {})
     finally:
         app.close()
     text = prepared.script_path.read_text()

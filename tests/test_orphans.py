@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from featherflow import paths, proc, states
-from featherflow.engine import runner
+from featherflow.engine import reconcile
 from helpers import alive, fake_run, integrity, read, wait_for
 
 SOAK = os.environ.get("FEATHERFLOW_SOAK") == "1"
@@ -292,7 +292,7 @@ def test_another_boot_id_means_the_machine_restarted(store):
     run = fake_run(store, **A_RUNNING, pid=me, pid_start=proc.start_time(me),
                    boot_id="00000000-0000-0000-0000-000000000000")
     assert proc.boot_id() and proc.boot_id() != run.boot_id
-    done = runner.reconcile(store)
+    done = reconcile.reconcile(store)
     assert [r for r, _ in done] == [run.id]
     after = store.get_run(run.id)
     assert after.state == states.INTERRUPTED and "restarted" in after.reason
@@ -304,7 +304,7 @@ def test_a_reused_pid_with_another_start_time_is_not_the_run(store):
     me = os.getpid()  # alive, but not the process that was recorded
     run = fake_run(store, **A_RUNNING, pid=me, pid_start=proc.start_time(me) - 1, boot_id=proc.boot_id())
     assert not proc.is_alive(me, proc.start_time(me) - 1, proc.boot_id())
-    runner.reconcile(store)
+    reconcile.reconcile(store)
     after = store.get_run(run.id)
     assert after.state == states.INTERRUPTED
     assert "another process" in after.reason
@@ -314,7 +314,7 @@ def test_a_reused_pid_with_another_start_time_is_not_the_run(store):
 def test_the_very_process_recorded_is_alive_and_untouched(store):
     me = os.getpid()
     run = fake_run(store, **A_RUNNING, pid=me, pid_start=proc.start_time(me), boot_id=proc.boot_id())
-    assert runner.reconcile(store) == []
+    assert reconcile.reconcile(store) == []
     assert store.get_run(run.id).state == states.RUNNING
     assert store.attempts(run.id)[0].state == states.RUNNING
 
@@ -331,7 +331,7 @@ def test_a_dead_pid_and_an_unreaped_zombie_are_both_gone(store):
         zombie_run = fake_run(store, **A_RUNNING, pid=zombie.pid, pid_start=proc.start_time(zombie.pid),
                               boot_id=boot)
         assert not proc.is_alive(zombie.pid, proc.start_time(zombie.pid), boot)
-        runner.reconcile(store)
+        reconcile.reconcile(store)
         assert store.get_run(dead_run.id).state == states.INTERRUPTED
         assert store.get_run(zombie_run.id).state == states.INTERRUPTED
         assert "killed, crashed" in store.get_run(zombie_run.id).reason
@@ -345,7 +345,7 @@ def test_a_late_mark_that_starts_the_run_during_reconcile_does_not_leave_it_runn
     run = fake_run(store, "fake", ["a"], state=states.QUEUED,
                    pid=os.getpid(), pid_start=proc.start_time(os.getpid()) + 1, boot_id=proc.boot_id())
     assert run.state == states.QUEUED
-    real = runner.kill_leftovers
+    real = reconcile.kill_leftovers
     late = []
 
     def kill_then_the_late_mark_lands(r, *a, **k):
@@ -353,8 +353,8 @@ def test_a_late_mark_that_starts_the_run_during_reconcile_does_not_leave_it_runn
             late.append(store.transition_run(run.id, states.RUNNING))
         return real(r, *a, **k)
 
-    monkeypatch.setattr(runner, "kill_leftovers", kill_then_the_late_mark_lands)
-    assert [r for r, _ in runner.reconcile(store)] == [run.id]
+    monkeypatch.setattr(reconcile, "kill_leftovers", kill_then_the_late_mark_lands)
+    assert [r for r, _ in reconcile.reconcile(store)] == [run.id]
     assert late == [states.QUEUED]
     assert store.get_run(run.id).state == states.INTERRUPTED
 
@@ -376,7 +376,7 @@ def test_a_first_mark_that_lands_after_its_process_died_is_refused_and_the_run_i
     assert mark.main([str(project.db), str(run.id), "--pid", str(pid), "--run", "running"]) == 3
     row = store.get_run(run.id)
     assert (row.state, row.pid_start) == (states.QUEUED, 12345)
-    assert [r for r, _ in runner.reconcile(store)] == [run.id]
+    assert [r for r, _ in reconcile.reconcile(store)] == [run.id]
     assert store.get_run(run.id).state == states.INTERRUPTED
 
 
@@ -402,7 +402,7 @@ def test_a_fork_of_the_script_that_has_not_exec_d_yet_is_killed(project, store):
         store.set_process(run.id, main.pid, proc.start_time(main.pid), proc.boot_id())
         main.kill()
         main.wait()
-        runner.reconcile(store)
+        reconcile.reconcile(store)
         assert store.get_run(run.id).state == states.INTERRUPTED
         wait_for(lambda: not alive(fork[0]), "the fork to be killed", timeout=10)
     finally:
@@ -469,7 +469,7 @@ def test_a_live_run_is_never_touched_by_reconcile(killable):
             wait_for(lambda: recorded_pids(project.pids, run.id), "the task's pid", timeout=10)
             pids = recorded_pids(project.pids, run.id)
             for _ in range(3):
-                assert runner.reconcile(app.store) == []
+                assert reconcile.reconcile(app.store) == []
                 assert project.cli("runs", "list").code == 0
                 assert project.cli("runs", "show", run.id).code == 0
             assert app.store.get_run(run.id).state == states.RUNNING

@@ -11,12 +11,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from featherflow import Featherflow, paths
-from featherflow.engine import runner
+from featherflow import Featherflow, flow as flowmod, paths
+from featherflow.engine import launch, reconcile
 from helpers import alive, group_members, wait_for
 
 pytestmark = pytest.mark.slow
@@ -285,7 +287,7 @@ def test_a_task_that_ignores_term_is_killed_after_the_grace(project, tmp_path):
     project.write_flow({"name": "f", "tasks": [
         {"id": "s", "script": "stubborn.sh", "args": [str(state)], "timeout": 0.5}]})
     app = project.app()
-    prepared = runner.prepare(app, "f", {}, kill_grace=0.5)
+    prepared = launch.prepare(app.config, app.store, "f", {}, kill_grace=0.5)
     app.close()
     proc = subprocess.run(["bash", str(prepared.script_path)], capture_output=True, text=True, timeout=WAIT)
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -395,7 +397,7 @@ def test_a_cancelled_task_that_ignores_term_is_killed_after_the_grace(project, t
                                       '(trap "" TERM; exec sleep 321) &\nwhile :; do sleep 0.1; done\n')
     project.write_flow({"name": "f", "tasks": [{"id": "s", "script": "stubborn.sh", "args": [str(state)]}]})
     app = project.app()
-    prepared = runner.prepare(app, "f", {}, kill_grace=0.5)
+    prepared = launch.prepare(app.config, app.store, "f", {}, kill_grace=0.5)
     app.close()
     proc = subprocess.Popen(["bash", str(prepared.script_path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -541,7 +543,7 @@ def test_a_run_that_cannot_record_its_start_runs_nothing(project, tmp_path):
     project.write_task("t.sh", 'touch "$1"\n')
     project.write_flow({"name": "f", "tasks": [{"id": "t", "script": "t.sh", "args": [str(tmp_path / "ran")]}]})
     app = project.app()
-    prepared = runner.prepare(app, "f", {}, lock_wait=0.5)
+    prepared = launch.prepare(app.config, app.store, "f", {}, lock_wait=0.5)
     app.close()
     conn = locked(project)
     try:
@@ -565,7 +567,7 @@ def test_a_run_that_cannot_record_a_transition_stops(project, tmp_path):
         {"id": "a", "script": "wait.py", "args": [str(state), "a", "go"]},
         {"id": "b", "script": "t.sh", "depends_on": ["a"], "args": [str(state)]}]})
     app = project.app()
-    prepared = runner.prepare(app, "f", {}, lock_wait=0.5)
+    prepared = launch.prepare(app.config, app.store, "f", {}, lock_wait=0.5)
     app.close()
     proc = subprocess.Popen(["bash", str(prepared.script_path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -589,7 +591,7 @@ def test_a_run_that_cannot_record_a_transition_stops(project, tmp_path):
     # Nothing after the failure was recorded; the dead run is then found and closed.
     assert (run.state, attempts[("a", 1)].state, attempts[("b", 1)].state) == ("running", "running", "pending")
     app = project.app()
-    runner.reconcile(app.store)
+    reconcile.reconcile(app.store)
     assert app.store.get_run(run.id).state == "interrupted"
     app.close()
 
@@ -605,7 +607,7 @@ def test_changes_that_could_not_be_recorded_are_recorded_at_the_end_if_they_can(
         {"id": "a", "script": "wait.py", "args": [str(state), "a", "go"]},
         {"id": "b", "script": "t.sh", "depends_on": ["a"], "args": [str(state)]}]})
     app = project.app()
-    prepared = runner.prepare(app, "f", {}, lock_wait=3)
+    prepared = launch.prepare(app.config, app.store, "f", {}, lock_wait=3)
     app.close()
     proc = subprocess.Popen(["bash", str(prepared.script_path)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
@@ -689,3 +691,14 @@ def test_a_reader_that_goes_away_does_not_kill_the_run(project):
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.splitlines()) == 1
     assert only_run(project)[0].state == "success"
+
+
+@pytest.mark.parametrize("moment", [datetime(2026, 1, 2, 3, 4, 5), datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+                                    datetime(2026, 1, 2, 4, 4, 5, tzinfo=timezone(timedelta(hours=1)))])
+def test_a_scheduled_time_reaches_the_script_as_utc_whether_the_store_gives_it_naive_or_aware(project, moment):
+    project.write_task("t.sh", "true\n")
+    flow = flowmod.validate({"name": "f", "tasks": [{"id": "t", "script": "t.sh"}]})
+    run = SimpleNamespace(id=7, uid="0123456789abcdef", trigger="schedule", params={}, max_parallel=1,
+                          scheduled_at=moment, tasks_dir=str(project.tasks), output_dir=str(project.output))
+    path = launch.script_for(project.app().config, run, flow, {"t": 1}, (), False)
+    assert "export FEATHERFLOW_SCHEDULED_AT=2026-01-02T03:04:05Z\n" in path.read_text()

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from featherflow import flow as flowmod
+from featherflow import errors, flow as flowmod, states
 from featherflow.engine import script
 
 SHELLCHECK = shutil.which("shellcheck")
@@ -94,6 +94,45 @@ def test_full_flow_passes_bash_n(tmp_path):
 def test_full_flow_is_shellcheck_clean(tmp_path):
     text = render(make_flow(FULL_FLOW, params={"day": "2026-01-01"}), keep=("side",), dry_run=True)
     shellcheck(bash_n(tmp_path, text))
+
+
+@needs_shellcheck
+def test_the_engine_file_is_shellcheck_clean_by_itself():
+    proc = subprocess.run([SHELLCHECK, "--norc", "-s", "bash", str(script.ENGINE_PATH)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@needs_shellcheck
+def test_a_script_that_runs_is_shellcheck_clean(tmp_path):
+    text = render(make_flow(FULL_FLOW, params={"day": "2026-01-01"}), keep=("side",))
+    shellcheck(bash_n(tmp_path, text))
+
+
+def test_the_engine_is_embedded_whole_and_its_exit_codes_come_from_errors():
+    text = render(make_flow([{"id": "t", "script": "t.sh"}]))
+    assert "source" not in text.split(script.engine().splitlines()[0])[0]
+    assert text.endswith(script.engine())
+    assert "shellcheck shell=bash" not in text  # engine.bash's own lint line stays out
+    for name in script.EXIT_CODES:
+        assert f"{name}={getattr(errors, name)}" in text
+    engine = script.engine()
+    assert not re.search(r"\bexit [0-9]|code=[0-9]", engine), "an exit code written as a number"
+
+
+def test_the_engine_uses_the_database_words_for_task_states():
+    engine = script.engine()
+    used = set(re.findall(r"T_STATE\[\w+\]=(\w+)", engine)) | set(re.findall(r"T_STATE\[\w+\]} == (\w+)", engine))
+    assert used - set(states.ATTEMPT_STATES) == {"retry_wait"}
+    assert {"ok", "skipped", "stopped", "delay"} & used == set()
+
+
+def test_a_dry_run_script_says_what_it_is_and_stops(tmp_path):
+    path = bash_n(tmp_path, render(make_flow([{"id": "t", "script": "t.sh"}]), dry_run=True,
+                                   run_dir=str(tmp_path / "d")))
+    proc = subprocess.run(["bash", str(path)], capture_output=True, text=True)
+    assert proc.stdout.splitlines()[0].startswith("dry run of f: nothing is recorded"), proc.stdout
+    assert proc.returncode == errors.EXIT_CONFLICT and not (tmp_path / "d").exists()
 
 
 def test_array_args_arrive_as_given_after_the_interpreter():
@@ -181,7 +220,7 @@ def test_retries_timeout_and_resume_state():
     assert "exec timeout --verbose -k \"$KILL_GRACE\" 2.5 env" in text
     side = re.search(r"T_ID\[(\d)\]=side", text).group(1)
     load = re.search(r"T_ID\[(\d)\]=load", text).group(1)
-    assert f"T_STATE[{side}]=ok" in text
+    assert f"T_STATE[{side}]=success" in text  # the database's word (states.SUCCESS)
     assert f"T_ATTEMPT[{load}]=2 T_STATE[{load}]=pending" in text
 
 

@@ -1,7 +1,7 @@
 """The run/attempt state machine, explored by hypothesis over a real migrated database.
 
 Rules drive the same functions the CLI and `_mark` use (states.apply_run /
-apply_attempt through the store, store.resume, runner.reconcile); a plain
+apply_attempt through the store, store.resume, reconcile.reconcile); a plain
 Python model says what the database must hold after each step. A "kill" makes
 a run's recorded process not ours any more (another start time, another boot
 id, no pid), exactly what reconcile sees after a crash; live runs carry this
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from featherflow import proc, states
-from featherflow.engine import runner
+from featherflow.engine import reconcile
 from featherflow.api import Featherflow
 from featherflow.states import IllegalTransition
 from helpers import fake_run
@@ -160,7 +160,7 @@ class Runs(RuleBasedStateMachine):
         self.model[run]["alive"] = False
 
     def reconcile(self, data):
-        done = runner.reconcile(self.store)
+        done = reconcile.reconcile(self.store)
         expected = [r for r in self.runs_in(*OPEN_RUN) if not self.model[r]["alive"]]
         assert sorted(r for r, _ in done) == expected
         for run in expected:
@@ -173,7 +173,7 @@ class Runs(RuleBasedStateMachine):
                 "SELECT run_id, task_id, attempt FROM task_attempt WHERE state = 'running'").fetchall():
             run = self.store.get_run(run_id)
             assert proc.is_alive(run.pid, run.pid_start, run.boot_id), (run_id, task_id, number)
-        assert runner.reconcile(self.store) == []  # a second pass finds nothing more
+        assert reconcile.reconcile(self.store) == []  # a second pass finds nothing more
 
     def resume(self, data):
         run = data.draw(st.sampled_from(self.runs_in(*states.RESUMABLE)), label="run")

@@ -6,8 +6,8 @@ builds the parser from them and turns their errors into exit codes.
 
 Imports are at the top of a module except what only running a command needs, which the
 command imports itself so that `featherflow --help` and a usage error stay fast:
-`# lazy: peewee` marks the modules that load peewee (engine.runner, scheduler.*, store.backup,
-doctor, the dashboard: some 40-70 ms), `# lazy: not for --help` the facade, scaffold, the
+`# lazy: peewee` marks the modules that load peewee (engine.launch, .resume, .reconcile,
+scheduler.*, store.backup, doctor, the dashboard: some 40-70 ms), `# lazy: not for --help` the facade, scaffold, the
 store's retention and format.py (which takes the store's records): together some 10 ms more
 on `--help` when imported at the top (measured). tests/test_cli.py keeps parsing peewee-free.
 """
@@ -98,9 +98,9 @@ def group(parent, name: str, help_text: str, description: str):
 def reconciled(app):
     """The store, after orphaned runs are marked interrupted: every command that reads
     runs does this first, so a run whose process died is not shown as running."""
-    from featherflow.engine import runner  # lazy: peewee
+    from featherflow.engine import reconcile  # lazy: peewee
 
-    for run_id, reason in runner.reconcile(app.store):
+    for run_id, reason in reconcile.reconcile(app.store):
         print(f"note: run {run_id} is now interrupted: {reason}", file=sys.stderr)
     return app.store
 

@@ -15,36 +15,38 @@ from featherflow.cli.common import command, for_terminal, group, positive, readi
 
 
 def cmd_run(app, args) -> int:
-    from featherflow.engine import runner  # lazy: peewee
+    from featherflow.engine import launch, reconcile  # lazy: peewee
 
     if args.resume:
         if args.params:
             raise errors.UsageError("--resume runs with the params the run started with; drop --params")
         name = flowmod.check_flow_name(args.flow)
-        runner.reconcile(app.store)
+        reconcile.reconcile(app.store)
         run = app.store.latest_run(name, states.RESUMABLE)
         if run is None:
             raise errors.ConflictError(f"flow {name!r} has no failed or interrupted run to resume")
-        return _resume(app, runner, run.id, args)
-    runner.reconcile(app.store)
-    prepared = runner.prepare(app, args.flow, runner.parse_params(args.params), args.max_parallel,
-                              args.dry_run, args.keep_tmp)
+        return _resume(app, run.id, args)
+    reconcile.reconcile(app.store)
+    prepared = launch.prepare(app.config, app.store, args.flow, launch.parse_params(args.params),
+                              args.max_parallel, args.dry_run, args.keep_tmp)
     if args.dry_run:
         print(prepared.script_path)
         return 0
-    runner.exec_script(app, prepared)
+    launch.exec_script(app.store, prepared)
     return errors.EXIT_FAILED  # not reached: exec replaced this process
 
 
-def _resume(app, runner, run_id, args) -> int:
-    plan = runner.plan_resume(app, run_id, force=args.force, from_task=args.from_task)
+def _resume(app, run_id, args) -> int:
+    from featherflow.engine import launch, resume  # lazy: peewee
+
+    plan = resume.plan_resume(app.store, run_id, force=args.force, from_task=args.from_task)
     print(f"resuming run {run_id} of {plan.run.flow_name} with {plan.definition}")
     print(f"  keep:   {', '.join(plan.keep) or '-'}")
     print(f"  re-run: {', '.join(plan.rerun) or '- (every task succeeded: the run is recorded as a success)'}")
     if args.dry_run:
         return 0
-    prepared = runner.start_resume(app, plan, keep_tmp=args.keep_tmp)
-    runner.exec_script(app, prepared)
+    prepared = resume.start_resume(app.config, app.store, plan, keep_tmp=args.keep_tmp)
+    launch.exec_script(app.store, prepared)
     return errors.EXIT_FAILED
 
 
@@ -132,14 +134,14 @@ def cmd_runs_logs(app, args) -> int:
 def _follow(store, run, attempt, path) -> int:
     """Print the log as it grows until the attempt ends (or its run does: a task
     that never started, or a run whose process died, would never end it)."""
-    from featherflow.engine import runner  # lazy: peewee
+    from featherflow.engine import reconcile  # lazy: peewee
 
     position = 0
     while True:
         current = store.get_run(run.id)
         if (current.state in (states.QUEUED, states.RUNNING)
                 and not proc.is_alive(current.pid, current.pid_start, current.boot_id)):
-            runner.reconcile(store)
+            reconcile.reconcile(store)
             current = store.get_run(run.id)
         state = next(a.state for a in store.attempts(run.id)
                      if a.task_id == attempt.task_id and a.attempt == attempt.attempt)
@@ -161,17 +163,15 @@ def _follow(store, run, attempt, path) -> int:
 
 
 def cmd_runs_resume(app, args) -> int:
-    from featherflow.engine import runner  # lazy: peewee
-
     reconciled(app)
-    return _resume(app, runner, args.run_id, args)
+    return _resume(app, args.run_id, args)
 
 
 def cmd_runs_cancel(app, args) -> int:
-    from featherflow.engine import runner  # lazy: peewee
+    from featherflow.engine import reconcile  # lazy: peewee
 
     reconciled(app)
-    state = runner.cancel(app, args.run_id)
+    state = reconcile.cancel(app.store, args.run_id)
     print(f"run {args.run_id}: {state}")
     return 0 if state == "cancelled" else errors.EXIT_CONFLICT
 

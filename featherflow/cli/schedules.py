@@ -14,13 +14,13 @@ from featherflow.cli.common import command, group, positive, reconciled, seconds
 
 
 def cmd_schedule_add(app, args) -> int:
-    from featherflow.engine import runner
+    from featherflow.engine import launch
     from featherflow.scheduler import admin as schedule_admin
     from featherflow.scheduler import control
 
     s = schedule_admin.add_schedule(
         app.config, app.store, args.flow, cron=args.cron, interval=args.interval, at=args.at, tz=args.tz, name=args.name,
-        params=runner.parse_params(args.params), catchup=args.catchup, overlap=args.overlap,
+        params=launch.parse_params(args.params), catchup=args.catchup, overlap=args.overlap,
         on_interrupt=args.on_interrupt, description=args.description, enabled=not args.disabled)
     print(f"added schedule {s.name}: flow {s.flow_name}, cron '{s.cron}' in {s.tz}"
           + ("" if s.enabled else " (disabled)"))
@@ -154,13 +154,13 @@ def cmd_scheduler_install(app, args) -> int:
 
 def cmd_start_run(app, args) -> int:
     """Hidden: the scheduler's way to start a run it created (or resume one it was running)."""
-    from featherflow.engine import runner
+    from featherflow.engine import launch, resume
 
     if args.resume:
-        prepared = runner.start_auto_resume(app, args.run_id)
+        prepared = resume.start_auto_resume(app.config, app.store, args.run_id)
     else:
-        prepared = runner.start_queued(app, args.run_id, args.launcher)
-    runner.exec_logged(app, prepared)
+        prepared = launch.start_queued(app.config, app.store, args.run_id, args.launcher)
+    launch.exec_logged(app.store, prepared)
     return errors.EXIT_FAILED  # not reached: exec replaced this process
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
 from featherflow import flow as flowmod
@@ -100,3 +101,11 @@ def check(flow: flowmod.Flow, params: Dict, tasks_dir: str = "", params_source: 
     found = problems(flow, params, tasks_dir, params_source)
     if found:
         raise ValidationError(found, source)
+
+
+def load_flow(flows_dir: Path, name: str, tasks_dir: Path) -> flowmod.Flow:
+    """Load and validate a flow, its default params included: a task the kernel would
+    refuse to start makes the flow invalid (what `list`, `validate` and `run` all see)."""
+    flow = flowmod.load(flows_dir, name, tasks_dir)
+    check(flow, flow.params, str(tasks_dir), source=str(flowmod.flow_path(flows_dir, flow.name)))
+    return flow

@@ -13,19 +13,11 @@ from typing import Dict, List, Optional
 from featherflow import clock, config as configmod, flow as flowmod
 from featherflow.config import Config
 from featherflow.engine import limits
-from featherflow.engine import runner
+from featherflow.engine import launch
 from featherflow.errors import UsageError
 from featherflow.scheduler import policy, slots
 from featherflow.scheduler.control import next_fire, notify
 from featherflow.store.runs import Store
-
-
-def load_flow(cfg: Config, name: str) -> flowmod.Flow:
-    """The flow `name` of the config's flows dir, validated with its default params (the
-    checks of Featherflow.load_flow: a task the kernel would refuse makes it invalid)."""
-    flow = flowmod.load(cfg.flows_dir, name, cfg.tasks_dir)
-    limits.check(flow, flow.params, str(cfg.tasks_dir), source=str(flowmod.flow_path(cfg.flows_dir, flow.name)))
-    return flow
 
 
 def add_schedule(cfg: Config, store: Store, flow_name: str, cron: Optional[str] = None,
@@ -55,8 +47,8 @@ def add_schedule(cfg: Config, store: Store, flow_name: str, cron: Optional[str] 
         slots.zone(tz)
     except slots.ScheduleError as exc:
         raise UsageError(str(exc)) from None
-    flow = load_flow(cfg, flow_name)
-    merged = runner.merge_params(flow, params or {})
+    flow = limits.load_flow(cfg.flows_dir, flow_name, cfg.tasks_dir)
+    merged = launch.merge_params(flow, params or {})
     if params:
         limits.check(flow, merged, str(cfg.tasks_dir), "--params", str(flowmod.flow_path(cfg.flows_dir, flow.name)))
     name = name or flow.name

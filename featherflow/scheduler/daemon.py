@@ -35,7 +35,7 @@ from typing import Dict, Optional
 from featherflow import clock, config as configmod, errors, flow as flowmod, graph, proc, states
 from featherflow.config import Config
 from featherflow.engine import limits
-from featherflow.engine import runner
+from featherflow.engine import launch, reconcile
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
 from featherflow.scheduler import lock, policy, slots
 from featherflow.store.runs import Store
@@ -150,7 +150,7 @@ class Scheduler:
                 log.info("run %s: its launcher (pid %s) is gone; starting it", run.id, run.pid)
                 report.adopted += 1
                 report.launched += bool(self._launch(run))
-        for run_id, reason in runner.reconcile(store):
+        for run_id, reason in reconcile.reconcile(store):
             log.warning("run %s is now interrupted: %s", run_id, reason)
             report.interrupted += 1
         for run in store.runs_to_auto_resume():
@@ -204,7 +204,7 @@ class Scheduler:
     def _run_args(self, schedule) -> Dict:
         """Store.create_run's arguments for a run of `schedule` (the flow as it is now)."""
         flow = flowmod.load(Path(schedule.flows_dir), schedule.flow_name, Path(schedule.tasks_dir))
-        params = runner.merge_params(flow, schedule.params)
+        params = launch.merge_params(flow, schedule.params)
         limits.check(flow, params, schedule.tasks_dir, "the schedule's params",
                      str(flowmod.flow_path(Path(schedule.flows_dir), flow.name)))
         start, boot = self.identity
@@ -212,7 +212,7 @@ class Scheduler:
                     snapshot=flow.snapshot(), params=params, trigger="schedule",
                     flows_dir=schedule.flows_dir, tasks_dir=schedule.tasks_dir,
                     output_dir=schedule.output_dir,
-                    max_parallel=flow.max_parallel or runner.default_parallel(),
+                    max_parallel=flow.max_parallel or launch.default_parallel(),
                     pid=self.pid, pid_start=start, boot_id=boot)
 
     # -- launching runs --
