@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from featherflow.store import db as dbmod  # noqa: E402
 from featherflow.dashboard import keys, poller, screen  # noqa: E402
 from featherflow.store.readonly import Reader  # noqa: E402
-from featherflow.store.runs import Store  # noqa: E402
+from featherflow.store import Store  # noqa: E402
 
 FLOWS = [f"flow-{i:02d}" for i in range(20)]
 TASKS = ["extract", "transform", "load"]

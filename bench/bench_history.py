@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 from featherflow import clock, proc, states# noqa: E402
 from featherflow.store import db as dbmod
 from featherflow.engine import reconcile
-from featherflow.store.runs import Store  # noqa: E402
+from featherflow.store import Store  # noqa: E402
 
 from common import console_script  # noqa: E402
 

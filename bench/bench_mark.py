@@ -32,6 +32,7 @@ from pathlib import Path
 import featherflow.mark
 from common import child_env, console_script, timed
 from featherflow.api import Featherflow
+from featherflow.store.records import NewRun
 
 FLOOR_CODE = """\
 import sqlite3, sys
@@ -52,9 +53,9 @@ def setup(base: Path, tasks: int):
         (base / sub).mkdir()
     app = Featherflow(base / "flows", base / "tasks", base / "out", config_dir=base / "home", env={})
     try:
-        run = app.store.create_run(
+        run = app.store.runs.create_run(NewRun(
             "bench", [f"{p}{i}" for p in "tuv" for i in range(tasks)], "{}", {}, "manual",
-            str(base / "flows"), str(base / "tasks"), str(base / "out"), 1)
+            str(base / "flows"), str(base / "tasks"), str(base / "out"), 1))
         db = str(app.config.db_path)
     finally:
         app.close()

@@ -85,7 +85,7 @@ class Featherflow:
     def store(self):
         if self._store is None:
             from featherflow.store import db
-            from featherflow.store.runs import Store
+            from featherflow.store import Store
 
             self._store = Store(db.open_database(self.config.db_path, self.config.config_dir))
         return self._store
@@ -100,7 +100,7 @@ class Featherflow:
         """
         from featherflow.store import db
         from featherflow.errors import READ_ONLY, DatabaseError, filesystem_state
-        from featherflow.store.runs import Store
+        from featherflow.store import Store
 
         try:
             return self.store
@@ -132,5 +132,5 @@ class Featherflow:
                                   dry_run=dry_run)
         if not dry_run:
             launch.run_and_wait(prepared)
-            self.last_run = self.store.get_run(prepared.run.id)
+            self.last_run = self.store.runs.get_run(prepared.run.id)
         return str(prepared.script_path)

@@ -13,6 +13,7 @@ import sqlite3
 import time
 
 from featherflow import proc, states
+from featherflow.store.records import NewRun
 
 
 def wait_for(predicate, what="a condition", timeout=30.0, interval=0.01) -> bool:
@@ -109,22 +110,43 @@ def fake_run(store, flow="f", tasks=None, *, outcomes=None, depends_on=None, sna
     if snapshot is None:
         snapshot = json.dumps({"name": flow, "tasks": [
             {"id": t, "script": "ok.sh", "depends_on": depends_on.get(t, [])} for t in tasks]})
-    run = store.create_run(flow, tasks, snapshot, {}, "manual", str(flows_dir), str(tasks_dir), str(output),
-                           max_parallel, pid=pid, pid_start=pid_start, boot_id=boot_id)
+    run = store.runs.create_run(NewRun(flow, tasks, snapshot, {}, "manual", str(flows_dir), str(tasks_dir), str(output),
+                           max_parallel, pid=pid, pid_start=pid_start, boot_id=boot_id))
     if state == states.QUEUED:
         assert not outcomes, "a queued run has no attempt started"
-        return store.get_run(run.id)
-    store.transition_run(run.id, states.RUNNING)
+        return store.runs.get_run(run.id)
+    store.runs.transition_run(run.id, states.RUNNING)
     for task_id, ends in outcomes.items():
         for number, end in enumerate(ends, 1):
             if end in (states.PENDING, states.UPSTREAM_FAILED):
-                store.transition_attempt(run.id, task_id, number, end)
+                store.runs.transition_attempt(run.id, task_id, number, end)
                 continue
-            store.transition_attempt(run.id, task_id, number, states.RUNNING)
+            store.runs.transition_attempt(run.id, task_id, number, states.RUNNING)
             if end != states.RUNNING:
                 code = 0 if end == states.SUCCESS else 3
-                store.transition_attempt(run.id, task_id, number, end, exit_code=code,
+                store.runs.transition_attempt(run.id, task_id, number, end, exit_code=code,
                                          reason=None if code == 0 else "exit code 3")
     if state != states.RUNNING:
-        store.transition_run(run.id, state)
-    return store.get_run(run.id)
+        store.runs.transition_run(run.id, state)
+    return store.runs.get_run(run.id)
+
+
+# -- what only tests do to a database ----------------------------------------------------
+
+def set_process(store, run_id: int, pid: int, pid_start, boot_id) -> None:
+    """Say that run `run_id` is held by another process (a dead one, usually)."""
+    with store.db.atomic("IMMEDIATE"):
+        store.db.execute_sql("UPDATE flow_run SET pid = ?, pid_start = ?, boot_id = ? WHERE id = ?",
+                             (pid, pid_start, boot_id, run_id))
+
+
+def slot_count(store, schedule_id: int) -> int:
+    """Slot rows of a schedule, whatever their state."""
+    return store.db.execute_sql("SELECT COUNT(*) FROM schedule_slot WHERE schedule_id = ?",
+                                (schedule_id,)).fetchone()[0]
+
+
+def fire_slot(store, schedule_id: int, slot_at, run):
+    """Record one fired slot with its queued run, as a tick would; None if already recorded."""
+    created = store.schedules.record_decision(schedule_id, fire=[(slot_at, run)])
+    return created[0] if created else None

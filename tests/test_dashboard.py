@@ -27,7 +27,7 @@ from featherflow.dashboard.screen import MIN_HEIGHT, MIN_WIDTH, render
 from featherflow.text import cells, clean, fit
 from featherflow.errors import DatabaseError
 from featherflow.store.readonly import Reader
-from featherflow.store.runs import Store
+from featherflow.store import Store
 from helpers import fake_run, wait_for
 
 NOW = datetime(2026, 6, 12, 3, 0, 0)
@@ -278,13 +278,13 @@ def busy_db(store, project):
     """One running run (tasks out of alphabetical order), one failed, a schedule with a slot."""
     live = fake_run(store, "etl", ["z_load", "a_extract", "m_side"], depends_on={"z_load": ["a_extract"]},
                     pid=os.getpid(), max_parallel=2)
-    store.transition_attempt(live.id, "a_extract", 1, states.RUNNING)
-    store.transition_attempt(live.id, "a_extract", 1, states.SUCCESS, exit_code=0)
-    store.transition_attempt(live.id, "m_side", 1, states.RUNNING)
+    store.runs.transition_attempt(live.id, "a_extract", 1, states.RUNNING)
+    store.runs.transition_attempt(live.id, "a_extract", 1, states.SUCCESS, exit_code=0)
+    store.runs.transition_attempt(live.id, "m_side", 1, states.RUNNING)
     dead = fake_run(store, "other", ["only"], pid=os.getpid(), max_parallel=2)
-    store.transition_attempt(dead.id, "only", 1, states.RUNNING)
-    store.transition_attempt(dead.id, "only", 1, states.FAILED, exit_code=3)
-    store.transition_run(dead.id, states.FAILED)
+    store.runs.transition_attempt(dead.id, "only", 1, states.RUNNING)
+    store.runs.transition_attempt(dead.id, "only", 1, states.FAILED, exit_code=3)
+    store.runs.transition_run(dead.id, states.FAILED)
     now = clock.to_text(clock.now())
     with store.db.atomic("IMMEDIATE"):
         store.db.execute_sql(

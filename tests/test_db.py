@@ -17,6 +17,7 @@ from featherflow import errors, states
 from featherflow.store import db as dbmod
 from featherflow.errors import DatabaseError
 from featherflow.store.models import MODELS, TaskAttempt
+from featherflow.store.records import NewRun
 from helpers import umask_022
 
 
@@ -208,7 +209,7 @@ def test_migration_2_adds_history_indexes_to_a_v1_database_and_since_is_exact(tm
     """A version-1 database with runs is migrated on open; `since` then walks the index, exactly."""
     from datetime import datetime
 
-    from featherflow.store.runs import Store
+    from featherflow.store import Store
 
     path = tmp_path / "featherflow.db"
     monkeypatch.setattr(dbmod, "migration_modules", lambda real=dbmod.migration_modules: real()[:1])
@@ -235,11 +236,11 @@ def test_migration_2_adds_history_indexes_to_a_v1_database_and_since_is_exact(tm
             assert [row[2] for row in database.execute_sql(f"PRAGMA index_info({name})").fetchall()] == columns
         assert database.execute_sql("SELECT COUNT(*) FROM flow_run").fetchone()[0] == 4  # rows kept
         store = Store(database)
-        assert [r.id for r in store.list_runs(since=datetime(2026, 3, 1, 10))] == [4, 2, 1]
-        assert [r.id for r in store.list_runs(since=datetime(2026, 3, 2), limit=1)] == [4]
-        assert [r.id for r in store.list_runs(since=datetime(2026, 1, 1))] == [4, 3, 2, 1]
-        assert store.list_runs(since=datetime(2026, 4, 1)) == []
-        assert [r.id for r in store.list_runs(flow="f", state="success", since=datetime(2026, 3, 2))] == [4, 2]
+        assert [r.id for r in store.runs.list_runs(since=datetime(2026, 3, 1, 10))] == [4, 2, 1]
+        assert [r.id for r in store.runs.list_runs(since=datetime(2026, 3, 2), limit=1)] == [4]
+        assert [r.id for r in store.runs.list_runs(since=datetime(2026, 1, 1))] == [4, 3, 2, 1]
+        assert store.runs.list_runs(since=datetime(2026, 4, 1)) == []
+        assert [r.id for r in store.runs.list_runs(flow="f", state="success", since=datetime(2026, 3, 2))] == [4, 2]
         plan = " ".join(row[-1] for row in database.execute_sql(
             "EXPLAIN QUERY PLAN SELECT MIN(id) FROM flow_run INDEXED BY flow_run_created WHERE created_at >= ?",
             ["2026-03-01"]).fetchall())
@@ -251,7 +252,7 @@ def test_migration_2_adds_history_indexes_to_a_v1_database_and_since_is_exact(tm
 @pytest.mark.parametrize("old_version", [1, 2])
 def test_migration_3_moves_snapshots_out_of_flow_run_keeping_every_row(tmp_path, monkeypatch, old_version):
     """Runs, attempts, slots and snapshots of an older database survive; ids are never reused."""
-    from featherflow.store.runs import Store
+    from featherflow.store import Store
 
     path = tmp_path / "featherflow.db"
     monkeypatch.setattr(dbmod, "migration_modules", lambda real=dbmod.migration_modules: real()[:old_version])
@@ -290,13 +291,13 @@ def test_migration_3_moves_snapshots_out_of_flow_run_keeping_every_row(tmp_path,
                      "flow_run_flow_state"):
             assert database.execute_sql(f"PRAGMA index_info({name})").fetchall(), name
         store = Store(database)
-        run = store.get_run(2)
+        run = store.runs.get_run(2)
         assert json.loads(run.snapshot)["n"] == 2 and run.params == {"p": 1} and run.schedule_id == 1
         assert run.failed_tasks == ["a"]
-        assert [r.snapshot for r in store.list_runs()] == [None, None]  # lists never read them
-        new = store.create_run("f", ["a"], '{"name": "f"}', {}, "manual", "/f", "/t", "/o", 1)
+        assert [r.snapshot for r in store.runs.list_runs()] == [None, None]  # lists never read them
+        new = store.runs.create_run(NewRun("f", ["a"], '{"name": "f"}', {}, "manual", "/f", "/t", "/o", 1))
         assert new.id == 4 and new.snapshot == '{"name": "f"}'
-        assert store.delete_runs([1]) == 1
+        assert store.runs.delete_runs([1]) == 1
         assert database.execute_sql("SELECT run_id FROM run_snapshot ORDER BY run_id").fetchall() == [(2,), (4,)]
     finally:
         database.close()
@@ -305,19 +306,19 @@ def test_migration_3_moves_snapshots_out_of_flow_run_keeping_every_row(tmp_path,
 def test_updates_of_a_run_never_rewrite_its_snapshot(tmp_path):
     """The hot path (_mark's state changes) writes the run's row only: WAL growth stays small."""
     from featherflow import mark
-    from featherflow.store.runs import Store
+    from featherflow.store import Store
 
     path = tmp_path / "featherflow.db"
     database = dbmod.open_database(path)
     store = Store(database)
-    run = store.create_run("f", ["a"], json.dumps({"description": "d" * 900_000}), {}, "manual",
-                           "/f", "/t", "/o", 1)
+    run = store.runs.create_run(NewRun("f", ["a"], json.dumps({"description": "d" * 900_000}), {}, "manual",
+                           "/f", "/t", "/o", 1))
     database.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     wal = Path(f"{path}-wal")
     assert mark.call([str(path), str(run.id), "--run", "running", "a:1:running"], states) == 0
     assert mark.call([str(path), str(run.id), "--run", "success", "a:1:success:0"], states) == 0
     assert wal.stat().st_size < 100_000  # the 900 KB snapshot was never written again
-    assert len(store.get_run(run.id).snapshot) > 900_000
+    assert len(store.runs.get_run(run.id).snapshot) > 900_000
     database.close()
 
 

@@ -254,7 +254,7 @@ def test_a_stuck_run_is_reported_and_left_alone(project, synced):
     assert result.code == 1 and f"{run.id} (f, running)" in result.out and "runs resume" in result.out
     app = project.app()
     try:
-        assert app.store.get_run(run.id).state == states.RUNNING  # the doctor only looks
+        assert app.store.runs.get_run(run.id).state == states.RUNNING  # the doctor only looks
     finally:
         app.close()
 
@@ -263,7 +263,7 @@ def test_a_process_of_a_finished_run_is_an_orphan(project, synced):
     ran(project)
     app = project.app()
     try:
-        uid = app.store.get_run(1).uid
+        uid = app.store.runs.get_run(1).uid
     finally:
         app.close()
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],

@@ -151,7 +151,7 @@ class Gated:
         assert untracked == 0  # b never started
         app = self.project.app()
         try:
-            uid = app.store.get_run(1).uid
+            uid = app.store.runs.get_run(1).uid
         finally:
             app.close()
         assert proc.processes_with_env("FEATHERFLOW_RUN_UID", uid) == []
@@ -164,8 +164,8 @@ class Gated:
         assert self.ran_lines() == ["1 b 1"]
         app = self.project.app()
         try:
-            run = app.store.get_run(1)
-            latest = app.store.latest_attempts(1)
+            run = app.store.runs.get_run(1)
+            latest = app.store.runs.latest_attempts(1)
         finally:
             app.close()
         assert run.state == states.SUCCESS

@@ -192,7 +192,7 @@ def test_list_lines_fit_80_columns_whatever_the_names(project, store):
     tasks = {("t%02d" % i) + "x" * 60: ["failed"] for i in range(3)}
     fake_run(store, long_flow, outcomes=tasks, state=states.FAILED)
     run = fake_run(store, "etl-" + "y" * 100, outcomes={"a": ["running"]})
-    store.interrupt(run.id, states.RUNNING, "its process 4242 is gone (killed, crashed or out of memory)" * 3)
+    store.runs.interrupt(run.id, states.RUNNING, "its process 4242 is gone (killed, crashed or out of memory)" * 3)
     fake_run(store, "hello", outcomes={"a": ["success"]}, state=states.SUCCESS)
     result = project.cli("runs", "list")
     assert result.code == 0
@@ -289,12 +289,12 @@ def running_task(project, task_id):
     app = project.app()
     try:
         def ready():
-            runs = app.store.list_runs(limit=1)
+            runs = app.store.runs.list_runs(limit=1)
             return bool(runs) and any(a.task_id == task_id and a.state == states.RUNNING
-                                      for a in app.store.attempts(runs[0].id))
+                                      for a in app.store.runs.attempts(runs[0].id))
 
         wait_for(ready, f"task {task_id} to run", timeout=30)
-        return app.store.list_runs(limit=1)[0].id
+        return app.store.runs.list_runs(limit=1)[0].id
     finally:
         app.close()
 
@@ -365,7 +365,7 @@ def test_logs_follow_ends_when_the_run_dies(project):
         assert follow.wait(timeout=30) == 0
         assert lines.rest() == "before\n"
         app = project.app()
-        assert app.store.get_run(run_id).state == states.INTERRUPTED
+        assert app.store.runs.get_run(run_id).state == states.INTERRUPTED
         app.close()
     finally:
         stop(run)
@@ -471,8 +471,8 @@ def test_cancel_from_another_process_stops_the_run_and_its_task_group(project):
         wait_for(lambda: not group_members(group), "the task group to end", timeout=10)
         app = project.app()
         try:
-            assert app.store.get_run(run_id).state == states.CANCELLED
-            assert {a.task_id: a.state for a in app.store.attempts(run_id)} == {
+            assert app.store.runs.get_run(run_id).state == states.CANCELLED
+            assert {a.task_id: a.state for a in app.store.runs.attempts(run_id)} == {
                 "w": states.CANCELLED, "next": states.CANCELLED}
         finally:
             app.close()
@@ -541,9 +541,9 @@ def test_a_cancel_that_lands_while_a_start_is_being_recorded_starts_nothing(proj
     assert not list(pids.glob("w.pid"))  # w never ran
     app = project.app()
     try:
-        (row,) = app.store.list_runs()
+        (row,) = app.store.runs.list_runs()
         assert row.state == states.CANCELLED
-        assert {a.task_id: (a.state, a.reason) for a in app.store.attempts(row.id)} == {
+        assert {a.task_id: (a.state, a.reason) for a in app.store.runs.attempts(row.id)} == {
             "first": (states.SUCCESS, None),
             "w": (states.CANCELLED, "run cancelled before the task started")}
     finally:
@@ -565,7 +565,7 @@ def failed_etl(project):
 def attempts_of(project, run_id):
     app = project.app()
     try:
-        return [(a.task_id, a.attempt, a.state) for a in app.store.attempts(run_id)]
+        return [(a.task_id, a.attempt, a.state) for a in app.store.runs.attempts(run_id)]
     finally:
         app.close()
 
@@ -655,12 +655,12 @@ def pruneable(project, store):
                             **this_process())
     for run in runs.values():
         with_files(run)
-    ended = max(r.ended_at for r in store.list_runs(limit=None) if r.ended_at)
+    ended = max(r.ended_at for r in store.runs.list_runs(limit=None) if r.ended_at)
     return runs, ended
 
 
 def remaining(store):
-    return sorted(r.id for r in store.list_runs(limit=None))
+    return sorted(r.id for r in store.runs.list_runs(limit=None))
 
 
 def test_prune_older_than_counts_from_now_and_never_takes_a_running_run(project, store, pruneable):
@@ -727,17 +727,17 @@ def test_prune_keeps_the_files_of_a_run_resumed_after_it_was_chosen(project, sto
     """Rows are deleted only if still finished; the files of a run that is not deleted stay."""
     runs, ended = pruneable
     resumed = runs["b1"]
-    original = store.delete_runs
+    original = store.runs.delete_runs
 
     def resume_first(ids):  # the resume lands between choosing and deleting
-        store.resume(resumed.id, ["a"], pid=os.getpid(), pid_start=proc.start_time(os.getpid()),
+        store.runs.resume(resumed.id, ["a"], pid=os.getpid(), pid_start=proc.start_time(os.getpid()),
                      boot_id=proc.boot_id())
         return original(ids)
 
-    monkeypatch.setattr(store, "delete_runs", resume_first)
+    monkeypatch.setattr(store.runs, "delete_runs", resume_first)
     report = retention.prune(store, project.db, ended + timedelta(days=31), timedelta(days=30))
     assert resumed.id not in report.runs and len(report.runs) == 3
-    assert store.get_run(resumed.id).state == states.RUNNING
+    assert store.runs.get_run(resumed.id).state == states.RUNNING
     assert paths.run_dir(resumed).is_dir()
 
 
@@ -746,7 +746,7 @@ def test_prune_command_reports_what_it_freed(project):
     for flow in ("hello", "hello", "etl"):
         assert project.sh("run", flow).code in (0, 1)
     app = project.app()
-    dirs = [paths.run_dir(r) for r in app.store.list_runs(limit=None)]
+    dirs = [paths.run_dir(r) for r in app.store.runs.list_runs(limit=None)]
     live = fake_run(app.store, "hello", outcomes={"only": ["running"]}, output=project.output,
                     **this_process())
     app.close()

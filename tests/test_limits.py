@@ -13,6 +13,7 @@ from featherflow import flow as flowmod, proc, states
 from featherflow.engine import limits
 from featherflow.engine import launch, reconcile
 from featherflow.errors import FeatherflowError
+from helpers import set_process
 
 LIMIT = limits.MAX_ARG_STRLEN - 1  # the longest string an exec takes: its NUL makes 131072
 
@@ -34,7 +35,7 @@ def nothing_created(project):
     assert not project.output.exists()
     app = project.app()
     try:
-        assert app.store.run_count() == 0
+        assert app.store.runs.run_count() == 0
     finally:
         app.close()
 
@@ -153,10 +154,10 @@ def test_a_script_that_cannot_start_and_cannot_record_it_leaves_its_reason_for_t
         # The run is held by a process that is gone (as `featherflow run` execs into the script).
         gone = subprocess.Popen(["true"])
         gone.wait()
-        app.store.set_process(prepared.run.id, gone.pid, 1, proc.boot_id())
+        set_process(app.store, prepared.run.id, gone.pid, 1, proc.boot_id())
         assert (prepared.script_path.parent / "start-failed").exists()
         done = reconcile.reconcile(app.store)
-        run = app.store.get_run(prepared.run.id)
+        run = app.store.runs.get_run(prepared.run.id)
         assert run.state == states.FAILED, run.reason
         assert run.reason.startswith("could not start: cannot create ") and "File exists" in run.reason
         assert done == [(run.id, run.reason)]
@@ -171,7 +172,7 @@ def test_a_script_that_cannot_start_records_the_reason_itself(project):
         child = subprocess.run(["bash", str(prepared.script_path)], env=project.env, capture_output=True,
                                text=True, timeout=60)
         assert child.returncode == 4
-        run = app.store.get_run(prepared.run.id)
+        run = app.store.runs.get_run(prepared.run.id)
         assert run.state == states.FAILED
         assert "could not start: cannot create" in run.reason and "File exists" in run.reason
     finally:
@@ -187,7 +188,7 @@ def test_bash_that_cannot_be_executed_fails_the_run_with_the_reason(project, mon
     try:
         with pytest.raises(FeatherflowError, match="could not start: cannot execute"):
             launch.exec_script(app.store, prepared)
-        run = app.store.get_run(prepared.run.id)
+        run = app.store.runs.get_run(prepared.run.id)
         assert run.state == states.FAILED and "Permission denied" in run.reason
     finally:
         app.close()

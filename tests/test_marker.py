@@ -35,8 +35,8 @@ def test_serve_answers_each_call_with_its_exit_code(project, store):
         ["b:1:success:0", "--run", "success"],
     ])
     assert answers == ["0\n", "0\n", "3\n", "2\n", "0\n"]
-    assert store.get_run(run).state == states.SUCCESS
-    assert [(a.task_id, a.state) for a in store.attempts(run)] == [("a", "success"), ("b", "success")]
+    assert store.runs.get_run(run).state == states.SUCCESS
+    assert [(a.task_id, a.state) for a in store.runs.attempts(run)] == [("a", "success"), ("b", "success")]
 
 
 def test_serve_answers_only_after_the_transition_is_committed(project, store):
@@ -71,7 +71,7 @@ def test_the_co_process_ends_by_itself_when_idle(project, store):
     # No more calls: it ends on its own (the stdin pipe stays open).
     assert marker.wait(timeout=WAIT) == 0
     marker.stdin.close()
-    assert [a.state for a in store.attempts(run)] == [states.RUNNING]
+    assert [a.state for a in store.runs.attempts(run)] == [states.RUNNING]
 
 
 def test_the_co_process_ends_at_the_end_of_its_input(project, store):
@@ -117,9 +117,9 @@ def test_a_run_whose_co_process_is_killed_records_everything_through_a_new_one(p
     assert result.code == 0, result.out + result.err
     app = project.app()
     try:
-        run = app.store.list_runs()[0]
+        run = app.store.runs.list_runs()[0]
         assert run.state == states.SUCCESS
-        assert {a.task_id: a.state for a in app.store.attempts(run.id)} == {
+        assert {a.task_id: a.state for a in app.store.runs.attempts(run.id)} == {
             "first": "success", "killer": "success", "last": "success"}
         killer_log = paths.log_path(run, "killer", 1).read_text()
         run_log = (paths.run_dir(run) / "run.log").read_text()
@@ -158,8 +158,8 @@ def test_a_co_process_that_never_answers_falls_back_to_one_mark_per_call(project
     assert done.stderr.count("does not answer; one _mark process per call") == 1
     app = project.app()
     try:
-        run = app.store.list_runs()[0]
+        run = app.store.runs.list_runs()[0]
         assert run.state == states.SUCCESS
-        assert [a.state for a in app.store.attempts(run.id)] == ["success", "success"]
+        assert [a.state for a in app.store.runs.attempts(run.id)] == ["success", "success"]
     finally:
         app.close()

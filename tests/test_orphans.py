@@ -26,7 +26,7 @@ import pytest
 
 from featherflow import paths, proc, states
 from featherflow.engine import reconcile
-from helpers import alive, fake_run, integrity, read, wait_for
+from helpers import alive, fake_run, integrity, read, set_process, wait_for
 
 SOAK = os.environ.get("FEATHERFLOW_SOAK") == "1"
 KILLS = int(os.environ.get("FEATHERFLOW_KILLS", "200" if SOAK else "30"))
@@ -207,7 +207,7 @@ def test_sigkill_at_random_moments_leaves_nothing_running_and_resumes(killable):
         assert listing.code == 0, listing.err
         app = project.app()
         try:
-            runs = app.store.list_runs(limit=1)
+            runs = app.store.runs.list_runs(limit=1)
             run = runs[0] if runs and runs[0].id > last_run_id else None
             if run is None:  # killed before the run row was created
                 counts["no_run"] += 1
@@ -294,10 +294,10 @@ def test_another_boot_id_means_the_machine_restarted(store):
     assert proc.boot_id() and proc.boot_id() != run.boot_id
     done = reconcile.reconcile(store)
     assert [r for r, _ in done] == [run.id]
-    after = store.get_run(run.id)
+    after = store.runs.get_run(run.id)
     assert after.state == states.INTERRUPTED and "restarted" in after.reason
-    assert [a.state for a in store.attempts(run.id)] == [states.INTERRUPTED, states.PENDING]
-    assert store.attempts(run.id)[0].reason  # the reason is recorded on the attempt too
+    assert [a.state for a in store.runs.attempts(run.id)] == [states.INTERRUPTED, states.PENDING]
+    assert store.runs.attempts(run.id)[0].reason  # the reason is recorded on the attempt too
 
 
 def test_a_reused_pid_with_another_start_time_is_not_the_run(store):
@@ -305,7 +305,7 @@ def test_a_reused_pid_with_another_start_time_is_not_the_run(store):
     run = fake_run(store, **A_RUNNING, pid=me, pid_start=proc.start_time(me) - 1, boot_id=proc.boot_id())
     assert not proc.is_alive(me, proc.start_time(me) - 1, proc.boot_id())
     reconcile.reconcile(store)
-    after = store.get_run(run.id)
+    after = store.runs.get_run(run.id)
     assert after.state == states.INTERRUPTED
     assert "another process" in after.reason
     assert os.getpid() == me  # and we are still here: reconcile never signals an unrelated pid
@@ -315,8 +315,8 @@ def test_the_very_process_recorded_is_alive_and_untouched(store):
     me = os.getpid()
     run = fake_run(store, **A_RUNNING, pid=me, pid_start=proc.start_time(me), boot_id=proc.boot_id())
     assert reconcile.reconcile(store) == []
-    assert store.get_run(run.id).state == states.RUNNING
-    assert store.attempts(run.id)[0].state == states.RUNNING
+    assert store.runs.get_run(run.id).state == states.RUNNING
+    assert store.runs.attempts(run.id)[0].state == states.RUNNING
 
 
 def test_a_dead_pid_and_an_unreaped_zombie_are_both_gone(store):
@@ -332,9 +332,9 @@ def test_a_dead_pid_and_an_unreaped_zombie_are_both_gone(store):
                               boot_id=boot)
         assert not proc.is_alive(zombie.pid, proc.start_time(zombie.pid), boot)
         reconcile.reconcile(store)
-        assert store.get_run(dead_run.id).state == states.INTERRUPTED
-        assert store.get_run(zombie_run.id).state == states.INTERRUPTED
-        assert "killed, crashed" in store.get_run(zombie_run.id).reason
+        assert store.runs.get_run(dead_run.id).state == states.INTERRUPTED
+        assert store.runs.get_run(zombie_run.id).state == states.INTERRUPTED
+        assert "killed, crashed" in store.runs.get_run(zombie_run.id).reason
     finally:
         zombie.wait()
 
@@ -350,13 +350,13 @@ def test_a_late_mark_that_starts_the_run_during_reconcile_does_not_leave_it_runn
 
     def kill_then_the_late_mark_lands(r, *a, **k):
         if not late:
-            late.append(store.transition_run(run.id, states.RUNNING))
+            late.append(store.runs.transition_run(run.id, states.RUNNING))
         return real(r, *a, **k)
 
     monkeypatch.setattr(reconcile, "kill_leftovers", kill_then_the_late_mark_lands)
     assert [r for r, _ in reconcile.reconcile(store)] == [run.id]
     assert late == [states.QUEUED]
-    assert store.get_run(run.id).state == states.INTERRUPTED
+    assert store.runs.get_run(run.id).state == states.INTERRUPTED
 
 
 def dead_pid() -> int:
@@ -374,10 +374,10 @@ def test_a_first_mark_that_lands_after_its_process_died_is_refused_and_the_run_i
     pid = dead_pid()
     run = fake_run(store, "fake", ["a"], state=states.QUEUED, pid=pid, pid_start=12345, boot_id=proc.boot_id())
     assert mark.main([str(project.db), str(run.id), "--pid", str(pid), "--run", "running"]) == 3
-    row = store.get_run(run.id)
+    row = store.runs.get_run(run.id)
     assert (row.state, row.pid_start) == (states.QUEUED, 12345)
     assert [r for r, _ in reconcile.reconcile(store)] == [run.id]
-    assert store.get_run(run.id).state == states.INTERRUPTED
+    assert store.runs.get_run(run.id).state == states.INTERRUPTED
 
 
 def test_a_fork_of_the_script_that_has_not_exec_d_yet_is_killed(project, store):
@@ -399,11 +399,11 @@ def test_a_fork_of_the_script_that_has_not_exec_d_yet_is_killed(project, store):
         fork = forks()
         assert read(f"/proc/{fork[0]}/cmdline").split(b"\0")[0].endswith(b"bash")
         assert b"FEATHERFLOW_RUN_UID" not in read(f"/proc/{fork[0]}/environ")
-        store.set_process(run.id, main.pid, proc.start_time(main.pid), proc.boot_id())
+        set_process(store, run.id, main.pid, proc.start_time(main.pid), proc.boot_id())
         main.kill()
         main.wait()
         reconcile.reconcile(store)
-        assert store.get_run(run.id).state == states.INTERRUPTED
+        assert store.runs.get_run(run.id).state == states.INTERRUPTED
         wait_for(lambda: not alive(fork[0]), "the fork to be killed", timeout=10)
     finally:
         try:
@@ -460,11 +460,11 @@ def test_a_live_run_is_never_touched_by_reconcile(killable):
         app = project.app()
         try:
             def task_running():
-                runs = app.store.list_runs(limit=1)
-                return bool(runs) and any(a.state == states.RUNNING for a in app.store.attempts(runs[0].id))
+                runs = app.store.runs.list_runs(limit=1)
+                return bool(runs) and any(a.state == states.RUNNING for a in app.store.runs.attempts(runs[0].id))
 
             wait_for(task_running, "a task to run", timeout=30)
-            run = app.store.list_runs(limit=1)[0]
+            run = app.store.runs.list_runs(limit=1)[0]
             pids = recorded_pids(project.pids, run.id)
             wait_for(lambda: recorded_pids(project.pids, run.id), "the task's pid", timeout=10)
             pids = recorded_pids(project.pids, run.id)
@@ -472,8 +472,8 @@ def test_a_live_run_is_never_touched_by_reconcile(killable):
                 assert reconcile.reconcile(app.store) == []
                 assert project.cli("runs", "list").code == 0
                 assert project.cli("runs", "show", run.id).code == 0
-            assert app.store.get_run(run.id).state == states.RUNNING
-            assert {a.task_id: a.state for a in app.store.attempts(run.id)} == {
+            assert app.store.runs.get_run(run.id).state == states.RUNNING
+            assert {a.task_id: a.state for a in app.store.runs.attempts(run.id)} == {
                 "w": states.RUNNING, "z": states.PENDING}
             assert all(alive(p) for p in pids)
         finally:

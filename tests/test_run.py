@@ -29,9 +29,9 @@ WAIT = 30  # seconds: the bound on every wait in this file
 def only_run(project):
     app = project.app()
     try:
-        runs = app.store.list_runs()
+        runs = app.store.runs.list_runs()
         assert len(runs) == 1, runs
-        return runs[0], {(a.task_id, a.attempt): a for a in app.store.attempts(runs[0].id)}
+        return runs[0], {(a.task_id, a.attempt): a for a in app.store.runs.attempts(runs[0].id)}
     finally:
         app.close()
 
@@ -421,7 +421,7 @@ def test_temp_dir_is_private_removed_or_kept(project):
     assert project.sh("run", "f").code == 0
     assert project.sh("run", "f", "--keep-tmp").code == 0
     app = project.app()
-    first, second = sorted(app.store.list_runs(), key=lambda r: r.id)
+    first, second = sorted(app.store.runs.list_runs(), key=lambda r: r.id)
     app.close()
     assert not (paths.run_dir(first) / "tmp").exists()
     kept = paths.run_dir(second) / "tmp"
@@ -500,7 +500,7 @@ def test_bad_params_exit_2_before_anything_runs(project, tmp_path, params, messa
     assert result.err.startswith("error: ") and message in result.err and "Traceback" not in result.err
     assert not (tmp_path / "ran").exists()
     app = project.app()
-    assert app.store.list_runs() == []
+    assert app.store.runs.list_runs() == []
     app.close()
 
 
@@ -527,7 +527,7 @@ def test_dry_run_writes_a_script_and_runs_nothing(project, tmp_path):
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
     assert not (tmp_path / "ran").exists()
     app = project.app()
-    assert app.store.list_runs() == []
+    assert app.store.runs.list_runs() == []
     app.close()
 
 
@@ -592,7 +592,7 @@ def test_a_run_that_cannot_record_a_transition_stops(project, tmp_path):
     assert (run.state, attempts[("a", 1)].state, attempts[("b", 1)].state) == ("running", "running", "pending")
     app = project.app()
     reconcile.reconcile(app.store)
-    assert app.store.get_run(run.id).state == "interrupted"
+    assert app.store.runs.get_run(run.id).state == "interrupted"
     app.close()
 
 
@@ -654,7 +654,7 @@ def test_python_api(project, tmp_path):
         assert Path(path) == paths.run_dir(ff.last_run) / "run.sh"
         assert (tmp_path / "out").read_text() == "hello\n"
         dry = ff.execute_flow("f", dry_run=True)
-        assert Path(dry).is_file() and ff.store.run_count() == 1
+        assert Path(dry).is_file() and ff.store.runs.run_count() == 1
         ff.execute_flow("g")  # exits 1: no args
         assert ff.last_run.state == "failed" and ff.last_run.id == 2
     finally:
@@ -670,7 +670,7 @@ def test_a_failed_run_keeps_its_temp_dir_for_resume_and_success_removes_it(proje
         {"id": "use", "script": "use.sh", "depends_on": ["make"]}]})
     assert project.sh("run", "tmpflow").code == 1
     app = project.app()
-    run = app.store.list_runs()[0]
+    run = app.store.runs.list_runs()[0]
     tmp = paths.run_dir(run) / "tmp"
     assert (tmp / "made.txt").read_text() == "made\n"
     marker.write_text("")

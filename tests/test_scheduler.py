@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from featherflow.scheduler import compat, lock, systemd
 from featherflow.scheduler import daemon as scheduler
 from featherflow.scheduler import slots as schedules
 from featherflow.errors import ConflictError, UsageError
+from helpers import fire_slot, set_process, slot_count
 
 UTC = timezone.utc
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
@@ -175,16 +177,16 @@ def test_tick_fires_a_due_slot_once(project):
     now = T0 + timedelta(hours=3, seconds=0.4)
     report = sched.tick(now)
     assert (report.fired, report.skipped) == (1, 0)
-    slots = app.store.recent_slots(s.id)
+    slots = app.store.schedules.recent_slots(s.id)
     assert [(x.slot_at, x.state) for x in slots] == [(datetime(2030, 1, 1, 3, tzinfo=UTC), "fired")]
-    run = app.store.get_run(slots[0].run_id)
+    run = app.store.runs.get_run(slots[0].run_id)
     assert (run.trigger, run.schedule_id, run.scheduled_at, run.state) == (
         "schedule", s.id, datetime(2030, 1, 1, 3, tzinfo=UTC), "queued")
     assert run.params == {"who": "y"} and run.flows_dir == str(project.flows)
     assert fake.calls == [(run.id, False)]
     again = sched.tick(now)
     assert (again.fired, again.skipped, again.launched) == (0, 0, 0)
-    assert app.store.slot_count(s.id) == 1 and app.store.run_count() == 1
+    assert slot_count(app.store, s.id) == 1 and app.store.runs.run_count() == 1
     app.close()
 
 
@@ -196,11 +198,11 @@ def test_a_fired_slot_and_its_run_are_stamped_with_the_ticks_now(project):
     s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 3 * * *", tz="UTC", now=T0)
     now = datetime(2030, 1, 1, 3, tzinfo=UTC)
     assert sched.tick(now).fired == 1
-    (slot,) = app.store.recent_slots(s.id)
-    run = app.store.get_run(slot.run_id)
+    (slot,) = app.store.schedules.recent_slots(s.id)
+    run = app.store.runs.get_run(slot.run_id)
     assert clock.as_utc(slot.created_at) == now
     assert clock.as_utc(run.created_at) == now
-    assert [clock.as_utc(a.created_at) for a in app.store.attempts(run.id)] == [now]
+    assert [clock.as_utc(a.created_at) for a in app.store.runs.attempts(run.id)] == [now]
     app.close()
 
 
@@ -211,20 +213,20 @@ def test_tick_after_downtime_records_skips_with_reasons(project):
     none = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 * * * *", tz="UTC", name="n", catchup="none", now=T0)
     report = sched.tick(T0 + timedelta(hours=4, minutes=10))
     assert report.fired == 1 and report.skipped == 3 + 4
-    by_state = Counter(x.state for x in app.store.recent_slots(latest.id))
+    by_state = Counter(x.state for x in app.store.schedules.recent_slots(latest.id))
     assert by_state == {"fired": 1, "skipped": 3}
-    assert all(x.state == "skipped" and "catchup=none" in x.reason for x in app.store.recent_slots(none.id))
+    assert all(x.state == "skipped" and "catchup=none" in x.reason for x in app.store.schedules.recent_slots(none.id))
     shown = project.cli("schedule", "show", "l").out
     assert "missed: the scheduler was not running then" in shown
     app.close()
 
 
 def finish(app, run_id):
-    app.store.transition_run(run_id, states.RUNNING)
-    for attempt in app.store.attempts(run_id):
-        app.store.transition_attempt(run_id, attempt.task_id, attempt.attempt, states.RUNNING)
-        app.store.transition_attempt(run_id, attempt.task_id, attempt.attempt, states.SUCCESS, exit_code=0)
-    app.store.transition_run(run_id, states.SUCCESS)
+    app.store.runs.transition_run(run_id, states.RUNNING)
+    for attempt in app.store.runs.attempts(run_id):
+        app.store.runs.transition_attempt(run_id, attempt.task_id, attempt.attempt, states.RUNNING)
+        app.store.runs.transition_attempt(run_id, attempt.task_id, attempt.attempt, states.SUCCESS, exit_code=0)
+    app.store.runs.transition_run(run_id, states.SUCCESS)
 
 
 def test_slots_missed_while_the_daemon_was_frozen_say_it_did_not_tick(project):
@@ -234,9 +236,9 @@ def test_slots_missed_while_the_daemon_was_frozen_say_it_did_not_tick(project):
     s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 * * * *", tz="UTC", now=T0)
     sched.tick(T0 + timedelta(minutes=5))  # its first tick: nothing was due yet
     assert sched.tick(T0 + timedelta(hours=1, seconds=1)).fired == 1
-    finish(app, app.store.recent_slots(s.id)[0].run_id)
+    finish(app, app.store.schedules.recent_slots(s.id)[0].run_id)
     sched.tick(T0 + timedelta(hours=4, minutes=10))  # frozen from 01:00:01 until 04:10
-    missed = [x for x in app.store.recent_slots(s.id) if x.state == "skipped"]
+    missed = [x for x in app.store.schedules.recent_slots(s.id) if x.state == "skipped"]
     assert [x.slot_at.hour for x in missed] == [3, 2]
     assert all(x.reason.startswith("missed: the scheduler did not tick from 2030-01-01 01:00:01 UTC "
                                    "to 2030-01-01 04:10:00 UTC") for x in missed)
@@ -250,12 +252,12 @@ def test_a_waiting_catch_up_slot_says_it_fired_once_it_did(project):
     app, sched, fake = ticker(project)
     s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 * * * *", tz="UTC", catchup="all", now=T0)
     sched.tick(T0 + timedelta(hours=2, minutes=30))  # after downtime: 01:00 fires, 02:00 waits
-    by_hour = {x.slot_at.hour: x for x in app.store.recent_slots(s.id)}
+    by_hour = {x.slot_at.hour: x for x in app.store.schedules.recent_slots(s.id)}
     assert by_hour[1].reason == "catch-up: fired 1h30m late (catchup=all)"
     assert by_hour[2].state == "waiting" and "waits for the previous slot's run" in by_hour[2].reason
     finish(app, by_hour[1].run_id)
     assert sched.tick(T0 + timedelta(hours=2, minutes=31)).fired == 1
-    fired = next(x for x in app.store.recent_slots(s.id) if x.slot_at.hour == 2)
+    fired = next(x for x in app.store.schedules.recent_slots(s.id) if x.slot_at.hour == 2)
     assert fired.state == "fired" and fired.run_id is not None
     assert fired.reason == "catch-up: fired 31m00s late, after the previous slot's run ended (catchup=all)"
     app.close()
@@ -266,9 +268,9 @@ def test_tick_overlap_skip_names_the_run(project):
     app, sched, fake = ticker(project)
     s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="*/10 * * * *", tz="UTC", now=T0)
     sched.tick(T0 + timedelta(minutes=10, seconds=1))  # fires; the fake launcher leaves it queued
-    run_id = app.store.recent_slots(s.id)[0].run_id
+    run_id = app.store.schedules.recent_slots(s.id)[0].run_id
     sched.tick(T0 + timedelta(minutes=20, seconds=1))
-    newest = app.store.recent_slots(s.id)[0]
+    newest = app.store.schedules.recent_slots(s.id)[0]
     assert newest.state == "skipped" and newest.reason == f"run {run_id} was still active (overlap=skip)"
     app.close()
 
@@ -278,18 +280,18 @@ def test_tick_queue_fires_the_waiting_slot_when_the_run_ends(project):
     app, sched, fake = ticker(project)
     s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="*/10 * * * *", tz="UTC", overlap="queue", now=T0)
     sched.tick(T0 + timedelta(minutes=10, seconds=1))
-    first = app.store.recent_slots(s.id)[0].run_id
+    first = app.store.schedules.recent_slots(s.id)[0].run_id
     sched.tick(T0 + timedelta(minutes=20, seconds=1))
-    assert app.store.recent_slots(s.id)[0].state == "waiting"
-    app.store.transition_run(first, states.RUNNING)
-    for attempt in app.store.attempts(first):
-        app.store.transition_attempt(first, attempt.task_id, attempt.attempt, states.RUNNING)
-        app.store.transition_attempt(first, attempt.task_id, attempt.attempt, states.SUCCESS, exit_code=0)
-    app.store.transition_run(first, states.SUCCESS)
+    assert app.store.schedules.recent_slots(s.id)[0].state == "waiting"
+    app.store.runs.transition_run(first, states.RUNNING)
+    for attempt in app.store.runs.attempts(first):
+        app.store.runs.transition_attempt(first, attempt.task_id, attempt.attempt, states.RUNNING)
+        app.store.runs.transition_attempt(first, attempt.task_id, attempt.attempt, states.SUCCESS, exit_code=0)
+    app.store.runs.transition_run(first, states.SUCCESS)
     report = sched.tick(T0 + timedelta(minutes=21))
-    newest = app.store.recent_slots(s.id)[0]
+    newest = app.store.schedules.recent_slots(s.id)[0]
     assert report.fired == 1 and newest.state == "fired" and newest.slot_at == datetime(2030, 1, 1, 0, 20, tzinfo=UTC)
-    assert app.store.get_run(newest.run_id).scheduled_at == datetime(2030, 1, 1, 0, 20, tzinfo=UTC)
+    assert app.store.runs.get_run(newest.run_id).scheduled_at == datetime(2030, 1, 1, 0, 20, tzinfo=UTC)
     app.close()
 
 
@@ -299,7 +301,7 @@ def test_tick_records_a_flow_that_cannot_run(project):
     s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 * * * *", tz="UTC", now=T0)
     (project.tasks / "record.sh").unlink()
     report = sched.tick(T0 + timedelta(hours=1, seconds=1))
-    slot = app.store.recent_slots(s.id)[0]
+    slot = app.store.schedules.recent_slots(s.id)[0]
     assert report.fired == 0 and slot.state == "skipped" and "cannot run" in slot.reason and "record.sh" in slot.reason
     app.close()
 
@@ -309,10 +311,10 @@ def test_tick_disabled_schedule_does_not_fire_and_enable_starts_from_now(project
     app, sched, fake = ticker(project)
     s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 * * * *", tz="UTC", enabled=False, now=T0)
     assert sched.tick(T0 + timedelta(hours=5, seconds=1)).fired == 0
-    app.store.set_schedule_enabled("tick", True, now=T0 + timedelta(hours=5, minutes=30))
+    app.store.schedules.set_schedule_enabled("tick", True, now=T0 + timedelta(hours=5, minutes=30))
     assert sched.tick(T0 + timedelta(hours=5, minutes=40)).fired == 0  # nothing from while disabled
     assert sched.tick(T0 + timedelta(hours=6, seconds=1)).fired == 1
-    assert [x.slot_at.hour for x in app.store.recent_slots(s.id)] == [6]
+    assert [x.slot_at.hour for x in app.store.schedules.recent_slots(s.id)] == [6]
     app.close()
 
 
@@ -322,11 +324,11 @@ def test_tick_adopts_a_queued_run_whose_launcher_died(project):
     s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 * * * *", tz="UTC", now=T0)
     dead = subprocess.Popen(["true"])
     dead.wait()
-    args = dict(sched._run_args(app.store.get_schedule(s.id)), pid=dead.pid, pid_start=1)
-    run = app.store.fire_slot(s.id, T0 + timedelta(hours=1), args)
+    args = replace(sched.new_run(app.store.schedules.get_schedule(s.id)), pid=dead.pid, pid_start=1)
+    run = fire_slot(app.store, s.id, T0 + timedelta(hours=1), args)
     report = sched.tick(T0 + timedelta(hours=1, seconds=30))
     assert report.adopted == 1 and report.interrupted == 0 and fake.calls == [(run.id, False)]
-    assert app.store.get_run(run.id).state == "queued" and app.store.get_run(run.id).pid == os.getpid()
+    assert app.store.runs.get_run(run.id).state == "queued" and app.store.runs.get_run(run.id).pid == os.getpid()
     app.close()
 
 
@@ -335,17 +337,17 @@ def test_tick_auto_resumes_an_interrupted_scheduled_run_once(project):
     app, sched, fake = ticker(project)
     s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 3 * * *", tz="UTC", now=T0)
     sched.tick(T0 + timedelta(hours=3, seconds=1))
-    run_id = app.store.recent_slots(s.id)[0].run_id
+    run_id = app.store.schedules.recent_slots(s.id)[0].run_id
 
     def crash():  # as if the machine rebooted while it ran
-        app.store.set_process(run_id, 999999, 1, "another-boot")
-        app.store.transition_run(run_id, states.RUNNING, resume=True)
+        set_process(app.store, run_id, 999999, 1, "another-boot")
+        app.store.runs.transition_run(run_id, states.RUNNING, resume=True)
 
     crash()
     report = sched.tick(T0 + timedelta(hours=4))
     assert report.interrupted == 1 and report.resumed == 1
     assert fake.calls[-1] == (run_id, True)
-    assert app.store.get_run(run_id).auto_resumed is True
+    assert app.store.runs.get_run(run_id).auto_resumed is True
     crash()  # interrupted again: never a second automatic resume
     report = sched.tick(T0 + timedelta(hours=5))
     assert report.interrupted == 1 and report.resumed == 0 and fake.calls[-1] == (run_id, True)
@@ -357,11 +359,11 @@ def test_on_interrupt_leave_is_not_resumed(project):
     app, sched, fake = ticker(project)
     s = schedule_admin.add_schedule(app.config, app.store, "tick", cron="0 3 * * *", tz="UTC", on_interrupt="leave", now=T0)
     sched.tick(T0 + timedelta(hours=3, seconds=1))
-    run_id = app.store.recent_slots(s.id)[0].run_id
-    app.store.set_process(run_id, 999999, 1, "another-boot")
-    app.store.transition_run(run_id, states.RUNNING)
+    run_id = app.store.schedules.recent_slots(s.id)[0].run_id
+    set_process(app.store, run_id, 999999, 1, "another-boot")
+    app.store.runs.transition_run(run_id, states.RUNNING)
     assert sched.tick(T0 + timedelta(hours=4)).resumed == 0
-    assert app.store.get_run(run_id).state == "interrupted"
+    assert app.store.runs.get_run(run_id).state == "interrupted"
     app.close()
 
 
@@ -532,12 +534,12 @@ def records(project):
 
 
 def scheduled_runs(store):
-    return [r for r in store.list_runs(limit=None) if r.trigger == "schedule"]
+    return [r for r in store.runs.list_runs(limit=None) if r.trigger == "schedule"]
 
 
 def settle(store, deadline=60.0):
     """Wait until no run is queued or running (bounded)."""
-    wait_for(lambda: not store.list_runs(states_in=(states.QUEUED, states.RUNNING), limit=None),
+    wait_for(lambda: not store.runs.list_runs(states_in=(states.QUEUED, states.RUNNING), limit=None),
              deadline, "runs to finish")
 
 
@@ -561,7 +563,7 @@ def test_daemon_end_to_end(project):
     assert project.sh("scheduler", "status").code == 1
     settle(app.store)
     runs = scheduled_runs(app.store)
-    slots = {x.run_id: x for x in app.store.recent_slots(1, None) if x.state == "fired"}
+    slots = {x.run_id: x for x in app.store.schedules.recent_slots(1, None) if x.state == "fired"}
     assert runs and all(r.state == "success" for r in runs)
     for run in runs:
         assert run.scheduled_at == slots[run.id].slot_at and run.scheduled_at.second % 2 == 0
@@ -593,12 +595,12 @@ def test_python_api_starts_and_stops_the_daemon(project):
 def test_sigterm_finishes_the_tick_releases_the_lock_and_exits_0(project):
     first = daemon(project, "--check-interval", "30")
     app = project.app()
-    wait_for(lambda: lock.row_alive(app.store.scheduler_row()), 20, "the daemon")
+    wait_for(lambda: lock.row_alive(app.store.schedules.scheduler_row()), 20, "the daemon")
     first.send_signal(signal.SIGTERM)
     assert first.wait(20) == 0
-    assert app.store.scheduler_row().stopped_at is not None
+    assert app.store.schedules.scheduler_row().stopped_at is not None
     again = daemon(project, "--check-interval", "30")  # the lock was released
-    wait_for(lambda: app.store.scheduler_row().pid == again.pid and lock.row_alive(app.store.scheduler_row()),
+    wait_for(lambda: app.store.schedules.scheduler_row().pid == again.pid and lock.row_alive(app.store.schedules.scheduler_row()),
              20, "the second daemon")
     again.send_signal(signal.SIGINT)
     assert again.wait(20) == 0
@@ -619,7 +621,7 @@ def test_five_schedulers_started_at_once_exactly_one_runs(project):
     for p in exited:
         assert p.returncode == 3
         assert f"already runs (pid {winner.pid})" in p.stderr.read()
-    wait_for(lambda: app.store.scheduler_row() and app.store.scheduler_row().pid == winner.pid, 20, "winner row")
+    wait_for(lambda: app.store.schedules.scheduler_row() and app.store.schedules.scheduler_row().pid == winner.pid, 20, "winner row")
     assert project.sh("scheduler", "stop").code == 0
     assert winner.wait(20) == 0
     for p in procs:
@@ -640,12 +642,12 @@ def test_auto_resume_after_the_run_is_killed(project):
                        30, "a running run")
         wait_for(lambda: (project.output / "slow.txt").exists(), 30, "the task to start")
         os.killpg(run.pid, signal.SIGKILL)  # the run's bash dies; its task is a leftover
-        done = wait_for(lambda: app.store.get_run(run.id).state == "success" and app.store.get_run(run.id),
+        done = wait_for(lambda: app.store.runs.get_run(run.id).state == "success" and app.store.runs.get_run(run.id),
                         40, "the resumed run to succeed")
         assert done.auto_resumed is True and done.resumes == 1
-        attempts = [a.attempt for a in app.store.attempts(run.id)]
+        attempts = [a.attempt for a in app.store.runs.attempts(run.id)]
         assert attempts == [1, 2]
-        assert app.store.attempts(run.id)[0].state == "interrupted"
+        assert app.store.runs.attempts(run.id)[0].state == "interrupted"
     finally:
         d.send_signal(signal.SIGTERM)
         assert d.wait(20) == 0
@@ -674,7 +676,7 @@ def test_fault_injection_sigkill_at_each_point_of_the_fire_path(project, capsys)
     # A clean daemon picks up whatever the killed ones left, fires a few more, and stops.
     final = daemon(project, "--check-interval", "1")
     wait_for(lambda: len({r.id for r in scheduled_runs(app.store)}) and
-             lock.row_alive(app.store.scheduler_row()), 20, "the clean daemon")
+             lock.row_alive(app.store.schedules.scheduler_row()), 20, "the clean daemon")
     time.sleep(2.5)  # a few per-second slots, on purpose
     final.send_signal(signal.SIGTERM)
     _, err = final.communicate(timeout=20)
@@ -683,17 +685,17 @@ def test_fault_injection_sigkill_at_each_point_of_the_fire_path(project, capsys)
     settle(app.store)
     project.cli("runs", "list")  # reconcile anything left
 
-    schedule = app.store.get_schedule("tick")
-    slots = app.store.recent_slots(schedule.id, None)
+    schedule = app.store.schedules.get_schedule("tick")
+    slots = app.store.schedules.recent_slots(schedule.id, None)
     runs = scheduled_runs(app.store)
-    heartbeat = app.store.scheduler_row().heartbeat_at
+    heartbeat = app.store.schedules.scheduler_row().heartbeat_at
     due, _ = schedules.slots_between(schedule.cron, schedule.tz, schedule.updated_at, heartbeat, limit=10 ** 6)
     recorded = {x.slot_at.replace(tzinfo=UTC) for x in slots}
     duplicate_slots = len(slots) - len({x.slot_at for x in slots})
     duplicate_runs = sum(n - 1 for n in Counter(r.scheduled_at for r in runs).values())
     lost = [slot for slot in due if slot not in recorded]
     fired_without_run = [x for x in slots if x.state == "fired" and not x.run_id]
-    queued = [r for r in app.store.list_runs(limit=None) if r.state == "queued"]
+    queued = [r for r in app.store.runs.list_runs(limit=None) if r.state == "queued"]
     executions = Counter(int(rec[0]) for rec in records(project))
     twice = [run_id for run_id, n in executions.items() if n > 1]
     states_count = Counter(r.state for r in runs)

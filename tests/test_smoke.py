@@ -5,6 +5,6 @@ def test_quickstart_like_flow_runs(project):
     result = project.sh("run", "f")
     assert result.code == 0, result.out + result.err
     app = project.app()
-    run = app.store.list_runs()[0]
+    run = app.store.runs.list_runs()[0]
     assert run.state == "success"
-    assert {a.task_id: a.state for a in app.store.attempts(run.id)} == {"a": "success", "b": "success"}
+    assert {a.task_id: a.state for a in app.store.runs.attempts(run.id)} == {"a": "success", "b": "success"}

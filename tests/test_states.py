@@ -1,7 +1,7 @@
 """The run/attempt state machine, explored by hypothesis over a real migrated database.
 
 Rules drive the same functions the CLI and `_mark` use (states.apply_run /
-apply_attempt through the store, store.resume, reconcile.reconcile); a plain
+apply_attempt through the store, store.runs.resume, reconcile.reconcile); a plain
 Python model says what the database must hold after each step. A "kill" makes
 a run's recorded process not ours any more (another start time, another boot
 id, no pid), exactly what reconcile sees after a crash; live runs carry this
@@ -20,7 +20,8 @@ from featherflow import proc, states
 from featherflow.engine import reconcile
 from featherflow.api import Featherflow
 from featherflow.states import IllegalTransition
-from helpers import fake_run
+from featherflow.store.records import NewRun
+from helpers import fake_run, set_process
 
 ME = os.getpid()
 ALIVE = dict(pid=ME, pid_start=proc.start_time(ME), boot_id=proc.boot_id())
@@ -31,7 +32,7 @@ DEAD = {
 }
 OPEN_RUN = (states.QUEUED, states.RUNNING)
 # The legal moves, written out here so that a change to the tables in states.py is noticed.
-# failed and interrupted runs go on only through a resume (store.resume).
+# failed and interrupted runs go on only through a resume (store.runs.resume).
 LEGAL_RUN = {
     "queued": {"running", "failed", "cancelled", "interrupted"},
     "running": {"success", "failed", "cancelled", "interrupted"},
@@ -98,32 +99,32 @@ class Runs(RuleBasedStateMachine):
 
     def start(self, data):
         ids = [f"t{i}" for i in range(data.draw(st.integers(1, 3), label="tasks"))]
-        run = self.store.create_run("flow", ids, "{}", {}, "manual", self.dir, self.dir,
-                                    os.path.join(self.dir, "out"), 1, **ALIVE)
+        run = self.store.runs.create_run(NewRun("flow", ids, "{}", {}, "manual", self.dir, self.dir,
+                                    os.path.join(self.dir, "out"), 1, **ALIVE))
         assert run.state == states.QUEUED
         self.model[run.id] = {"state": states.QUEUED, "alive": True,
                               "tasks": {t: [states.PENDING] for t in ids}}
 
     def begin(self, data):
         run = data.draw(st.sampled_from(self.runs_in(states.QUEUED)), label="run")
-        assert self.store.transition_run(run, states.RUNNING) == states.QUEUED
+        assert self.store.runs.transition_run(run, states.RUNNING) == states.QUEUED
         self.model[run]["state"] = states.RUNNING
 
     def attempt_starts(self, data):
         run, task, n = data.draw(st.sampled_from(self.attempts_in((states.PENDING,))), label="attempt")
-        assert self.store.transition_attempt(run, task, n, states.RUNNING) == states.PENDING
+        assert self.store.runs.transition_attempt(run, task, n, states.RUNNING) == states.PENDING
         self.model[run]["tasks"][task][-1] = states.RUNNING
 
     def attempt_ends(self, data):
         run, task, n = data.draw(st.sampled_from(self.attempts_in((states.RUNNING,))), label="attempt")
         outcome = data.draw(st.sampled_from([states.SUCCESS, states.FAILED]), label="outcome")
         code = data.draw(st.integers(0, 255), label="exit code")
-        assert self.store.transition_attempt(run, task, n, outcome, exit_code=code, reason="r") == states.RUNNING
+        assert self.store.runs.transition_attempt(run, task, n, outcome, exit_code=code, reason="r") == states.RUNNING
         self.model[run]["tasks"][task][-1] = outcome
 
     def upstream_fails(self, data):
         run, task, n = data.draw(st.sampled_from(self.attempts_in((states.PENDING,))), label="attempt")
-        self.store.transition_attempt(run, task, n, states.UPSTREAM_FAILED, reason="upstream x failed")
+        self.store.runs.transition_attempt(run, task, n, states.UPSTREAM_FAILED, reason="upstream x failed")
         self.model[run]["tasks"][task][-1] = states.UPSTREAM_FAILED
 
     def retry(self, data):
@@ -131,22 +132,22 @@ class Runs(RuleBasedStateMachine):
         choices = self.attempts_in((states.FAILED, states.RUNNING))
         run, task, n = data.draw(st.sampled_from(choices), label="attempt")
         if self.model[run]["tasks"][task][-1] == states.RUNNING:
-            self.store.transition_attempt(run, task, n, states.FAILED, exit_code=1, reason="exit code 1")
+            self.store.runs.transition_attempt(run, task, n, states.FAILED, exit_code=1, reason="exit code 1")
             self.model[run]["tasks"][task][-1] = states.FAILED
         first = data.draw(st.sampled_from([states.PENDING, states.RUNNING]), label="first state")
-        self.unchanged(lambda: self.store.transition_attempt(run, task, n + 2, first))  # out of order
-        self.store.transition_attempt(run, task, n + 1, first)
+        self.unchanged(lambda: self.store.runs.transition_attempt(run, task, n + 2, first))  # out of order
+        self.store.runs.transition_attempt(run, task, n + 1, first)
         self.model[run]["tasks"][task].append(first)
 
     def succeeds(self, data):
         """As the script does: a run succeeds once every task is done."""
         run = data.draw(st.sampled_from(self.finished_runs()), label="run")
-        self.store.transition_run(run, states.SUCCESS)
+        self.store.runs.transition_run(run, states.SUCCESS)
         self.model[run]["state"] = states.SUCCESS
 
     def fails(self, data):
         run = data.draw(st.sampled_from(self.runs_in(states.RUNNING)), label="run")
-        self.store.transition_run(run, states.FAILED, reason="1 task(s) failed")
+        self.store.runs.transition_run(run, states.FAILED, reason="1 task(s) failed")
         self.model[run]["state"] = states.FAILED
         for tries in self.model[run]["tasks"].values():
             if tries[-1] == states.RUNNING:
@@ -156,7 +157,7 @@ class Runs(RuleBasedStateMachine):
         """The run's process dies: its recorded identity no longer matches a live process."""
         run = data.draw(st.sampled_from(self.runs_in(*OPEN_RUN)), label="run")
         how = data.draw(st.sampled_from(sorted(DEAD)), label="how")
-        self.store.set_process(run, **DEAD[how])
+        set_process(self.store, run, **DEAD[how])
         self.model[run]["alive"] = False
 
     def reconcile(self, data):
@@ -171,7 +172,7 @@ class Runs(RuleBasedStateMachine):
         # No attempt is `running` unless its run's process lives.
         for run_id, task_id, number in self.store.db.execute_sql(
                 "SELECT run_id, task_id, attempt FROM task_attempt WHERE state = 'running'").fetchall():
-            run = self.store.get_run(run_id)
+            run = self.store.runs.get_run(run_id)
             assert proc.is_alive(run.pid, run.pid_start, run.boot_id), (run_id, task_id, number)
         assert reconcile.reconcile(self.store) == []  # a second pass finds nothing more
 
@@ -179,7 +180,7 @@ class Runs(RuleBasedStateMachine):
         run = data.draw(st.sampled_from(self.runs_in(*states.RESUMABLE)), label="run")
         tasks = self.model[run]["tasks"]
         rerun = [t for t, tries in sorted(tasks.items()) if tries[-1] != states.SUCCESS]
-        numbers = self.store.resume(run, rerun, **ALIVE)
+        numbers = self.store.runs.resume(run, rerun, **ALIVE)
         for task in rerun:
             if tasks[task][-1] != states.PENDING:  # a pending attempt never started: reused
                 tasks[task].append(states.PENDING)
@@ -189,7 +190,7 @@ class Runs(RuleBasedStateMachine):
 
     def cancel(self, data):
         run = data.draw(st.sampled_from(self.runs_in(*OPEN_RUN)), label="run")
-        self.store.transition_run(run, states.CANCELLED, reason="cancelled by `runs cancel`")
+        self.store.runs.transition_run(run, states.CANCELLED, reason="cancelled by `runs cancel`")
         self.model[run]["state"] = states.CANCELLED
         for tries in self.model[run]["tasks"].values():
             if tries[-1] in (states.RUNNING, states.PENDING):
@@ -206,18 +207,18 @@ class Runs(RuleBasedStateMachine):
         for run, m in sorted(self.model.items()):
             for to in list(states.RUN_STATES) + [BOGUS]:
                 if to != m["state"] and to not in LEGAL_RUN.get(m["state"], ()):
-                    calls.append(lambda run=run, to=to: self.store.transition_run(run, to))
-            calls.append(lambda run=run: self.store.transition_attempt(run, "no-such-task", 1, states.PENDING))
+                    calls.append(lambda run=run, to=to: self.store.runs.transition_run(run, to))
+            calls.append(lambda run=run: self.store.runs.transition_attempt(run, "no-such-task", 1, states.PENDING))
             for task, tries in sorted(m["tasks"].items()):
                 for n, old in enumerate(tries, 1):
                     for to in list(states.ATTEMPT_STATES) + [BOGUS]:
                         if to != old and to not in LEGAL_ATTEMPT.get(old, ()):
-                            calls.append(lambda a=(run, task, n, to): self.store.transition_attempt(*a))
+                            calls.append(lambda a=(run, task, n, to): self.store.runs.transition_attempt(*a))
                 nxt = len(tries) + 1
                 for number, to in ((0, states.PENDING), (nxt + 1, states.PENDING), (nxt, states.SUCCESS)):
-                    calls.append(lambda a=(run, task, number, to): self.store.transition_attempt(*a))
+                    calls.append(lambda a=(run, task, number, to): self.store.runs.transition_attempt(*a))
                 if m["state"] != states.RUNNING:
-                    calls.append(lambda a=(run, task, nxt, states.PENDING): self.store.transition_attempt(*a))
+                    calls.append(lambda a=(run, task, nxt, states.PENDING): self.store.runs.transition_attempt(*a))
         before = dump(self.store)
         for call in calls:
             with pytest.raises(IllegalTransition):
@@ -232,8 +233,8 @@ class Runs(RuleBasedStateMachine):
         n = data.draw(st.integers(1, len(tries)), label="attempt")
         before = dump(self.store)
         state = self.model[run]["state"]
-        assert self.store.transition_run(run, state) == state
-        assert self.store.transition_attempt(run, task, n, tries[n - 1], exit_code=99, reason="again") == tries[n - 1]
+        assert self.store.runs.transition_run(run, state) == state
+        assert self.store.runs.transition_attempt(run, task, n, tries[n - 1], exit_code=99, reason="again") == tries[n - 1]
         assert dump(self.store) == before
 
     def finished_runs(self):
@@ -338,27 +339,27 @@ def test_the_machine_reached_the_moves_that_matter():
 
 def test_an_attempt_cannot_start_in_a_run_that_is_over(store):
     run = fake_run(store, **ALIVE).id
-    store.interrupt(run, states.RUNNING, "killed")
+    store.runs.interrupt(run, states.RUNNING, "killed")
     with pytest.raises(IllegalTransition):
-        store.transition_attempt(run, "a", 1, states.RUNNING)
+        store.runs.transition_attempt(run, "a", 1, states.RUNNING)
 
 
 def test_a_run_cannot_succeed_with_attempts_still_open(store):
     run = fake_run(store, tasks=["a"], **ALIVE).id
-    store.transition_attempt(run, "a", 1, states.RUNNING)
+    store.runs.transition_attempt(run, "a", 1, states.RUNNING)
     with pytest.raises(IllegalTransition, match="'a' is still open"):
-        store.transition_run(run, states.SUCCESS)
-    assert store.get_run(run).state == states.RUNNING
-    store.transition_attempt(run, "a", 1, states.SUCCESS, exit_code=0)
-    store.transition_run(run, states.SUCCESS)
-    assert store.get_run(run).state == states.SUCCESS
+        store.runs.transition_run(run, states.SUCCESS)
+    assert store.runs.get_run(run).state == states.RUNNING
+    store.runs.transition_attempt(run, "a", 1, states.SUCCESS, exit_code=0)
+    store.runs.transition_run(run, states.SUCCESS)
+    assert store.runs.get_run(run).state == states.SUCCESS
 
 
 def test_a_new_attempt_needs_the_previous_one_finished(store):
     run = fake_run(store, **ALIVE).id
-    store.transition_attempt(run, "a", 1, states.RUNNING)
+    store.runs.transition_attempt(run, "a", 1, states.RUNNING)
     with pytest.raises(IllegalTransition, match="attempt 1 is running"):
-        store.transition_attempt(run, "a", 2, states.RUNNING)
-    store.transition_attempt(run, "a", 1, states.FAILED, exit_code=1)
-    store.transition_attempt(run, "a", 2, states.RUNNING)
-    assert [a.state for a in store.attempts(run) if a.task_id == "a"] == [states.FAILED, states.RUNNING]
+        store.runs.transition_attempt(run, "a", 2, states.RUNNING)
+    store.runs.transition_attempt(run, "a", 1, states.FAILED, exit_code=1)
+    store.runs.transition_attempt(run, "a", 2, states.RUNNING)
+    assert [a.state for a in store.runs.attempts(run) if a.task_id == "a"] == [states.FAILED, states.RUNNING]

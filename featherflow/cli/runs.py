@@ -22,7 +22,7 @@ def cmd_run(app, args) -> int:
             raise errors.UsageError("--resume runs with the params the run started with; drop --params")
         name = flowmod.check_flow_name(args.flow)
         reconcile.reconcile(app.store)
-        run = app.store.latest_run(name, states.RESUMABLE)
+        run = app.store.runs.latest_run(name, states.RESUMABLE)
         if run is None:
             raise errors.ConflictError(f"flow {name!r} has no failed or interrupted run to resume")
         return _resume(app, run.id, args)
@@ -60,13 +60,13 @@ def cmd_runs_list(app, args) -> int:
         except ValueError as exc:
             raise errors.UsageError(f"--since: {exc}") from None
     store = reading(app)
-    runs = store.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit)
+    runs = store.runs.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit)
     now = clock.now()
     if args.json:
         print(json.dumps([views.run_json(r, now) for r in runs], indent=2, ensure_ascii=False))
     elif not runs:
         filters = [("--flow", args.flow), ("--state", args.state), ("--since", args.since)]
-        print(views.no_runs([(k, v) for k, v in filters if v], store.run_count()))
+        print(views.no_runs([(k, v) for k, v in filters if v], store.runs.run_count()))
     else:
         print("\n".join(views.runs_table(runs, now)))
     return 0
@@ -76,8 +76,8 @@ def cmd_runs_show(app, args) -> int:
     from featherflow.cli import format as views  # lazy: not for --help
 
     store = reading(app)
-    run = store.get_run(args.run_id)
-    attempts = store.attempts(run.id)
+    run = store.runs.get_run(args.run_id)
+    attempts = store.runs.attempts(run.id)
     order = flowmod.task_order(run.snapshot)
     order += sorted({a.task_id for a in attempts} - set(order))
     now = clock.now()
@@ -98,8 +98,8 @@ def cmd_runs_show(app, args) -> int:
 
 def cmd_runs_logs(app, args) -> int:
     store = reading(app)
-    run = store.get_run(args.run_id)
-    attempts = store.attempts(run.id)
+    run = store.runs.get_run(args.run_id)
+    attempts = store.runs.attempts(run.id)
     order = flowmod.task_order(run.snapshot)
     if args.task is not None and args.task not in {a.task_id for a in attempts}:
         raise errors.UsageError(f"run {run.id} has no task {args.task!r} (tasks: {', '.join(order)})")
@@ -138,12 +138,12 @@ def _follow(store, run, attempt, path) -> int:
 
     position = 0
     while True:
-        current = store.get_run(run.id)
+        current = store.runs.get_run(run.id)
         if (current.state in (states.QUEUED, states.RUNNING)
                 and not proc.is_alive(current.pid, current.pid_start, current.boot_id)):
             reconcile.reconcile(store)
-            current = store.get_run(run.id)
-        state = next(a.state for a in store.attempts(run.id)
+            current = store.runs.get_run(run.id)
+        state = next(a.state for a in store.runs.attempts(run.id)
                      if a.task_id == attempt.task_id and a.attempt == attempt.attempt)
         over = state in states.ATTEMPT_FINISHED or current.state in states.RUN_FINISHED
         try:

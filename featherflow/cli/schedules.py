@@ -34,9 +34,9 @@ def cmd_schedule_list(app, args) -> int:
 
     now = clock.now()
     if args.json:
-        print(json.dumps([schedule_admin.schedule_json(app.store, s, now) for s in app.store.list_schedules()],
+        print(json.dumps([schedule_admin.schedule_json(app.store, s, now) for s in app.store.schedules.list_schedules()],
                          indent=2, ensure_ascii=False))
-    elif not app.store.list_schedules():
+    elif not app.store.schedules.list_schedules():
         print("no schedules yet (add one with `featherflow schedule add FLOW --interval daily`)")
     else:
         print("\n".join(schedule_admin.schedules_table(app.store, now)))
@@ -47,7 +47,7 @@ def cmd_schedule_show(app, args) -> int:
     from featherflow.scheduler import admin as schedule_admin
 
     store, now = reconciled(app), clock.now()
-    s = store.get_schedule(args.name)
+    s = store.schedules.get_schedule(args.name)
     if args.json:
         print(json.dumps(schedule_admin.schedule_json(store, s, now, args.limit), indent=2, ensure_ascii=False))
     else:
@@ -58,7 +58,7 @@ def cmd_schedule_show(app, args) -> int:
 def cmd_schedule_remove(app, args) -> int:
     from featherflow.scheduler import control
 
-    s = app.store.remove_schedule(args.name)
+    s = app.store.schedules.remove_schedule(args.name)
     control.notify(app.store)  # the daemon sees it at once
     print(f"removed schedule {s.name} and its slots (its runs stay in the history)")
     return 0
@@ -67,7 +67,7 @@ def cmd_schedule_remove(app, args) -> int:
 def cmd_schedule_enable(app, args) -> int:
     from featherflow.scheduler import control
 
-    s = app.store.set_schedule_enabled(args.name, True)
+    s = app.store.schedules.set_schedule_enabled(args.name, True)
     control.notify(app.store)  # the daemon sees it at once
     print(f"schedule {s.name} enabled (slots from now on; none missed while it was disabled)")
     return 0
@@ -76,7 +76,7 @@ def cmd_schedule_enable(app, args) -> int:
 def cmd_schedule_disable(app, args) -> int:
     from featherflow.scheduler import control
 
-    s = app.store.set_schedule_enabled(args.name, False)
+    s = app.store.schedules.set_schedule_enabled(args.name, False)
     control.notify(app.store)  # the daemon sees it at once
     print(f"schedule {s.name} disabled")
     return 0

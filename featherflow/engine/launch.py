@@ -21,9 +21,12 @@ from typing import Dict, Optional
 from featherflow import clock, flow as flowmod, graph, mark, proc, states
 from featherflow.config import Config
 from featherflow.engine import limits, script
-from featherflow.errors import DatabaseError, DiskError, FeatherflowError, UsageError, ValidationError
+from featherflow.errors import (
+    DatabaseError, DiskError, FeatherflowError, UsageError, ValidationError, is_database_error)
 from featherflow.paths import run_dir
-from featherflow.store.runs import Run, Store
+from featherflow.store import Store
+from featherflow.store.records import Run
+from featherflow.store.records import NewRun
 
 
 @dataclass
@@ -140,19 +143,19 @@ def prepare(config: Config, store: Optional[Store], name: str, params: Dict, max
         return Prepared(None, flow, path)
     start, boot = proc.identity(os.getpid())
     try:
-        run = store.create_run(
+        run = store.runs.create_run(NewRun(
             flow.name, order, flow.snapshot(), merged, trigger, str(config.flows_dir), str(config.tasks_dir),
             str(config.output_dir), parallel, schedule_id, scheduled_at,
-            pid=os.getpid(), pid_start=start, boot_id=boot)
+            pid=os.getpid(), pid_start=start, boot_id=boot))
     except Exception as exc:  # peewee wraps sqlite3's errors ("database is locked") in its own
-        if exc.__class__.__module__ != "peewee":
+        if not is_database_error(exc):
             raise
         raise DatabaseError(f"cannot create the run in {config.db_path}: {exc}") from None
     try:
         path = script_for(config, run, flow, {t: 1 for t in order}, (), keep_tmp, lock_wait, kill_grace)
     except OSError as exc:
         # The run exists but can never start: say so in the database too.
-        store.transition_run(run.id, states.FAILED, reason=f"could not write its script: {exc}")
+        store.runs.transition_run(run.id, states.FAILED, reason=f"could not write its script: {exc}")
         raise DiskError(f"run {run.id}: cannot write its script under {run_dir(run)}: "
                         f"{exc.strerror or exc}") from None
     return Prepared(run, flow, path)
@@ -264,7 +267,7 @@ def exec_script(store: Optional[Store], prepared: Prepared) -> None:
     except OSError as exc:  # E2BIG, ENOEXEC, ...: the run can never start; say so, not "interrupted"
         reason = f"could not start: cannot execute {shell}: {exc.strerror or exc}"
         if prepared.run is not None and store is not None:
-            store.transition_run(prepared.run.id, states.FAILED, reason=reason)
+            store.runs.transition_run(prepared.run.id, states.FAILED, reason=reason)
         raise FeatherflowError(f"run {prepared.run.id if prepared.run else '-'}: {reason}") from None
 
 
@@ -308,14 +311,14 @@ def start_queued(config: Config, store: Store, run_id: int, launcher: Optional[i
     """
     me = os.getpid()
     start, boot = proc.identity(me)
-    run = store.claim_queued(run_id, {launcher, me} - {None}, me, start, boot)
+    run = store.runs.claim_queued(run_id, {launcher, me} - {None}, me, start, boot)
     try:
         flow = flowmod.validate(json.loads(run.snapshot), tasks_dir=Path(run.tasks_dir),
                                 source=f"run {run.id}")
-        attempts = {task: a.attempt for task, a in store.latest_attempts(run.id).items()}
+        attempts = {task: a.attempt for task, a in store.runs.latest_attempts(run.id).items()}
         path = script_for(config, run, flow, attempts, (), keep_tmp=False)
     except (FeatherflowError, OSError) as exc:
         why = "; ".join(exc.errors) if isinstance(exc, ValidationError) else str(exc)
-        store.transition_run(run.id, states.FAILED, reason=f"could not start: {why}")
+        store.runs.transition_run(run.id, states.FAILED, reason=f"could not start: {why}")
         raise
     return Prepared(run, flow, path)

@@ -16,7 +16,8 @@ from featherflow import proc, states
 from featherflow.engine import script
 from featherflow.errors import ConflictError
 from featherflow.paths import run_dir
-from featherflow.store.runs import Run, Store
+from featherflow.store import Store
+from featherflow.store.records import Run
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def reconcile(store: Store, current_boot: Optional[str] = None) -> List[Tuple[in
     """
     current_boot = proc.boot_id() if current_boot is None else current_boot
     done = []
-    for run in store.list_runs(states_in=(states.QUEUED, states.RUNNING), limit=None):
+    for run in store.runs.list_runs(states_in=(states.QUEUED, states.RUNNING), limit=None):
         if proc.is_alive(run.pid, run.pid_start, run.boot_id, current_boot):
             continue
         if run.boot_id and current_boot and run.boot_id != current_boot:
@@ -49,14 +50,14 @@ def reconcile(store: Store, current_boot: Optional[str] = None) -> List[Tuple[in
         # under way may still move the run from queued to running meanwhile:
         # then look again (bounded), as long as it is the same dead process.
         for _ in range(3):
-            current = store.get_run(run.id)
+            current = store.runs.get_run(run.id)
             if (current.state not in (states.QUEUED, states.RUNNING)
                     or proc.is_alive(current.pid, current.pid_start, current.boot_id, current_boot)):
                 break  # it ended, was reconciled, or was resumed by a live process meanwhile
             killed = kill_leftovers(current)
             if killed:
                 log.warning("run %s: killed %d leftover process(es)", run.id, killed)
-            if store.interrupt(run.id, current.state, reason, new):
+            if store.runs.interrupt(run.id, current.state, reason, new):
                 done.append((run.id, reason))
                 break
     return done
@@ -91,7 +92,7 @@ def kill_leftovers(run: Run, passes: int = 5) -> int:
 
 def cancel(store: Store, run_id: int, wait: float = script.KILL_GRACE + 5.0) -> str:
     """Stop a queued or running run from anywhere; returns its final state."""
-    run = store.get_run(run_id)
+    run = store.runs.get_run(run_id)
     if run.state not in (states.QUEUED, states.RUNNING):
         raise ConflictError(f"run {run_id} is {run.state}; only queued or running runs can be cancelled")
     if proc.is_alive(run.pid, run.pid_start, run.boot_id):
@@ -101,7 +102,7 @@ def cancel(store: Store, run_id: int, wait: float = script.KILL_GRACE + 5.0) -> 
             pass  # gone meanwhile
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            state = store.get_run(run_id).state
+            state = store.runs.get_run(run_id).state
             if state in states.RUN_FINISHED:
                 return state
             if not proc.is_alive(run.pid, run.pid_start, run.boot_id):
@@ -111,7 +112,7 @@ def cancel(store: Store, run_id: int, wait: float = script.KILL_GRACE + 5.0) -> 
             os.kill(run.pid, signal.SIGKILL)
     kill_leftovers(run)
     try:
-        store.transition_run(run_id, states.CANCELLED, reason="cancelled by `runs cancel`")
+        store.runs.transition_run(run_id, states.CANCELLED, reason="cancelled by `runs cancel`")
     except states.IllegalTransition:
         pass  # it ended by itself meanwhile
-    return store.get_run(run_id).state
+    return store.runs.get_run(run_id).state

@@ -17,7 +17,8 @@ from featherflow.config import Config
 from featherflow.engine import launch
 from featherflow.errors import ConflictError, DiskError, FeatherflowError, UsageError
 from featherflow.paths import run_dir
-from featherflow.store.runs import Run, Store
+from featherflow.store import Store
+from featherflow.store.records import Run
 
 
 @dataclass
@@ -32,7 +33,7 @@ class ResumePlan:
 
 def plan_resume(store: Store, run_id: int, force: bool = False, from_task: Optional[str] = None) -> ResumePlan:
     """Decide which tasks a resume keeps and which it runs again."""
-    run = store.get_run(run_id)
+    run = store.runs.get_run(run_id)
     if run.state not in states.RESUMABLE:
         raise ConflictError(
             f"run {run_id} is {run.state}; only failed or interrupted runs can be resumed")
@@ -56,7 +57,7 @@ def plan_resume(store: Store, run_id: int, force: bool = False, from_task: Optio
         else:
             definition = f"the definition run {run_id} started with (--force; {what})"
     flowmod.validate(flow.source, tasks_dir=Path(run.tasks_dir), source=f"run {run_id}")
-    latest = store.latest_attempts(run_id)
+    latest = store.runs.latest_attempts(run_id)
     order = graph.topological_order(flow.edges)
     rerun: Set[str] = {t for t in order if t not in latest or latest[t].state != states.SUCCESS}
     if from_task is not None:
@@ -79,13 +80,13 @@ def start_resume(config: Config, store: Store, plan: ResumePlan, keep_tmp: bool 
     except OSError as exc:
         raise FeatherflowError(f"run {plan.run.id} cannot resume: {exc.strerror}") from None
     start, boot = proc.identity(os.getpid())
-    attempts = store.resume(plan.run.id, plan.rerun, plan.snapshot, auto=auto,
+    attempts = store.runs.resume(plan.run.id, plan.rerun, plan.snapshot, auto=auto,
                             pid=os.getpid(), pid_start=start, boot_id=boot)
-    run = store.get_run(plan.run.id)
+    run = store.runs.get_run(plan.run.id)
     try:
         path = launch.script_for(config, run, plan.flow, attempts, plan.keep, keep_tmp)
     except OSError as exc:
-        store.transition_run(run.id, states.FAILED, reason=f"could not write its script: {exc.strerror or exc}")
+        store.runs.transition_run(run.id, states.FAILED, reason=f"could not write its script: {exc.strerror or exc}")
         raise DiskError(f"run {run.id}: cannot write its script under {run_dir(run)}: "
                         f"{exc.strerror or exc}") from None
     return launch.Prepared(run, plan.flow, path)

@@ -17,7 +17,7 @@ from featherflow.engine import launch
 from featherflow.errors import UsageError
 from featherflow.scheduler import policy, slots
 from featherflow.scheduler.control import next_fire, notify
-from featherflow.store.runs import Store
+from featherflow.store import Store
 
 
 def add_schedule(cfg: Config, store: Store, flow_name: str, cron: Optional[str] = None,
@@ -55,7 +55,7 @@ def add_schedule(cfg: Config, store: Store, flow_name: str, cron: Optional[str] 
     if not flowmod.NAME_RE.fullmatch(name):
         raise UsageError(f"bad schedule name {name!r} (valid: letters, digits, '_', '-', '.', "
                          "not starting with '.' or '-')")
-    schedule = store.add_schedule(
+    schedule = store.schedules.add_schedule(
         name, flow.name, expr, tz, params or {}, str(cfg.flows_dir), str(cfg.tasks_dir), str(cfg.output_dir),
         catchup=catchup, overlap=overlap, on_interrupt=on_interrupt, enabled=enabled,
         description=description or "", now=now)
@@ -71,7 +71,7 @@ def in_zone(moment: Optional[datetime], tz: str) -> str:
 
 def schedule_json(store: Store, schedule, now: datetime, limit: int = 1) -> Dict:
     """The stable JSON form of a schedule, with its next fire time and latest `limit` slots."""
-    recent = store.recent_slots(schedule.id, limit)
+    recent = store.schedules.recent_slots(schedule.id, limit)
     data = {key: getattr(schedule, key) for key in (
         "name", "flow_name", "cron", "tz", "params", "catchup", "overlap", "on_interrupt", "enabled",
         "description", "flows_dir", "tasks_dir", "output_dir")}
@@ -93,8 +93,8 @@ def _outcome(slot) -> str:
 def schedules_table(store: Store, now: datetime, width: int = 80) -> List[str]:
     """`schedule list`: one line a schedule: name, flow, when, next fire time, last outcome."""
     lines = [f"{'NAME':<16} {'FLOW':<14} {'WHEN':<18} {'NEXT':<16} LAST"]
-    for s in store.list_schedules():
-        recent = store.recent_slots(s.id, 1)
+    for s in store.schedules.list_schedules():
+        recent = store.schedules.recent_slots(s.id, 1)
         nxt = next_fire(store, s, now)
         when = s.cron if len(s.cron) <= 18 else s.cron[:17] + "…"
         shown = (clock.as_utc(nxt).astimezone(slots.zone(s.tz)).strftime("%m-%d %H:%M:%S")
@@ -117,7 +117,7 @@ def schedule_detail(store: Store, schedule, now: datetime, limit: int = 20) -> L
     ]
     if s.description:
         lines.insert(1, f"  {s.description}")
-    slots = store.recent_slots(s.id, limit)
+    slots = store.schedules.recent_slots(s.id, limit)
     lines.append("")
     lines.append(f"  {'SLOT':<24} {'STATE':<8} {'RUN':<18} REASON" if slots else "  no slots yet")
     for slot in slots:

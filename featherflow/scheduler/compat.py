@@ -21,7 +21,7 @@ from featherflow.config import Config
 from featherflow.errors import ConflictError, FeatherflowError
 from featherflow.scheduler import admin, control
 from featherflow.store.db import open_database
-from featherflow.store.runs import Store
+from featherflow.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class ScheduleManager:
 
     def remove_schedule(self, name: str) -> bool:
         try:
-            self.store.remove_schedule(name)
+            self.store.schedules.remove_schedule(name)
         except FeatherflowError as exc:
             log.warning("%s", exc)
             return False
@@ -75,8 +75,8 @@ class ScheduleManager:
     def get_all_schedules(self) -> List[ScheduleEntry]:
         store, now = self.store, clock.now()
         entries = []
-        for s in store.list_schedules():
-            fired = [slot for slot in store.recent_slots(s.id, 50) if slot.state == "fired"]
+        for s in store.schedules.list_schedules():
+            fired = [slot for slot in store.schedules.recent_slots(s.id, 50) if slot.state == "fired"]
             entries.append(ScheduleEntry(s.name, s.flow_name, s.cron, s.tz, s.enabled, s.description,
                                          control.next_fire(store, s, now),
                                          clock.as_utc(fired[0].slot_at) if fired else None))

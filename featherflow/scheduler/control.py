@@ -23,7 +23,7 @@ from featherflow.errors import ConflictError, FeatherflowError
 from featherflow.scheduler import lock, policy
 from featherflow.scheduler.daemon import LOG_NAME, Scheduler, check_root, configure_logging
 from featherflow.store import db
-from featherflow.store.runs import Store
+from featherflow.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +122,18 @@ def _read_line(fd: int, deadline: float) -> str:
 
 def next_fire(store: Store, schedule, now: datetime) -> Optional[datetime]:
     """When `schedule` fires next (aware UTC; None when disabled), from what `store` recorded."""
-    return policy.next_fire(schedule, store.latest_slot_at(schedule.id), now)
+    return policy.next_fire(schedule, store.schedules.latest_slot_at(schedule.id), now)
 
 
 def is_running(store: Store) -> bool:
     """True when the daemon recorded for this database still runs."""
-    return lock.row_alive(store.scheduler_row())
+    return lock.row_alive(store.schedules.scheduler_row())
 
 
 def notify(store: Store) -> bool:
     """Wake the running scheduler (SIGHUP) so a schedule change counts at once, not within
     the check interval; False when none runs or it is not ours to signal."""
-    row = store.scheduler_row()
+    row = store.schedules.scheduler_row()
     if not lock.row_alive(row):
         return False
     try:
@@ -145,7 +145,7 @@ def notify(store: Store) -> bool:
 
 def stop(store: Store, deadline: float = STOP_DEADLINE) -> Optional[int]:
     """SIGTERM the running scheduler and wait until it exits; its pid, or None if none ran."""
-    row = store.scheduler_row()
+    row = store.schedules.scheduler_row()
     if not lock.row_alive(row):
         return None
     try:
@@ -173,7 +173,7 @@ class Status:
 
 def status(store: Store, now: datetime) -> Status:
     """`scheduler status`: the daemon's row, every schedule with its next fire time, active runs."""
-    row = store.scheduler_row()
-    rows = [(s, next_fire(store, s, now)) for s in store.list_schedules()]
-    runs = store.list_runs(states_in=(states.QUEUED, states.RUNNING), limit=None)
+    row = store.schedules.scheduler_row()
+    rows = [(s, next_fire(store, s, now)) for s in store.schedules.list_schedules()]
+    runs = store.runs.list_runs(states_in=(states.QUEUED, states.RUNNING), limit=None)
     return Status(lock.row_alive(row), row, rows, runs)

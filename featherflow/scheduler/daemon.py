@@ -38,7 +38,8 @@ from featherflow.engine import limits
 from featherflow.engine import launch, reconcile
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
 from featherflow.scheduler import lock, policy, slots
-from featherflow.store.runs import Store
+from featherflow.store import Store
+from featherflow.store.records import NewRun
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ class Scheduler:
         pid of the scheduler that already runs."""
         check_root(self.allow_root)
         self._lock_fd = lock.take(self.config.config_dir, self.pid)
-        other = self.store.scheduler_started(self.pid, *self.identity, now, lock.row_alive)
+        other = self.store.schedules.scheduler_started(self.pid, *self.identity, now, lock.row_alive)
         if other is not None:
             self.release(now, stopped=False)
             raise ConflictError(f"the scheduler already runs (pid {other.pid}) for the database "
@@ -113,7 +114,7 @@ class Scheduler:
             return
         if stopped:
             try:
-                self.store.scheduler_stopped(self.pid, now or clock.now())
+                self.store.schedules.scheduler_stopped(self.pid, now or clock.now())
             except Exception as exc:  # the lock still goes: a dead row is told apart by its pid
                 log.warning("could not record the scheduler's stop: %s", exc)
         lock.release(self._lock_fd)
@@ -134,62 +135,62 @@ class Scheduler:
         # told apart from one that fell while the daemon did not tick at all (SIGSTOP, suspend).
         last_tick, self._last_tick = self._last_tick, now
         self._reap()
-        store.scheduler_heartbeat(self.pid, now)
+        store.schedules.scheduler_heartbeat(self.pid, now)
         # Adopt queued runs whose launcher died (between firing and launching, or before
         # the launched process took the run) *before* reconcile, which would call them orphans.
-        for run in store.list_runs(state=states.QUEUED, limit=None):
+        for run in store.runs.list_runs(state=states.QUEUED, limit=None):
             if run.schedule_id is None or run.pid == self.pid or run.pid in self._children:
                 continue
             if proc.is_alive(run.pid, run.pid_start, run.boot_id):
                 continue
             if self._launches.get(run.id, 0) >= MAX_LAUNCHES:  # its process keeps dying before it starts
-                store.transition_run(run.id, states.FAILED, reason=f"could not start it ({MAX_LAUNCHES} tries; "
+                store.runs.transition_run(run.id, states.FAILED, reason=f"could not start it ({MAX_LAUNCHES} tries; "
                                      f"see {self.log_path})")
                 continue
-            if store.adopt_run(run.id, run.pid, self.pid, *self.identity):
+            if store.runs.adopt_run(run.id, run.pid, self.pid, *self.identity):
                 log.info("run %s: its launcher (pid %s) is gone; starting it", run.id, run.pid)
                 report.adopted += 1
                 report.launched += bool(self._launch(run))
         for run_id, reason in reconcile.reconcile(store):
             log.warning("run %s is now interrupted: %s", run_id, reason)
             report.interrupted += 1
-        for run in store.runs_to_auto_resume():
-            if store.claim_auto_resume(run.id):
+        for run in store.schedules.runs_to_auto_resume():
+            if store.schedules.claim_auto_resume(run.id):
                 log.info("run %s (schedule %s) was interrupted; resuming it once", run.id, run.schedule_id)
                 pid = self._launch(run, resume=True)
                 if pid:
                     self._resuming[run.id] = pid
                 report.resumed += 1
-        for schedule in store.list_schedules(enabled_only=True):
+        for schedule in store.schedules.list_schedules(enabled_only=True):
             try:
                 self._tick_schedule(schedule, now, report, last_tick)
             except Exception:  # one broken schedule must not stop the others
                 log.exception("schedule %s: tick failed", schedule.name)
         if time.monotonic() - self._trimmed > 3600:
             self._trimmed = time.monotonic()
-            for schedule in store.list_schedules():
-                store.trim_slots(schedule.id, SLOTS_KEPT)
+            for schedule in store.schedules.list_schedules():
+                store.schedules.trim_slots(schedule.id, SLOTS_KEPT)
         return report
 
     def _tick_schedule(self, schedule, now: datetime, report: TickReport,
                        last_tick: Optional[datetime] = None) -> None:
         store = self.store
-        active = [r.id for r in store.schedule_runs(schedule.id, (states.QUEUED, states.RUNNING))]
+        active = [r.id for r in store.schedules.schedule_runs(schedule.id, (states.QUEUED, states.RUNNING))]
         active += [run_id for run_id, pid in self._resuming.items()
-                   if pid in self._children and store.get_run(run_id).schedule_id == schedule.id]
-        decision = policy.decide(schedule, store.latest_slot_at(schedule.id), now,
-                                    active[0] if active else None, store.waiting_slots(schedule.id),
+                   if pid in self._children and store.runs.get_run(run_id).schedule_id == schedule.id]
+        decision = policy.decide(schedule, store.schedules.latest_slot_at(schedule.id), now,
+                                    active[0] if active else None, store.schedules.waiting_slots(schedule.id),
                                     last_tick=last_tick)
         if not decision:
             return
         skip, fire, notes = list(decision.skip), [], dict(decision.notes)
         for slot in decision.fire:
             try:
-                fire.append((slot, self._run_args(schedule), notes.get(slot)))
+                fire.append((slot, self.new_run(schedule), notes.get(slot)))
             except FeatherflowError as exc:
                 first = exc.errors[0] if getattr(exc, "errors", None) else str(exc)
                 skip.append((slot, f"not run: flow {schedule.flow_name!r} cannot run ({first})"))
-        created = store.record_decision(schedule.id, skip, decision.wait, fire, now,
+        created = store.schedules.record_decision(schedule.id, skip, decision.wait, fire, now,
                                         before_commit=lambda: self._fault("before-slot-commit"))
         self._fault("after-slot-commit")
         report.skipped += len(skip)
@@ -201,14 +202,14 @@ class Scheduler:
             log.info("schedule %s: slot %s fired run %s", schedule.name, clock.iso(run.scheduled_at), run.id)
             report.launched += bool(self._launch(run))
 
-    def _run_args(self, schedule) -> Dict:
-        """Store.create_run's arguments for a run of `schedule` (the flow as it is now)."""
+    def new_run(self, schedule) -> NewRun:
+        """The run a slot of `schedule` creates (the flow as it is now), held by this daemon."""
         flow = flowmod.load(Path(schedule.flows_dir), schedule.flow_name, Path(schedule.tasks_dir))
         params = launch.merge_params(flow, schedule.params)
         limits.check(flow, params, schedule.tasks_dir, "the schedule's params",
                      str(flowmod.flow_path(Path(schedule.flows_dir), flow.name)))
         start, boot = self.identity
-        return dict(flow_name=flow.name, task_ids=graph.topological_order(flow.edges),
+        return NewRun(flow_name=flow.name, task_ids=graph.topological_order(flow.edges),
                     snapshot=flow.snapshot(), params=params, trigger="schedule",
                     flows_dir=schedule.flows_dir, tasks_dir=schedule.tasks_dir,
                     output_dir=schedule.output_dir,
@@ -224,11 +225,11 @@ class Scheduler:
         except OSError as exc:
             log.error("run %s: could not start it: %s", run.id, exc)
             if not resume:
-                self.store.transition_run(run.id, states.FAILED, reason=f"the scheduler could not start it: {exc}")
+                self.store.runs.transition_run(run.id, states.FAILED, reason=f"the scheduler could not start it: {exc}")
             return None
         self._fault("after-launch")
         if pid and not resume:  # the run is now held by its own process, not by us
-            self.store.adopt_run(run.id, self.pid, pid, proc.start_time(pid), proc.boot_id())
+            self.store.runs.adopt_run(run.id, self.pid, pid, proc.start_time(pid), proc.boot_id())
         return pid
 
     def _spawn(self, run, resume: bool) -> int:
@@ -268,9 +269,9 @@ class Scheduler:
         (and never more than HEARTBEAT_EVERY, so the heartbeat stays fresh)."""
         store = self.store
         soonest = min(self.check_interval, states.HEARTBEAT_EVERY)
-        for schedule in store.list_schedules(enabled_only=True):
+        for schedule in store.schedules.list_schedules(enabled_only=True):
             try:
-                nxt = policy.next_fire(schedule, store.latest_slot_at(schedule.id), now)
+                nxt = policy.next_fire(schedule, store.schedules.latest_slot_at(schedule.id), now)
             except slots.ScheduleError:
                 continue
             soonest = min(soonest, (nxt - clock.as_utc(now)).total_seconds() + WAKE_MARGIN)

@@ -4,7 +4,7 @@ and how a database row becomes one."""
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from featherflow import clock
 
@@ -51,6 +51,27 @@ class Run:
 
 RUN_TIMES = ("scheduled_at", "created_at", "started_at", "ended_at")
 ATTEMPT_TIMES = ("created_at", "started_at", "ended_at")
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """What a new run is made of: its flow (name, task ids in order, the definition as it
+    runs), its params and trigger, where it runs, and the process that holds it."""
+
+    flow_name: str
+    task_ids: Sequence[str]
+    snapshot: str
+    params: Dict
+    trigger: str
+    flows_dir: str
+    tasks_dir: str
+    output_dir: str
+    max_parallel: int
+    schedule_id: Optional[int] = None
+    scheduled_at: Optional[datetime] = None
+    pid: Optional[int] = None
+    pid_start: Optional[int] = None
+    boot_id: Optional[str] = None
 
 
 def as_run(row: dict) -> Run:

@@ -55,30 +55,30 @@ def prune(store, db_path: Path, now: datetime, older_than: Optional[timedelta] =
     searched for leftover run dirs, even when no run of this database uses it."""
 
     report = PruneReport(db_bytes_before=_size(db_path))
-    doomed = select(store.list_runs(flow=flow, limit=None), now, older_than, keep_last)
+    doomed = select(store.runs.list_runs(flow=flow, limit=None), now, older_than, keep_last)
     report.runs = [r.id for r in doomed]
-    report.attempts = store.attempt_count([r.id for r in doomed])
+    report.attempts = store.runs.attempt_count([r.id for r in doomed])
     dirs = [run_dir(r) for r in doomed]
     report.files_bytes = sum(_tree_size(d) for d in dirs)
-    output_dirs = {Path(d) for d in store.output_dirs()} | {Path(r.output_dir) for r in doomed}
+    output_dirs = {Path(d) for d in store.runs.output_dirs()} | {Path(r.output_dir) for r in doomed}
     if output_dir is not None:
         output_dirs.add(Path(output_dir))
     if dry_run:
         report.db_bytes_after = report.db_bytes_before
         return report
-    store.delete_runs(report.runs)
+    store.runs.delete_runs(report.runs)
     # A run resumed since it was chosen is not deleted (delete_runs checks the
     # state in its transaction): keep its files, and leave it out of the report.
-    kept = [r for r in doomed if r.id in store.run_uids()]
+    kept = [r for r in doomed if r.id in store.runs.run_uids()]
     if kept:
-        report.attempts -= store.attempt_count([r.id for r in kept])
+        report.attempts -= store.runs.attempt_count([r.id for r in kept])
         report.files_bytes -= sum(_tree_size(run_dir(r)) for r in kept)
         report.runs = [i for i in report.runs if i not in {r.id for r in kept}]
         dirs = [run_dir(r) for r in doomed if r not in kept]
     for directory in dirs:
         shutil.rmtree(directory, ignore_errors=True)
     for output in sorted(output_dirs):
-        for orphan in _orphans(output / "runs", store.run_uids, str(db_path)):
+        for orphan in _orphans(output / "runs", store.runs.run_uids, str(db_path)):
             report.files_bytes += _tree_size(orphan)
             shutil.rmtree(orphan, ignore_errors=True)
             report.orphan_dirs.append(str(orphan))

@@ -1,5 +1,5 @@
 """Every query and transaction on runs and attempts; callers get plain objects
-(records.py). The schedules' queries are in schedule_store.py, mixed in here.
+(records.py). `Store` (store/__init__.py) composes this with the schedules' queries.
 
 Each write is one short BEGIN IMMEDIATE transaction (a deferred one that reads
 then writes fails at once with "database is locked" under concurrency), with
@@ -18,42 +18,32 @@ from featherflow import clock, states
 from featherflow.errors import ConflictError, UsageError
 from featherflow.store.db import chunks
 from featherflow.store.models import FlowRun, RunSnapshot, TaskAttempt
-from featherflow.store.records import Attempt, Run, as_attempt, as_run, parse_times
-from featherflow.store.schedules import ScheduleStore
+from featherflow.store.records import Attempt, NewRun, Run, as_attempt, as_run
 
 
-class Store(ScheduleStore):
+class RunStore:
+    """Runs and their attempts in one database."""
+
     def __init__(self, db: SqliteDatabase):
         self.db = db
 
-    def close(self) -> None:
-        self.db.close()
-
-    # -- runs ------------------------------------------------------------
-
-    def create_run(self, flow_name: str, task_ids: Sequence[str], snapshot: str, params: Dict,
-                   trigger: str, flows_dir: str, tasks_dir: str, output_dir: str,
-                   max_parallel: int, schedule_id: Optional[int] = None,
-                   scheduled_at: Optional[datetime] = None, pid: Optional[int] = None,
-                   pid_start: Optional[int] = None, boot_id: Optional[str] = None,
-                   now: Optional[datetime] = None) -> Run:
-        """Create a queued run and one pending attempt per task, in one transaction;
-        `now` stamps them (default: the clock's now)."""
-        now = clock.to_text(now or clock.now())
-        if isinstance(scheduled_at, datetime):
-            scheduled_at = clock.to_text(scheduled_at)
+    def create_run(self, new: NewRun, now: Optional[datetime] = None) -> Run:
+        """Create a queued run and one pending attempt per task, in one transaction (a
+        savepoint inside the caller's, when a slot fires it); `now` stamps them."""
+        stamp = clock.to_text(now or clock.now())
+        scheduled = clock.to_text(new.scheduled_at) if new.scheduled_at is not None else None
         with self.db.atomic("IMMEDIATE"):
             run_id = FlowRun.insert(
-                uid=uuid.uuid4().hex, flow_name=flow_name, state=states.QUEUED, trigger=trigger,
-                params=json.dumps(params, sort_keys=True),
-                flows_dir=flows_dir, tasks_dir=tasks_dir, output_dir=output_dir,
-                max_parallel=max_parallel, schedule=schedule_id, scheduled_at=scheduled_at,
-                created_at=now, pid=pid, pid_start=pid_start, boot_id=boot_id,
+                uid=uuid.uuid4().hex, flow_name=new.flow_name, state=states.QUEUED, trigger=new.trigger,
+                params=json.dumps(new.params, sort_keys=True),
+                flows_dir=new.flows_dir, tasks_dir=new.tasks_dir, output_dir=new.output_dir,
+                max_parallel=new.max_parallel, schedule=new.schedule_id, scheduled_at=scheduled,
+                created_at=stamp, pid=new.pid, pid_start=new.pid_start, boot_id=new.boot_id,
             ).execute()
-            RunSnapshot.insert(run=run_id, snapshot=snapshot).execute()
+            RunSnapshot.insert(run=run_id, snapshot=new.snapshot).execute()
             TaskAttempt.insert_many(
-                [dict(run=run_id, task_id=t, attempt=1, state=states.PENDING, created_at=now)
-                 for t in task_ids]
+                [dict(run=run_id, task_id=t, attempt=1, state=states.PENDING, created_at=stamp)
+                 for t in new.task_ids]
             ).execute()
         return self.get_run(run_id)
 
@@ -71,11 +61,6 @@ class Store(ScheduleStore):
         """The flow definition the run runs, kept apart from its row (migration 0003)."""
         return (RunSnapshot.select(RunSnapshot.snapshot).where(RunSnapshot.run == run_id)
                 .scalar())
-
-    def set_process(self, run_id: int, pid: int, pid_start: Optional[int], boot_id: Optional[str]) -> None:
-        with self.db.atomic("IMMEDIATE"):
-            FlowRun.update(pid=pid, pid_start=pid_start, boot_id=boot_id).where(
-                FlowRun.id == run_id).execute()
 
     def list_runs(self, flow: Optional[str] = None, state: Optional[str] = None,
                   since: Optional[datetime] = None, limit: Optional[int] = 20,
@@ -223,10 +208,29 @@ class Store(ScheduleStore):
         """Every output dir a run of this database was started with."""
         return [d for (d,) in FlowRun.select(FlowRun.output_dir).distinct().tuples()]
 
-    def compact(self) -> None:
-        """Give space back after deletions: checkpoint the WAL; VACUUM when a quarter is free."""
-        pages = self.db.execute_sql("PRAGMA page_count").fetchone()[0]
-        free = self.db.execute_sql("PRAGMA freelist_count").fetchone()[0]
-        if pages and free * 4 >= pages:
-            self.db.execute_sql("VACUUM")
-        self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    def adopt_run(self, run_id: int, expected_pid: Optional[int], pid: int, pid_start: Optional[int],
+                  boot_id: Optional[str]) -> bool:
+        """Hand a queued run to another process, if it is still queued and held by `expected_pid`."""
+        held = FlowRun.pid.is_null() if expected_pid is None else FlowRun.pid == expected_pid
+        with self.db.atomic("IMMEDIATE"):
+            return FlowRun.update(pid=pid, pid_start=pid_start, boot_id=boot_id).where(
+                FlowRun.id == run_id, FlowRun.state == states.QUEUED, held).execute() == 1
+
+    def claim_queued(self, run_id: int, allowed_pids: Iterable[Optional[int]], pid: int,
+                     pid_start: Optional[int], boot_id: Optional[str]) -> Run:
+        """Take a queued run to start it: only if it is queued and held by one of `allowed_pids`.
+
+        So two processes started for one run (by a scheduler that died and by the
+        one that adopted its runs) never both run it.
+        """
+        allowed = set(allowed_pids)
+        with self.db.atomic("IMMEDIATE"):
+            row = FlowRun.select(FlowRun.state, FlowRun.pid).where(FlowRun.id == run_id).first()
+            if row is None:
+                raise UsageError(f"run {run_id} not found (see `featherflow runs list`)")
+            if row.state != states.QUEUED:
+                raise ConflictError(f"run {run_id} is {row.state}, not queued: it was started already")
+            if row.pid not in allowed:
+                raise ConflictError(f"run {run_id} is held by process {row.pid}: not starting it twice")
+            FlowRun.update(pid=pid, pid_start=pid_start, boot_id=boot_id).where(FlowRun.id == run_id).execute()
+        return self.get_run(run_id)

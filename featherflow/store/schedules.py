@@ -7,20 +7,26 @@ fired slot lacks its run. Each write is one short BEGIN IMMEDIATE transaction.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-from peewee import JOIN
+from peewee import JOIN, SqliteDatabase
 
 from featherflow import clock, states
 from featherflow.errors import ConflictError, UsageError
 from featherflow.store.models import FlowRun, Schedule as ScheduleModel, ScheduleSlot, SchedulerState
 from featherflow.store.records import Run, as_run, parse_times
+from featherflow.store.runs import RunStore
 
 
 class ScheduleStore:
-    """Schedule queries; mixed into store.Store, which provides `self.db`."""
+    """Schedules, their slots and the scheduler's row; a fired slot's run is created through
+    `runs` in the slot's own transaction."""
+
+    def __init__(self, db: SqliteDatabase, runs: RunStore):
+        self.db = db
+        self.runs = runs
 
     def add_schedule(self, name: str, flow_name: str, cron: str, tz: str, params: Dict,
                      flows_dir: str, tasks_dir: str, output_dir: str, catchup: str = "latest",
@@ -97,7 +103,7 @@ class ScheduleStore:
         """Record skipped and waiting slots, and fire slots, all in ONE transaction.
 
         `skip` and `wait` are (slot, reason) pairs; `fire` is (slot, run) pairs where
-        `run` holds Store.create_run's arguments, or (slot, run, reason) (why it fired
+        `run` is the NewRun to create, or (slot, run, reason) (why it fired
         late: catch-up, waited). A fired slot gets its queued run (trigger `schedule`,
         scheduled_at = the slot) in the same transaction. A slot already recorded is left
         alone, except a waiting one, which may fire or be skipped now: its reason is
@@ -114,28 +120,13 @@ class ScheduleStore:
             for slot_at, run, *note in fire:
                 if self._slot_state(schedule_id, slot_at) not in (None, SLOT_WAITING):
                     continue
-                new = self.create_run(**{**run, "trigger": "schedule", "schedule_id": schedule_id,
-                                         "scheduled_at": clock.to_text(slot_at), "now": now})
+                new = self.runs.create_run(replace(run, trigger="schedule", schedule_id=schedule_id,
+                                                   scheduled_at=slot_at), now=now)
                 self._put_slot(schedule_id, slot_at, SLOT_FIRED, note[0] if note else None, stamp, run_id=new.id)
                 created.append(new)
             if before_commit is not None:
                 before_commit()
         return created
-
-    def fire_slot(self, schedule_id: int, slot_at: datetime, run: Dict, now: Optional[datetime] = None,
-                  before_commit: "Optional[Callable[[], None]]" = None) -> Optional[Run]:
-        """Insert the slot row and create its queued run in one transaction; None if already recorded."""
-        created = self.record_decision(schedule_id, fire=[(slot_at, run)], now=now, before_commit=before_commit)
-        return created[0] if created else None
-
-    def record_slot(self, schedule_id: int, slot_at: datetime, state: str, reason: str,
-                    now: Optional[datetime] = None) -> None:
-        """Record a slot as skipped or waiting, with the reason."""
-        if state not in (SLOT_SKIPPED, SLOT_WAITING):
-            raise ValueError(f"record_slot: state must be {SLOT_SKIPPED} or {SLOT_WAITING}, not {state}")
-        pairs = [(slot_at, reason)]
-        self.record_decision(schedule_id, skip=pairs if state == SLOT_SKIPPED else (),
-                             wait=pairs if state == SLOT_WAITING else (), now=now)
 
     def _slot_state(self, schedule_id: int, slot_at: datetime) -> Optional[str]:
         row = (ScheduleSlot.select(ScheduleSlot.state)
@@ -167,9 +158,6 @@ class ScheduleStore:
         if limit:
             query = query.limit(limit)
         return [_slot(row) for row in query.dicts()]
-
-    def slot_count(self, schedule_id: int) -> int:
-        return ScheduleSlot.select().where(ScheduleSlot.schedule == schedule_id).count()
 
     def trim_slots(self, schedule_id: int, keep: int) -> int:
         """Delete all but the newest `keep` slots of a schedule (the latest always stays)."""
@@ -203,33 +191,6 @@ class ScheduleStore:
             return FlowRun.update(auto_resumed=True).where(
                 FlowRun.id == run_id, FlowRun.state == states.INTERRUPTED,
                 FlowRun.auto_resumed == False).execute() == 1  # noqa: E712
-
-    def adopt_run(self, run_id: int, expected_pid: Optional[int], pid: int, pid_start: Optional[int],
-                  boot_id: Optional[str]) -> bool:
-        """Hand a queued run to another process, if it is still queued and held by `expected_pid`."""
-        held = FlowRun.pid.is_null() if expected_pid is None else FlowRun.pid == expected_pid
-        with self.db.atomic("IMMEDIATE"):
-            return FlowRun.update(pid=pid, pid_start=pid_start, boot_id=boot_id).where(
-                FlowRun.id == run_id, FlowRun.state == states.QUEUED, held).execute() == 1
-
-    def claim_queued(self, run_id: int, allowed_pids: Iterable[Optional[int]], pid: int,
-                     pid_start: Optional[int], boot_id: Optional[str]) -> Run:
-        """Take a queued run to start it: only if it is queued and held by one of `allowed_pids`.
-
-        So two processes started for one run (by a scheduler that died and by the
-        one that adopted its runs) never both run it.
-        """
-        allowed = set(allowed_pids)
-        with self.db.atomic("IMMEDIATE"):
-            row = FlowRun.select(FlowRun.state, FlowRun.pid).where(FlowRun.id == run_id).first()
-            if row is None:
-                raise UsageError(f"run {run_id} not found (see `featherflow runs list`)")
-            if row.state != states.QUEUED:
-                raise ConflictError(f"run {run_id} is {row.state}, not queued: it was started already")
-            if row.pid not in allowed:
-                raise ConflictError(f"run {run_id} is held by process {row.pid}: not starting it twice")
-            FlowRun.update(pid=pid, pid_start=pid_start, boot_id=boot_id).where(FlowRun.id == run_id).execute()
-        return self.get_run(run_id)
 
     def scheduler_row(self) -> Optional["SchedulerRow"]:
         row = SchedulerState.select().where(SchedulerState.id == 1).dicts().first()
