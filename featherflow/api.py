@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from featherflow import config, flow as flowmod
-from featherflow.errors import FeatherflowError, ValidationError
+from featherflow.errors import READ_ONLY, DatabaseError, FeatherflowError, ValidationError, filesystem_state
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Featherflow:
     def load_flow(self, name: str) -> flowmod.Flow:
         """Load and validate a flow, its default params included: a task the kernel would
         refuse to start (limits.py) makes the flow invalid."""
-        from featherflow.engine import limits
+        from featherflow.engine import limits  # lazy: peewee, not for `list`/`validate`
 
         return limits.load_flow(self.config.flows_dir, name, self.config.tasks_dir)
 
@@ -98,9 +98,8 @@ class Featherflow:
         card), a read-only connection instead, so what is recorded can still be
         read. Nothing can be reconciled or migrated through it: `read_only` says so.
         """
-        from featherflow.store import db
-        from featherflow.errors import READ_ONLY, DatabaseError, filesystem_state
-        from featherflow.store import Store
+        from featherflow.store import db  # lazy: peewee, not for `list`/`validate`
+        from featherflow.store import Store  # lazy: peewee, not for `list`/`validate`
 
         try:
             return self.store
@@ -125,7 +124,7 @@ class Featherflow:
 
         The run itself is in `self.last_run` afterwards (id, state, ...).
         """
-        from featherflow.engine import launch
+        from featherflow.engine import launch  # lazy: peewee, not for `list`/`validate`
 
         store = None if dry_run else self.store  # a dry run records nothing: no database opened for it
         prepared = launch.prepare(self.config, store, name, params or {}, max_parallel=max_parallel,

@@ -14,46 +14,21 @@ unknown, logs take space); `problem` (something will go wrong or is wrong:
 
 import os
 import shlex
+import sqlite3
 import stat
-import subprocess
-from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
-from urllib.parse import quote
 
 from featherflow import clock, errors, proc, scaffold, states
+from featherflow.host import (
+    OK, PROBLEM, PRUNE, WARNING, Finding, check_clock, check_filesystem, check_free_space, clock_synchronised,
+    free_spaces, mb, read_mountinfo)
 from featherflow.store import db
 
-OK, WARNING, PROBLEM = "ok", "warning", "problem"
 
-MIN_FREE_BYTES = 100 * 1024 * 1024  # below this a run can fail on its next write
-MIN_FREE_RATIO = 0.05  # ... or below 5 % free, unless more than LOTS_FREE remain
-LOTS_FREE = 1024 ** 3
 WAL_WARN_BYTES = 64 * 1024 * 1024  # a WAL this big means a reader keeps it from being checkpointed
 LOGS_WARN_BYTES = 1024 ** 3
-EARLIEST_PLAUSIBLE = datetime(2024, 1, 1, tzinfo=clock.UTC)  # a clock before this was never set (no RTC, no network)
-PRUNE = "featherflow runs prune --older-than 30d"
-# SQLite's locking (and WAL's shared memory) does not work over these: two
-# machines, or even two processes, can corrupt the database.
-NETWORK_FILESYSTEMS = {
-    "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "sshfs", "fuse.sshfs", "9p", "afs",
-    "ceph", "fuse.ceph", "glusterfs", "fuse.glusterfs", "lustre", "gpfs", "davfs", "fuse.davfs2",
-    "fuse.rclone", "fuse.s3fs", "ncpfs", "coda",
-}
-
-
-@dataclass
-class Finding:
-    name: str
-    status: str  # ok | warning | problem
-    detail: str
-    fix: str = ""
-
-    def as_dict(self) -> Dict:
-        return asdict(self)
-
-
 def problems(findings: Iterable[Finding]) -> List[Finding]:
     return [f for f in findings if f.status == PROBLEM]
 
@@ -73,7 +48,7 @@ def diagnose(config, now: datetime) -> List[Finding]:
     findings += check_permissions(db_path, Path(config.config_dir), Path(config.output_dir), os.getuid())
     findings.append(check_project(Path(config.flows_dir), Path(config.tasks_dir),
                                   scaffold.loose_paths(Path(config.flows_dir), Path(config.tasks_dir))))
-    findings += check_free_space(_free_spaces([db_path.parent, Path(config.output_dir)]))
+    findings += check_free_space(free_spaces([db_path.parent, Path(config.output_dir)]))
     findings.append(check_clock(clock_synchronised(), now))
     findings.append(check_logs(*log_usage(Path(config.output_dir) / "runs")))
     return sorted(findings, key=lambda f: ORDER.index(f.name) if f.name in ORDER else len(ORDER))
@@ -90,8 +65,6 @@ ORDER = ["database filesystem", "database integrity", "schema version", "databas
 
 def _connect(db_path: Path):
     """A read-only connection and the integrity finding; no connection if unusable."""
-    import sqlite3
-
     name = "database integrity"
     if not db_path.exists():
         return None, Finding(name, WARNING, f"no database at {db_path} yet",
@@ -102,7 +75,7 @@ def _connect(db_path: Path):
     except OSError as exc:
         return None, Finding(name, PROBLEM, f"cannot read {db_path}: {exc.strerror}",
                              f"check its owner and mode (ls -l {db_path})")
-    if head and head != b"SQLite format 3\x00":
+    if head and head != db.SQLITE_HEADER:
         return None, Finding(name, PROBLEM, f"{db_path} is not a SQLite database",
                              "move it aside and point --db / FEATHERFLOW_DB at the real database")
     con = None
@@ -150,8 +123,6 @@ def _restore(db_path: Path) -> str:
 
 
 def _database_checks(con, db_path: Path, now: datetime) -> List[Finding]:
-    import sqlite3
-
     version = con.execute("PRAGMA user_version").fetchone()[0]
     finding = check_schema(version, _table_count(con), states.SCHEMA_VERSION)
     found = [finding]
@@ -209,10 +180,10 @@ def check_wal_size(size: Optional[int]) -> Finding:
     if size is None:
         return Finding(name, OK, "no WAL file (nothing written since the last checkpoint)")
     if size > WAL_WARN_BYTES:
-        return Finding(name, WARNING, f"{_mb(size)}: a long-lived reader keeps it from being checkpointed",
+        return Finding(name, WARNING, f"{mb(size)}: a long-lived reader keeps it from being checkpointed",
                        "close long-running readers (an open dashboard, a `sqlite3` shell); "
                        f"`{PRUNE}` checkpoints and truncates it")
-    return Finding(name, OK, _mb(size))
+    return Finding(name, OK, mb(size))
 
 
 # -- permissions -----------------------------------------------------------------
@@ -296,96 +267,6 @@ def _private(path: Path, st, uid: int, forbidden: int, wanted: str) -> Optional[
 
 # -- filesystem and disk ---------------------------------------------------------------
 
-def read_mountinfo() -> str:
-    for source in ("/proc/self/mountinfo", "/proc/mounts"):
-        try:
-            with open(source) as f:
-                return f.read()
-        except OSError:
-            continue
-    return ""
-
-
-def filesystem_of(path: str, mountinfo: str) -> Optional[Tuple[str, str]]:
-    """(mount point, filesystem type) holding `path`, from /proc/self/mountinfo
-    (or /proc/mounts) text: the longest mount point that contains it."""
-    best = None
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        if " - " in line:  # mountinfo: ... mount_point options [optional...] - fstype source ...
-            head, _, tail = line.partition(" - ")
-            parts = head.split()
-            if len(parts) < 5 or not tail.split():
-                continue
-            point, fstype = _unescape(parts[4]), tail.split()[0]
-        elif len(fields) >= 3:  # /proc/mounts: source mount_point fstype ...
-            point, fstype = _unescape(fields[1]), fields[2]
-        else:
-            continue
-        inside = path == point or path.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) >= len(best[0])):
-            best = (point, fstype)
-    return best
-
-
-def _unescape(text: str) -> str:
-    """Mount tables write space, tab, newline and backslash as octal escapes."""
-    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        text = text.replace(code, char)
-    return text
-
-
-def check_filesystem(db_path: Path, mountinfo: str) -> Finding:
-    name = "database filesystem"
-    real = os.path.realpath(db_path if db_path.exists() else db_path.parent)
-    found = filesystem_of(real, mountinfo)
-    if found is None:
-        return Finding(name, WARNING, f"cannot tell which filesystem holds {real} (no mount table)")
-    point, fstype = found
-    if fstype in NETWORK_FILESYSTEMS or fstype.split(".")[-1] in NETWORK_FILESYSTEMS:
-        return Finding(name, PROBLEM,
-                       f"{real} is on a network filesystem ({fstype} at {point}): SQLite's locking and WAL "
-                       "do not work there and the database can be corrupted",
-                       "keep the database on a local disk: --db / FEATHERFLOW_DB /var/lib/... "
-                       "or FEATHERFLOW_HOME on a local path")
-    return Finding(name, OK, f"local ({fstype} at {point})")
-
-
-def _free_spaces(paths: Sequence[Path]) -> List[Tuple[str, int, int]]:
-    """(path, free bytes, total bytes) once per filesystem, for the nearest existing dir."""
-    seen, found = set(), []
-    for path in paths:
-        existing = Path(os.path.abspath(path))
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        try:
-            st = os.statvfs(existing)
-            dev = os.stat(existing).st_dev
-        except OSError:
-            continue
-        if dev in seen:
-            continue
-        seen.add(dev)
-        found.append((str(existing), st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize))
-    return found
-
-
-def check_free_space(spaces: Sequence[Tuple[str, int, int]]) -> List[Finding]:
-    """A problem under 100 MB free, or under 5 % free unless over 1 GB remain
-    (5 % of a 4 TB disk is plenty; 5 % of an 8 GB SD card is not)."""
-    found = []
-    for path, free, total in spaces:
-        low = free < MIN_FREE_BYTES or (total and free < total * MIN_FREE_RATIO and free < LOTS_FREE)
-        share = f" ({free / total:.0%})" if total else ""
-        if low:
-            found.append(Finding("free disk space", PROBLEM, f"{_mb(free)} free on the filesystem of {path}{share}",
-                                 f"free space: `{PRUNE}` deletes old runs' logs; a run stops (and can be "
-                                 "resumed) when the database cannot be written"))
-        else:
-            found.append(Finding("free disk space", OK, f"{_mb(free)} free on the filesystem of {path}{share}"))
-    return found
-
-
 def log_usage(runs_dir: Path) -> Tuple[int, int, str]:
     """(bytes, run dirs, where) of the scripts and logs under <output>/runs; symlinks not followed."""
     total = dirs = 0
@@ -406,46 +287,13 @@ def log_usage(runs_dir: Path) -> Tuple[int, int, str]:
 
 
 def check_logs(size: int, dirs: int, where: str) -> Finding:
-    detail = f"{_mb(size)} in {dirs} run dir(s) under {where}"
+    detail = f"{mb(size)} in {dirs} run dir(s) under {where}"
     if size > LOGS_WARN_BYTES:
         return Finding("logs disk use", WARNING, detail, f"`{PRUNE}` deletes finished runs older than 30 days")
     return Finding("logs disk use", OK, detail, f"to free it: `{PRUNE}`" if dirs else "")
 
 
 # -- clock -------------------------------------------------------------------------
-
-def clock_synchronised() -> Optional[bool]:
-    """True/False from systemd (timedatectl, or timesyncd's flag file); None when unknown."""
-    try:
-        out = subprocess.run(["timedatectl", "show", "-p", "NTPSynchronized"], capture_output=True,
-                             text=True, timeout=3)
-        if out.returncode == 0:
-            value = out.stdout.strip().partition("=")[2]
-            if value in ("yes", "no"):
-                return value == "yes"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    if os.path.exists("/run/systemd/timesync/synchronized"):
-        return True
-    return None
-
-
-def check_clock(synchronised: Optional[bool], now: datetime) -> Finding:
-    """Schedules fire by the clock: a Pi has no RTC and boots in the past until NTP answers."""
-    name = "clock"
-    if clock.as_utc(now) < EARLIEST_PLAUSIBLE:
-        return Finding(name, PROBLEM, f"the clock says {now:%Y-%m-%d %H:%M} UTC: it was never set",
-                       "connect the machine to the network and enable time sync "
-                       "(timedatectl set-ntp true), or set it by hand (date -s)")
-    if synchronised:
-        return Finding(name, OK, "synchronised (NTP)")
-    fix = "enable time sync: timedatectl set-ntp true (or install chrony); schedules fire by this clock"
-    if synchronised is False:
-        return Finding(name, WARNING, "not synchronised: schedules may fire at the wrong time", fix)
-    return Finding(name, WARNING, "synchronisation unknown (no timedatectl, no timesyncd flag)", fix)
-
-
-# -- scheduler and runs -----------------------------------------------------------------
 
 def check_scheduler(row: Optional[Dict], alive: bool, enabled_schedules: int, now: datetime,
                     stale_after: float = states.HEARTBEAT_STALE) -> Finding:
@@ -519,5 +367,3 @@ def _size(path: Path) -> Optional[int]:
     return st.st_size if st is not None else None
 
 
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.1f} MB"

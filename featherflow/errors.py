@@ -4,6 +4,8 @@ The CLI turns any FeatherflowError into one `error:` line and its exit code;
 the library never prints and never exits.
 """
 
+import os
+
 # Exit codes are part of the interface (README, "Exit codes").
 EXIT_OK = 0
 EXIT_FAILED = 1  # a run failed, or a check found problems
@@ -104,8 +106,6 @@ def sqlite_fault(exc: BaseException) -> str:
 def filesystem_state(path) -> str:
     """FULL or READ_ONLY when the filesystem holding `path` (or its nearest existing parent)
     is; "" otherwise. An I/O error or an unopenable file is often just that."""
-    import os
-
     path = os.path.abspath(str(path))
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)

@@ -385,7 +385,7 @@ class _Validator:
             for j, arg in enumerate(args):
                 if self.typed(arg, (str, int, float), f"{path}[{j}]", "a string or a number"):
                     self.templates(str(arg), f"{path}[{j}]", params)
-            return tuple(_scalar(a) for a in args)
+            return tuple(scalar_text(a) for a in args)
         if isinstance(args, dict):
             for key, value in args.items():
                 where = f"{path}.{key}"
@@ -418,7 +418,8 @@ def _inside(path: Path, directory: Path) -> bool:
     return os.path.realpath(path).startswith(base.rstrip(os.sep) + os.sep)
 
 
-def _scalar(value) -> str:
+def scalar_text(value) -> str:
+    """An argument value as text: a whole JSON number is written without its `.0`."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value)) if abs(value) < 1e16 else repr(value)
     return str(value)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from featherflow import clock, doctor, scaffold, states
-from featherflow.doctor import OK, PROBLEM, WARNING
+from featherflow import clock, doctor, host, scaffold, states
+from featherflow.host import OK, PROBLEM, WARNING
 from helpers import fake_run
 
 NOW = datetime(2030, 6, 1, 12, 0, 0)
@@ -38,23 +38,23 @@ MOUNTINFO = """\
     ("/home/pi/remote/featherflow.db", ("/home/pi/remote", "fuse.sshfs")),
 ])
 def test_filesystem_of_picks_the_mount_holding_the_path(path, expected):
-    assert doctor.filesystem_of(path, MOUNTINFO) == expected
+    assert host.filesystem_of(path, MOUNTINFO) == expected
 
 
 def test_proc_mounts_format_is_understood_too():
     mounts = "/dev/vda / ext4 rw 0 0\nnas:/x /data nfs rw 0 0\n"
-    assert doctor.filesystem_of("/data/ff.db", mounts) == ("/data", "nfs")
+    assert host.filesystem_of("/data/ff.db", mounts) == ("/data", "nfs")
 
 
 @pytest.mark.parametrize("fstype", ["nfs", "nfs4", "cifs", "smb3", "fuse.sshfs", "sshfs"])
 def test_a_database_on_a_network_filesystem_is_a_problem(tmp_path, fstype):
     table = f"27 1 254:0 / / rw - ext4 /dev/vda rw\n50 27 0:9 / {tmp_path} rw - {fstype} srv:/x rw\n"
-    finding = doctor.check_filesystem(tmp_path / "featherflow.db", table)
+    finding = host.check_filesystem(tmp_path / "featherflow.db", table)
     assert finding.status == PROBLEM and fstype in finding.detail and "local disk" in finding.fix
 
 
 def test_a_database_on_a_local_filesystem_is_fine(tmp_path):
-    finding = doctor.check_filesystem(tmp_path / "featherflow.db", "1 0 1:1 / / rw - ext4 /dev/x rw\n")
+    finding = host.check_filesystem(tmp_path / "featherflow.db", "1 0 1:1 / / rw - ext4 /dev/x rw\n")
     assert finding.status == OK and "ext4" in finding.detail
 
 
@@ -66,7 +66,7 @@ def test_a_database_on_a_local_filesystem_is_fine(tmp_path):
     (120e6, 1e9, OK),
 ])
 def test_free_space_thresholds(free, total, status):
-    (finding,) = doctor.check_free_space([("/x", int(free), int(total))])
+    (finding,) = host.check_free_space([("/x", int(free), int(total))])
     assert finding.status == status
     if status == PROBLEM:
         assert "runs prune" in finding.fix
@@ -77,7 +77,7 @@ def test_free_space_thresholds(free, total, status):
     (True, datetime(1970, 1, 1, 0, 1), PROBLEM),  # a Pi that booted without RTC or network
 ])
 def test_clock(synced, now, status):
-    finding = doctor.check_clock(synced, now)
+    finding = host.check_clock(synced, now)
     assert finding.status == status and (finding.fix or status == OK)
 
 

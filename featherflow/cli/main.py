@@ -8,7 +8,6 @@ FeatherflowError becomes one `error:` line on stderr and its documented exit cod
 
 import argparse
 import logging
-import sqlite3
 import sys
 from typing import List, Optional
 
@@ -55,7 +54,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except Exception as exc:
         # A database error outside the paths that translate their own (locked past
         # the busy timeout, disk full, I/O error): one line, not a traceback.
-        if not _is_database_error(exc):
+        if not errors.is_database_error(exc):
             raise
         if args.log_level == "DEBUG":
             log.exception("error")
@@ -65,13 +64,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return errors.EXIT_DATABASE
     finally:
         app.close()
-
-
-def _is_database_error(exc: BaseException) -> bool:
-    """sqlite3's errors and peewee's wrappers of them, told by module name: importing peewee
-    to ask would slow every command (the store will offer one helper for this)."""
-    return isinstance(exc, sqlite3.Error) or (
-        exc.__class__.__module__ == "peewee" and "Error" in exc.__class__.__name__)
 
 
 def _error_lines(exc: FeatherflowError) -> List[str]:

@@ -203,7 +203,6 @@ def cmd_runs_prune(app, args) -> int:
 
 # -- parser -----------------------------------------------------------------
 
-RUN_STATES = ("queued", "running", "success", "failed", "cancelled", "interrupted")
 RUN_ID_HELP = "the run's id (see `featherflow runs list`)"
 
 
@@ -230,7 +229,7 @@ def add_commands(sub) -> None:
 def _add_history(runs_sub) -> None:
     p = command("list", cmd_runs_list, "list runs, newest first", runs_sub)
     p.add_argument("--flow", metavar="FLOW", help="only this flow")
-    p.add_argument("--state", choices=RUN_STATES, help="only runs in this state")
+    p.add_argument("--state", choices=states.RUN_STATES, help="only runs in this state")
     p.add_argument("--since", metavar="WHEN", help="only runs created since: an age (2h, 7d) or a local time (2026-11-01 03:00)")
     p.add_argument("--limit", type=positive, default=20, metavar="N", help="at most N runs (default: 20)")
     p.add_argument("--json", action="store_true", help="print JSON (stable; see the README)")

@@ -8,15 +8,15 @@ peewee: each command imports what it calls inside (see common.py).
 import json
 import sys
 
-from featherflow import clock, errors, text
+from featherflow import clock, config, errors, text
 from featherflow.cli.admin import cmd_dashboard
 from featherflow.cli.common import command, group, positive, reconciled, seconds
 
 
 def cmd_schedule_add(app, args) -> int:
-    from featherflow.engine import launch
-    from featherflow.scheduler import admin as schedule_admin
-    from featherflow.scheduler import control
+    from featherflow.engine import launch  # lazy: peewee
+    from featherflow.scheduler import admin as schedule_admin  # lazy: peewee
+    from featherflow.scheduler import control  # lazy: peewee
 
     s = schedule_admin.add_schedule(
         app.config, app.store, args.flow, cron=args.cron, interval=args.interval, at=args.at, tz=args.tz, name=args.name,
@@ -30,7 +30,7 @@ def cmd_schedule_add(app, args) -> int:
 
 
 def cmd_schedule_list(app, args) -> int:
-    from featherflow.scheduler import admin as schedule_admin
+    from featherflow.scheduler import admin as schedule_admin  # lazy: peewee
 
     now = clock.now()
     if args.json:
@@ -44,7 +44,7 @@ def cmd_schedule_list(app, args) -> int:
 
 
 def cmd_schedule_show(app, args) -> int:
-    from featherflow.scheduler import admin as schedule_admin
+    from featherflow.scheduler import admin as schedule_admin  # lazy: peewee
 
     store, now = reconciled(app), clock.now()
     s = store.schedules.get_schedule(args.name)
@@ -56,7 +56,7 @@ def cmd_schedule_show(app, args) -> int:
 
 
 def cmd_schedule_remove(app, args) -> int:
-    from featherflow.scheduler import control
+    from featherflow.scheduler import control  # lazy: peewee
 
     s = app.store.schedules.remove_schedule(args.name)
     control.notify(app.store)  # the daemon sees it at once
@@ -65,7 +65,7 @@ def cmd_schedule_remove(app, args) -> int:
 
 
 def cmd_schedule_enable(app, args) -> int:
-    from featherflow.scheduler import control
+    from featherflow.scheduler import control  # lazy: peewee
 
     s = app.store.schedules.set_schedule_enabled(args.name, True)
     control.notify(app.store)  # the daemon sees it at once
@@ -74,7 +74,7 @@ def cmd_schedule_enable(app, args) -> int:
 
 
 def cmd_schedule_disable(app, args) -> int:
-    from featherflow.scheduler import control
+    from featherflow.scheduler import control  # lazy: peewee
 
     s = app.store.schedules.set_schedule_enabled(args.name, False)
     control.notify(app.store)  # the daemon sees it at once
@@ -83,8 +83,7 @@ def cmd_schedule_disable(app, args) -> int:
 
 
 def cmd_scheduler_start(app, args) -> int:
-    from featherflow import config
-    from featherflow.scheduler import control, daemon as scheduler
+    from featherflow.scheduler import control, daemon as scheduler  # lazy: peewee
 
     fault = config.scheduler_env()["fault"]
     scheduler.check_root(args.allow_root)
@@ -97,7 +96,7 @@ def cmd_scheduler_start(app, args) -> int:
 
 
 def cmd_scheduler_stop(app, args) -> int:
-    from featherflow.scheduler import control
+    from featherflow.scheduler import control  # lazy: peewee
 
     pid = control.stop(app.store)
     print(f"scheduler stopped (pid {pid})" if pid else "scheduler is not running")
@@ -108,9 +107,9 @@ def cmd_scheduler_status(app, args) -> int:
     if args.interactive:  # the original tool's entry point to the dashboard
         args.flow = None
         return cmd_dashboard(app, args)
-    from featherflow.scheduler import admin as schedule_admin
-    from featherflow.scheduler import control
-    from featherflow.cli import format as views
+    from featherflow.scheduler import admin as schedule_admin  # lazy: peewee
+    from featherflow.scheduler import control  # lazy: peewee
+    from featherflow.cli import format as views  # lazy: not for --help
 
     now = clock.now()
     st = control.status(reconciled(app), now)
@@ -134,8 +133,7 @@ def cmd_scheduler_status(app, args) -> int:
 
 
 def cmd_scheduler_install(app, args) -> int:
-    from featherflow import config
-    from featherflow.scheduler import systemd
+    from featherflow.scheduler import systemd  # lazy: peewee
 
     sudo_user = config.scheduler_env()["sudo_user"]
     path, text = systemd.install(app.config, system=not args.user, write=not args.print,
@@ -154,7 +152,7 @@ def cmd_scheduler_install(app, args) -> int:
 
 def cmd_start_run(app, args) -> int:
     """Hidden: the scheduler's way to start a run it created (or resume one it was running)."""
-    from featherflow.engine import launch, resume
+    from featherflow.engine import launch, resume  # lazy: peewee
 
     if args.resume:
         prepared = resume.start_auto_resume(app.config, app.store, args.run_id)

@@ -99,9 +99,9 @@ def task_argv(task: flowmod.Task, spec: RunSpec, flow_name: str) -> List[str]:
             if value is True:
                 argv.append(flag)
             elif len(key) == 1:
-                argv += [flag, substitute(flowmod._scalar(value), spec, flow_name)]
+                argv += [flag, substitute(flowmod.scalar_text(value), spec, flow_name)]
             else:
-                argv.append(f"{flag}={substitute(flowmod._scalar(value), spec, flow_name)}")
+                argv.append(f"{flag}={substitute(flowmod.scalar_text(value), spec, flow_name)}")
         return argv
     return [substitute(arg, spec, flow_name) for arg in task.args]
 

@@ -332,8 +332,7 @@ class Scheduler:
         non-zero with one `error:` line, so systemd's Restart= and the user see it
         instead of a daemon that looks healthy and never fires.
         """
-        is_db = isinstance(exc, (sqlite3.Error, errors.DatabaseError)) or (
-            exc.__class__.__module__ == "peewee" and "Error" in exc.__class__.__name__)
+        is_db = isinstance(exc, errors.DatabaseError) or errors.is_database_error(exc)
         if not is_db or errors.sqlite_fault(exc) == errors.LOCKED:
             return None
         if isinstance(exc, errors.DatabaseError):

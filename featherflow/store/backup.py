@@ -15,10 +15,9 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from featherflow import errors, states
-from featherflow.store.db import read_only_uri
+from featherflow.store.db import SQLITE_HEADER, read_only_uri
 from featherflow.errors import DatabaseError, UsageError
 
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 @dataclass

@@ -10,12 +10,15 @@ import importlib.util
 import os
 import sqlite3
 import sys
+import time
 from pathlib import Path
+from urllib.parse import quote
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from peewee import SqliteDatabase
 
 from featherflow import states
+from featherflow.config import ensure_private_dir
 from featherflow.errors import READ_ONLY, DatabaseError, database_error, filesystem_state, is_database_error
 from featherflow.store.models import MODELS
 
@@ -72,8 +75,6 @@ def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool 
     """Open (creating if needed) and migrate the database at `path`; bind the models."""
     path = Path(path)
     if private_dir is not None and path.parent == private_dir:
-        from featherflow.config import ensure_private_dir
-
         ensure_private_dir(private_dir)
     else:
         try:
@@ -113,8 +114,6 @@ def _use_wal(db: SqliteDatabase, wait: float = BUSY_TIMEOUT) -> None:
     SQLite answers "database is locked" at once instead of waiting (the busy
     handler is not used for it), so wait here, as the busy timeout would.
     """
-    import time
-
     give_up = time.monotonic() + wait
     while True:
         try:
@@ -245,8 +244,6 @@ def read_only_uri(path: Path) -> str:
     -shm present SQLite reads it (and the WAL) read-only by itself; a -wal
     without its -shm is not read as immutable, which would ignore the WAL.
     """
-    from urllib.parse import quote
-
     uri = f"file:{quote(str(Path(path).absolute()))}?mode=ro"
     wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
     if filesystem_state(path) == READ_ONLY and not shm.exists() and not (wal.exists() and wal.stat().st_size):

@@ -7,6 +7,7 @@ is never deleted.
 """
 
 import re
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -116,8 +117,6 @@ def _orphans(runs_dir: Path, known_runs, db_path: str):
 
 
 def _quote(value: str) -> str:
-    import shlex
-
     return shlex.quote(value)
 
 
