@@ -61,7 +61,7 @@ def generate(path: Path, runs: int, now: datetime) -> None:
         running = n > runs
         state = "running" if running else ("failed" if n % 17 == 0 else "success")
         end = None if running else start + timedelta(seconds=42)
-        run_rows.append((n, f"{n:032x}", FLOWS[n % len(FLOWS)], state, "schedule", "{}", snapshot,
+        run_rows.append((n, f"{n:032x}", FLOWS[n % len(FLOWS)], state, "schedule", "{}",
                          "/f", "/t", "/o", 2, None, None, fmt(start), fmt(start), end and fmt(end),
                          None if running else 1, None, None, None, 0, 0))
         for i, task in enumerate(TASKS):
@@ -72,7 +72,9 @@ def generate(path: Path, runs: int, now: datetime) -> None:
                     "upstream_failed" if state == "failed" and i == 2 else "success")
             attempt_rows.append((n, task, 1, task_state, fmt(start), fmt(start), end and fmt(end),
                                  None if task_state in ("running", "pending") else 0, None))
-    con.executemany("INSERT INTO flow_run VALUES (" + ",".join("?" * 22) + ")", run_rows)
+    con.executemany("INSERT INTO flow_run VALUES (" + ",".join("?" * 21) + ")", run_rows)
+    con.executemany("INSERT INTO run_snapshot (run_id, snapshot) VALUES (?, ?)",
+                    [(row[0], snapshot) for row in run_rows])  # apart from the row (migration 0003)
     con.executemany("INSERT INTO task_attempt (run_id, task_id, attempt, state, created_at, started_at, "
                     "ended_at, exit_code, reason) VALUES (?,?,?,?,?,?,?,?,?)", attempt_rows)
     for i in range(5):

@@ -155,8 +155,12 @@ def generate(path: Path, runs: int, now: datetime) -> None:
 
 
 def _insert(con, runs, attempts) -> None:
-    con.executemany(f"INSERT INTO flow_run ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})",
-                    runs)
+    """The runs' rows, their snapshots apart (migration 0003, as the store writes them), attempts."""
+    at = RUN_COLUMNS.index("snapshot")
+    columns = [c for c in RUN_COLUMNS if c != "snapshot"]
+    con.executemany(f"INSERT INTO flow_run ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                    [row[:at] + row[at + 1:] for row in runs])
+    con.executemany("INSERT INTO run_snapshot (run_id, snapshot) VALUES (?, ?)", [(row[0], row[at]) for row in runs])
     con.executemany(f"INSERT INTO task_attempt ({', '.join(ATTEMPT_COLUMNS)}) "
                     f"VALUES ({', '.join('?' * len(ATTEMPT_COLUMNS))})", attempts)
 
@@ -332,15 +336,15 @@ def main() -> int:
         flow = FLOWS[7]
         ago2d, ago10m, ago400d = now - timedelta(days=2), now - timedelta(minutes=10), now - timedelta(days=400)
         cases = [
-            ("runs list", lambda s: s.list_runs(limit=20)),
-            (f"runs list --flow {flow}", lambda s: s.list_runs(flow=flow, limit=20)),
-            ("runs list --state failed", lambda s: s.list_runs(state="failed", limit=20)),
-            ("runs list --since 2d", lambda s: s.list_runs(since=ago2d, limit=20)),
-            ("runs list --since 10m (2 runs in the window)", lambda s: s.list_runs(since=ago10m, limit=20)),
-            ("runs list --since 400d (every run in the window)", lambda s: s.list_runs(since=ago400d, limit=20)),
-            (f"runs list --flow {RARE} --state success", lambda s: s.list_runs(flow=RARE, state="success", limit=20)),
+            ("runs list", lambda s: s.runs.list_runs(limit=20)),
+            (f"runs list --flow {flow}", lambda s: s.runs.list_runs(flow=flow, limit=20)),
+            ("runs list --state failed", lambda s: s.runs.list_runs(state="failed", limit=20)),
+            ("runs list --since 2d", lambda s: s.runs.list_runs(since=ago2d, limit=20)),
+            ("runs list --since 10m (2 runs in the window)", lambda s: s.runs.list_runs(since=ago10m, limit=20)),
+            ("runs list --since 400d (every run in the window)", lambda s: s.runs.list_runs(since=ago400d, limit=20)),
+            (f"runs list --flow {RARE} --state success", lambda s: s.runs.list_runs(flow=RARE, state="success", limit=20)),
             ("reconcile (before every runs command)", lambda s: reconcile.reconcile(s)),
-            (f"runs show {old_failed}", lambda s: (s.get_run(old_failed), s.attempts(old_failed))),
+            (f"runs show {old_failed}", lambda s: (s.runs.get_run(old_failed), s.runs.attempts(old_failed))),
         ]
         print("\nquery plans (EXPLAIN QUERY PLAN) and in-process time of each SELECT:")
         plans_ok = show_plans(path, cases)
