@@ -84,8 +84,7 @@ class Featherflow:
     @property
     def store(self):
         if self._store is None:
-            from featherflow.store import db
-            from featherflow.store import Store
+            from featherflow.store import Store, db  # lazy: peewee, not for `list`/`validate`
 
             self._store = Store(db.open_database(self.config.db_path, self.config.config_dir))
         return self._store

@@ -96,7 +96,7 @@ def _uri(path):
 
 def record(db, run_id, pid, run, specs, states, deadline=DEADLINE):
     """Apply every transition in one transaction; retry while the database is locked."""
-    from featherflow import proc
+    from featherflow import proc  # lazy: the `_mark` import budget (only --pid calls need it)
 
     start, boot = proc.identity(pid) if pid else (None, None)
     if pid and (start is None and os.path.isdir("/proc") or not proc.is_alive(pid, start, boot, boot)):
@@ -175,7 +175,7 @@ def serve(db, run_id, wait, states, lines, answer) -> None:
 
 
 def main(argv=None) -> int:
-    from featherflow import states
+    from featherflow import states  # here: run as a script, sys.path gets the package only at the bottom
 
     argv = sys.argv[1:] if argv is None else argv
     if "--serve" not in argv:
@@ -199,7 +199,7 @@ def lines(fd, idle):
     Unbuffered reads, so that no call waits in a buffer while select sees an
     empty pipe; the script sends one call at a time and waits for the answer.
     """
-    import select
+    import select  # lazy: only the co-process (`--serve`) waits on a pipe
 
     pending = b""
     while True:
