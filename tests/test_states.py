@@ -11,6 +11,7 @@ test process's real identity.
 import os
 import shutil
 import tempfile
+from datetime import datetime, timezone
 
 import pytest
 from hypothesis import HealthCheck, settings, strategies as st
@@ -363,3 +364,18 @@ def test_a_new_attempt_needs_the_previous_one_finished(store):
     store.runs.transition_attempt(run, "a", 1, states.FAILED, exit_code=1)
     store.runs.transition_attempt(run, "a", 2, states.RUNNING)
     assert [a.state for a in store.runs.attempts(run) if a.task_id == "a"] == [states.FAILED, states.RUNNING]
+
+
+def test_every_store_write_takes_its_time_as_now(store):
+    """No write reads the clock when the caller has a time: the run's start, an attempt's
+    start and end, and an interruption are stamped with the `now` passed in."""
+    utc = timezone.utc
+    t0, t1, t2 = (datetime(2031, 5, 1, 3, m, tzinfo=utc) for m in (0, 1, 2))
+    run = fake_run(store, tasks=("a", "b"), state=states.QUEUED)
+    store.runs.transition_run(run.id, states.RUNNING, now=t0)
+    store.runs.transition_attempt(run.id, "a", 1, states.RUNNING, now=t1)
+    store.runs.transition_attempt(run.id, "a", 1, states.SUCCESS, exit_code=0, now=t2)
+    assert store.runs.interrupt(run.id, states.RUNNING, "gone", now=t2)
+    after = store.runs.get_run(run.id)
+    a = store.runs.latest_attempts(run.id)["a"]
+    assert (after.started_at, after.ended_at, a.started_at, a.ended_at) == (t0, t2, t1, t2)

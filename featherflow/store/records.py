@@ -97,3 +97,59 @@ def parse_times(row: Dict, *names: str) -> Dict:
         if name in row:
             row[name] = clock.from_text(row[name])
     return row
+
+
+@dataclass
+class Schedule:
+    id: int
+    name: str
+    flow_name: str
+    cron: str
+    tz: str
+    params: Dict
+    catchup: str
+    overlap: str
+    on_interrupt: str
+    enabled: bool
+    description: str
+    flows_dir: str
+    tasks_dir: str
+    output_dir: str
+    created_at: datetime
+    updated_at: datetime  # added, or last enabled: slots before it are never due
+
+
+@dataclass
+class Slot:
+    schedule_id: int
+    slot_at: datetime
+    state: str  # fired | waiting | skipped
+    reason: Optional[str]
+    run_id: Optional[int]
+    created_at: datetime
+    run_state: Optional[str] = None
+
+
+@dataclass
+class SchedulerRow:
+    pid: int
+    pid_start: Optional[int]
+    boot_id: Optional[str]
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: Optional[datetime]
+
+
+def as_schedule(row: dict) -> Schedule:
+    row = parse_times(dict(row), "created_at", "updated_at")
+    row["params"] = json.loads(row["params"])
+    row["enabled"] = bool(row["enabled"])
+    return Schedule(**row)
+
+
+def as_slot(row: dict) -> Slot:
+    row = parse_times(dict(row), "slot_at", "created_at")
+    row.pop("id", None)
+    row["schedule_id"] = row.pop("schedule")
+    row["run_id"] = row.pop("run")
+    return Slot(**row)

@@ -30,7 +30,7 @@ class RunStore:
     def create_run(self, new: NewRun, now: Optional[datetime] = None) -> Run:
         """Create a queued run and one pending attempt per task, in one transaction (a
         savepoint inside the caller's, when a slot fires it); `now` stamps them."""
-        stamp = clock.to_text(now or clock.now())
+        stamp = _stamp(now)
         scheduled = clock.to_text(new.scheduled_at) if new.scheduled_at is not None else None
         with self.db.atomic("IMMEDIATE"):
             run_id = FlowRun.insert(
@@ -122,24 +122,27 @@ class RunStore:
         return latest
 
     def transition_run(self, run_id: int, new: str, reason: Optional[str] = None,
-                       resume: bool = False) -> str:
+                       resume: bool = False, now: Optional[datetime] = None) -> str:
+        """Move a run through the state machine (states.apply_run), stamped `now`."""
         with self.db.atomic("IMMEDIATE"):
-            return states.apply_run(self.db.cursor(), run_id, new, reason=reason, resume=resume)
+            return states.apply_run(self.db.cursor(), run_id, new, now=_stamp(now), reason=reason, resume=resume)
 
     def transition_attempt(self, run_id: int, task_id: str, attempt: int, new: str,
-                           exit_code: Optional[int] = None, reason: Optional[str] = None) -> str:
+                           exit_code: Optional[int] = None, reason: Optional[str] = None,
+                           now: Optional[datetime] = None) -> str:
+        """Move an attempt through the state machine (states.apply_attempt), stamped `now`."""
         with self.db.atomic("IMMEDIATE"):
-            return states.apply_attempt(self.db.cursor(), run_id, task_id, attempt, new,
+            return states.apply_attempt(self.db.cursor(), run_id, task_id, attempt, new, now=_stamp(now),
                                         exit_code=exit_code, reason=reason)
 
     def interrupt(self, run_id: int, expected_state: str, reason: str,
-                  new: str = states.INTERRUPTED) -> bool:
+                  new: str = states.INTERRUPTED, now: Optional[datetime] = None) -> bool:
         """Mark an orphaned run interrupted (or `new`), unless it moved on meanwhile."""
         with self.db.atomic("IMMEDIATE"):
             row = FlowRun.select(FlowRun.state).where(FlowRun.id == run_id).first()
             if row is None or row.state != expected_state:
                 return False
-            states.apply_run(self.db.cursor(), run_id, new, reason=reason)
+            states.apply_run(self.db.cursor(), run_id, new, now=_stamp(now), reason=reason)
             return True
 
     def resume(self, run_id: int, rerun: Iterable[str], snapshot: Optional[str] = None,
@@ -150,7 +153,7 @@ class RunStore:
         Returns {task: attempt number to run}. A task whose latest attempt never
         started (still pending) keeps that attempt instead of getting another.
         """
-        now = clock.to_text(now or clock.now())
+        now = _stamp(now)
         with self.db.atomic("IMMEDIATE"):
             cur = self.db.cursor()
             row = cur.execute("SELECT state FROM flow_run WHERE id = ?", (run_id,)).fetchone()
@@ -234,3 +237,8 @@ class RunStore:
                 raise ConflictError(f"run {run_id} is held by process {row.pid}: not starting it twice")
             FlowRun.update(pid=pid, pid_start=pid_start, boot_id=boot_id).where(FlowRun.id == run_id).execute()
         return self.get_run(run_id)
+
+
+def _stamp(now: Optional[datetime]) -> str:
+    """The stored text of `now`, or of the clock's now."""
+    return clock.to_text(now or clock.now())

@@ -7,7 +7,7 @@ fired slot lacks its run. Each write is one short BEGIN IMMEDIATE transaction.
 """
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
@@ -16,7 +16,7 @@ from peewee import JOIN, SqliteDatabase
 from featherflow import clock, states
 from featherflow.errors import ConflictError, UsageError
 from featherflow.store.models import FlowRun, Schedule as ScheduleModel, ScheduleSlot, SchedulerState
-from featherflow.store.records import Run, as_run, parse_times
+from featherflow.store.records import Run, Schedule, SchedulerRow, Slot, as_run, as_schedule, as_slot, parse_times
 from featherflow.store.runs import RunStore
 
 
@@ -52,13 +52,13 @@ class ScheduleStore:
         if row is None:
             known = ", ".join(s.name for s in self.list_schedules()) or "none"
             raise UsageError(f"no schedule named {key!r} (known: {known})")
-        return _schedule(row)
+        return as_schedule(row)
 
     def list_schedules(self, enabled_only: bool = False) -> List["Schedule"]:
         query = ScheduleModel.select().order_by(ScheduleModel.name)
         if enabled_only:
             query = query.where(ScheduleModel.enabled == True)  # noqa: E712 (peewee expression)
-        return [_schedule(row) for row in query.dicts()]
+        return [as_schedule(row) for row in query.dicts()]
 
     def remove_schedule(self, name: str) -> "Schedule":
         """Delete a schedule and its slots; its runs stay in the history (schedule_id NULL)."""
@@ -157,7 +157,7 @@ class ScheduleStore:
                  .order_by(ScheduleSlot.slot_at.desc()))
         if limit:
             query = query.limit(limit)
-        return [_slot(row) for row in query.dicts()]
+        return [as_slot(row) for row in query.dicts()]
 
     def trim_slots(self, schedule_id: int, keep: int) -> int:
         """Delete all but the newest `keep` slots of a schedule (the latest always stays)."""
@@ -225,59 +225,3 @@ class ScheduleStore:
 # -- schedules (plain objects) --------------------------------------------------
 
 SLOT_FIRED, SLOT_WAITING, SLOT_SKIPPED = "fired", "waiting", "skipped"
-
-
-@dataclass
-class Schedule:
-    id: int
-    name: str
-    flow_name: str
-    cron: str
-    tz: str
-    params: Dict
-    catchup: str
-    overlap: str
-    on_interrupt: str
-    enabled: bool
-    description: str
-    flows_dir: str
-    tasks_dir: str
-    output_dir: str
-    created_at: datetime
-    updated_at: datetime  # added, or last enabled: slots before it are never due
-
-
-@dataclass
-class Slot:
-    schedule_id: int
-    slot_at: datetime
-    state: str  # fired | waiting | skipped
-    reason: Optional[str]
-    run_id: Optional[int]
-    created_at: datetime
-    run_state: Optional[str] = None
-
-
-@dataclass
-class SchedulerRow:
-    pid: int
-    pid_start: Optional[int]
-    boot_id: Optional[str]
-    started_at: datetime
-    heartbeat_at: datetime
-    stopped_at: Optional[datetime]
-
-
-def _schedule(row: dict) -> Schedule:
-    row = parse_times(dict(row), "created_at", "updated_at")
-    row["params"] = json.loads(row["params"])
-    row["enabled"] = bool(row["enabled"])
-    return Schedule(**row)
-
-
-def _slot(row: dict) -> Slot:
-    row = parse_times(dict(row), "slot_at", "created_at")
-    row.pop("id", None)
-    row["schedule_id"] = row.pop("schedule")
-    row["run_id"] = row.pop("run")
-    return Slot(**row)
