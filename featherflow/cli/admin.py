@@ -7,7 +7,7 @@ peewee, hence the imports inside the commands (`# lazy:`, see common.py).
 
 import json
 
-from featherflow import clock, errors
+from featherflow import errors
 from featherflow.cli.common import command, group
 
 
@@ -20,6 +20,7 @@ def cmd_dashboard(app, args) -> int:
 
 def cmd_doctor(app, args) -> int:
     """Read only, like the dashboard: never app.store (it would create or migrate)."""
+    from featherflow import clock  # lazy: not for --help
     from featherflow import doctor  # lazy: peewee
 
     # doctor compares `now` with times read from the database, still naive UTC.

@@ -15,7 +15,7 @@ on `--help` when imported at the top (measured). tests/test_cli.py keeps parsing
 import argparse
 import sys
 
-from featherflow import errors, text
+from featherflow import errors
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -121,4 +121,5 @@ def reading(app):
 def for_terminal(value: str, stream=None) -> str:
     """Text from files or tasks, for a terminal: control characters escaped, so no
     escape sequence acts. `stream` (default stdout) is where it is printed."""
+    from featherflow import text  # lazy: not for --help
     return text.escape(value) if (stream or sys.stdout).isatty() else value

@@ -10,11 +10,12 @@ import json
 import sys
 import time
 
-from featherflow import clock, errors, flow as flowmod, paths, proc, states, text
+from featherflow import errors, proc, states
 from featherflow.cli.common import command, for_terminal, group, positive, reading, reconciled
 
 
 def cmd_run(app, args) -> int:
+    from featherflow import flow as flowmod  # lazy: not for --help
     from featherflow.engine import launch, reconcile  # lazy: peewee
 
     if args.resume:
@@ -51,6 +52,7 @@ def _resume(app, run_id, args) -> int:
 
 
 def cmd_runs_list(app, args) -> int:
+    from featherflow import clock  # lazy: not for --help
     from featherflow.cli import format as views  # lazy: not for --help
 
     since = None
@@ -73,6 +75,7 @@ def cmd_runs_list(app, args) -> int:
 
 
 def cmd_runs_show(app, args) -> int:
+    from featherflow import clock, flow as flowmod, paths  # lazy: not for --help
     from featherflow.cli import format as views  # lazy: not for --help
 
     store = reading(app)
@@ -97,6 +100,7 @@ def cmd_runs_show(app, args) -> int:
 
 
 def cmd_runs_logs(app, args) -> int:
+    from featherflow import flow as flowmod, paths  # lazy: not for --help
     store = reading(app)
     run = store.runs.get_run(args.run_id)
     attempts = store.runs.attempts(run.id)
@@ -177,6 +181,7 @@ def cmd_runs_cancel(app, args) -> int:
 
 
 def cmd_runs_prune(app, args) -> int:
+    from featherflow import clock, text  # lazy: not for --help
     from featherflow.cli import format as views  # lazy: not for --help
     from featherflow.store import retention  # lazy: not for --help
 

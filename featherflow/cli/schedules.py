@@ -8,12 +8,13 @@ peewee: each command imports what it calls inside (see common.py).
 import json
 import sys
 
-from featherflow import clock, config, errors, text
+from featherflow import errors
 from featherflow.cli.admin import cmd_dashboard
 from featherflow.cli.common import command, group, positive, reconciled, seconds
 
 
 def cmd_schedule_add(app, args) -> int:
+    from featherflow import clock  # lazy: not for --help
     from featherflow.engine import launch  # lazy: peewee
     from featherflow.scheduler import admin as schedule_admin  # lazy: peewee
     from featherflow.scheduler import control  # lazy: peewee
@@ -30,6 +31,7 @@ def cmd_schedule_add(app, args) -> int:
 
 
 def cmd_schedule_list(app, args) -> int:
+    from featherflow import clock  # lazy: not for --help
     from featherflow.scheduler import admin as schedule_admin  # lazy: peewee
 
     now = clock.now()
@@ -44,6 +46,7 @@ def cmd_schedule_list(app, args) -> int:
 
 
 def cmd_schedule_show(app, args) -> int:
+    from featherflow import clock  # lazy: not for --help
     from featherflow.scheduler import admin as schedule_admin  # lazy: peewee
 
     store, now = reconciled(app), clock.now()
@@ -83,6 +86,7 @@ def cmd_schedule_disable(app, args) -> int:
 
 
 def cmd_scheduler_start(app, args) -> int:
+    from featherflow import config  # lazy: not for --help
     from featherflow.scheduler import control, daemon as scheduler  # lazy: peewee
 
     fault = config.scheduler_env()["fault"]
@@ -104,6 +108,7 @@ def cmd_scheduler_stop(app, args) -> int:
 
 
 def cmd_scheduler_status(app, args) -> int:
+    from featherflow import clock, text  # lazy: not for --help
     if args.interactive:  # the original tool's entry point to the dashboard
         args.flow = None
         return cmd_dashboard(app, args)
@@ -133,6 +138,7 @@ def cmd_scheduler_status(app, args) -> int:
 
 
 def cmd_scheduler_install(app, args) -> int:
+    from featherflow import config  # lazy: not for --help
     from featherflow.scheduler import systemd  # lazy: peewee
 
     sudo_user = config.scheduler_env()["sudo_user"]
