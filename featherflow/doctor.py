@@ -23,8 +23,9 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from featherflow import clock, errors, proc, scaffold, states
 from featherflow.host import (
     OK, PROBLEM, PRUNE, WARNING, Finding, check_clock, check_filesystem, check_free_space, clock_synchronised,
-    free_spaces, mb, read_mountinfo)
+    free_spaces, read_mountinfo)
 from featherflow.store import db
+from featherflow.text import megabytes
 
 
 WAL_WARN_BYTES = 64 * 1024 * 1024  # a WAL this big means a reader keeps it from being checkpointed
@@ -180,10 +181,10 @@ def check_wal_size(size: Optional[int]) -> Finding:
     if size is None:
         return Finding(name, OK, "no WAL file (nothing written since the last checkpoint)")
     if size > WAL_WARN_BYTES:
-        return Finding(name, WARNING, f"{mb(size)}: a long-lived reader keeps it from being checkpointed",
+        return Finding(name, WARNING, f"{megabytes(size)}: a long-lived reader keeps it from being checkpointed",
                        "close long-running readers (an open dashboard, a `sqlite3` shell); "
                        f"`{PRUNE}` checkpoints and truncates it")
-    return Finding(name, OK, mb(size))
+    return Finding(name, OK, megabytes(size))
 
 
 # -- permissions -----------------------------------------------------------------
@@ -287,7 +288,7 @@ def log_usage(runs_dir: Path) -> Tuple[int, int, str]:
 
 
 def check_logs(size: int, dirs: int, where: str) -> Finding:
-    detail = f"{mb(size)} in {dirs} run dir(s) under {where}"
+    detail = f"{megabytes(size)} in {dirs} run dir(s) under {where}"
     if size > LOGS_WARN_BYTES:
         return Finding("logs disk use", WARNING, detail, f"`{PRUNE}` deletes finished runs older than 30 days")
     return Finding("logs disk use", OK, detail, f"to free it: `{PRUNE}`" if dirs else "")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from featherflow import clock
+from featherflow.text import megabytes
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
 PRUNE = "featherflow runs prune --older-than 30d"  # the fix for a disk filling with logs
@@ -122,11 +123,11 @@ def check_free_space(spaces: Sequence[Tuple[str, int, int]]) -> List[Finding]:
         low = free < MIN_FREE_BYTES or (total and free < total * MIN_FREE_RATIO and free < LOTS_FREE)
         share = f" ({free / total:.0%})" if total else ""
         if low:
-            found.append(Finding("free disk space", PROBLEM, f"{mb(free)} free on the filesystem of {path}{share}",
+            found.append(Finding("free disk space", PROBLEM, f"{megabytes(free)} free on the filesystem of {path}{share}",
                                  f"free space: `{PRUNE}` deletes old runs' logs; a run stops (and can be "
                                  "resumed) when the database cannot be written"))
         else:
-            found.append(Finding("free disk space", OK, f"{mb(free)} free on the filesystem of {path}{share}"))
+            found.append(Finding("free disk space", OK, f"{megabytes(free)} free on the filesystem of {path}{share}"))
     return found
 
 
@@ -162,8 +163,3 @@ def check_clock(synchronised: Optional[bool], now: datetime) -> Finding:
 
 
 # -- scheduler and runs -----------------------------------------------------------------
-
-
-def mb(size: int) -> str:
-    """Sizes in doctor's findings: always in MB, so that lines compare at a glance."""
-    return f"{size / 1e6:.1f} MB"

@@ -114,6 +114,11 @@ def duration(seconds: Optional[float], tenths: bool = False) -> str:
     return f"{hours // 24}d{hours % 24:02d}h"
 
 
+def megabytes(count: int) -> str:
+    """`12.3 MB`, whatever the size: for lines that are compared at a glance (doctor, backups)."""
+    return f"{count / 1e6:.1f} MB"
+
+
 def size(count: int) -> str:
     """1234567 -> `1.2 MB` (powers of 1000, like `df -H`); small sizes stay exact."""
     if count < 1000:

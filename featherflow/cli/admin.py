@@ -41,11 +41,12 @@ def cmd_doctor(app, args) -> int:
 
 
 def cmd_db_backup(app, args) -> int:
+    from featherflow import text  # lazy: not for --help
     from featherflow.store import backup  # lazy: peewee
 
     report = backup.backup(app.config.db_path, args.path)
     print(f"backed up {report.source} to {report.path}: {report.runs} run(s), "
-          f"{report.bytes / 1e6:.1f} MB, schema version {report.schema_version}, integrity_check {report.integrity}")
+          f"{text.megabytes(report.bytes)}, schema version {report.schema_version}, integrity_check {report.integrity}")
     return 0
 
 

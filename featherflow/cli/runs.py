@@ -74,14 +74,22 @@ def cmd_runs_list(app, args) -> int:
     return 0
 
 
-def cmd_runs_show(app, args) -> int:
-    from featherflow import clock, flow as flowmod, paths  # lazy: not for --help
-    from featherflow.cli import format as views  # lazy: not for --help
+def _run_and_attempts(app, run_id: int):
+    """What `runs show` and `runs logs` read: the store, the run, its attempts, and its tasks in
+    dependency order."""
+    from featherflow import flow as flowmod  # lazy: not for --help
 
     store = reading(app)
-    run = store.runs.get_run(args.run_id)
+    run = store.runs.get_run(run_id)
     attempts = store.runs.attempts(run.id)
-    order = flowmod.task_order(run.snapshot)
+    return store, run, attempts, flowmod.task_order(run.snapshot)
+
+
+def cmd_runs_show(app, args) -> int:
+    from featherflow import clock, paths  # lazy: not for --help
+    from featherflow.cli import format as views  # lazy: not for --help
+
+    _, run, attempts, order = _run_and_attempts(app, args.run_id)
     order += sorted({a.task_id for a in attempts} - set(order))
     now = clock.now()
     if args.json:
@@ -100,11 +108,9 @@ def cmd_runs_show(app, args) -> int:
 
 
 def cmd_runs_logs(app, args) -> int:
-    from featherflow import flow as flowmod, paths  # lazy: not for --help
-    store = reading(app)
-    run = store.runs.get_run(args.run_id)
-    attempts = store.runs.attempts(run.id)
-    order = flowmod.task_order(run.snapshot)
+    from featherflow import paths  # lazy: not for --help
+
+    store, run, attempts, order = _run_and_attempts(app, args.run_id)
     if args.task is not None and args.task not in {a.task_id for a in attempts}:
         raise errors.UsageError(f"run {run.id} has no task {args.task!r} (tasks: {', '.join(order)})")
     if args.follow and args.task is None:

@@ -109,6 +109,7 @@ def cmd_scheduler_stop(app, args) -> int:
 
 def cmd_scheduler_status(app, args) -> int:
     from featherflow import clock, text  # lazy: not for --help
+
     if args.interactive:  # the original tool's entry point to the dashboard
         args.flow = None
         return cmd_dashboard(app, args)

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import List, Optional, Sequence, Tuple
 
 from featherflow import clock, states
-from featherflow.text import cells, clean, duration, fit, fit_left, local, pad, take
+from featherflow.text import cells, clean, duration, fit, fit_left, local, megabytes, pad, take
 from featherflow.dashboard.keys import ViewState, body_height, page_size
 
 MIN_WIDTH, MIN_HEIGHT = 40, 8
@@ -403,7 +403,7 @@ class _Screen:
             _row(("log  ", "head"), (f"run {self.state.run_id} > {self.c(log.task_id)} > attempt {log.attempt}", "head"),
                  ("  ", ""), (log.state, STATE_STYLE.get(log.state, "")), (f"  {where}  {span_text}", "dim")),
             _row((fit_left(self.c(log.path), self.width - 1, self.ell)
-                  + (f"  (first {log.skipped / 1e6:.1f} MB not shown)" if log.skipped else ""), "dim")),
+                  + (f"  (first {megabytes(log.skipped)} not shown)" if log.skipped else ""), "dim")),
         ]
         if log.error:
             return rows, [_row((self.c(log.error), "dim"))]
