@@ -13,7 +13,7 @@ import time
 
 from featherflow.errors import ConflictError
 
-SCHEMA_VERSION = 3  # the number of the newest migration
+SCHEMA_VERSION = 4  # the number of the newest migration
 
 # The scheduler writes its heartbeat every tick, and a tick comes at least every
 # HEARTBEAT_EVERY seconds. A scheduler whose heartbeat is older than HEARTBEAT_STALE
@@ -65,9 +65,19 @@ def stamp() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}"
 
 
+# The event a run's move becomes in the notification outbox (DESIGN: "the outbox").
+RUN_EVENTS = {RUNNING: "started", SUCCESS: "succeeded", FAILED: "failed",
+              CANCELLED: "cancelled", INTERRUPTED: "interrupted"}
+
+
 def apply_run(cur, run_id, new, now=None, reason=None, pid=None, pid_start=None,
-              boot_id=None, resume=False) -> str:
-    """Move run `run_id` to `new`; returns the state it was in."""
+              boot_id=None, resume=False, events=None) -> str:
+    """Move run `run_id` to `new`; returns the state it was in.
+
+    The move's event goes into the outbox in the same transaction, when a channel
+    is enabled (no channel: nothing to tell, and adding one later does not replay
+    history). `events`, a list, gets the id of an event written.
+    """
     now = now or stamp()
     row = cur.execute("SELECT state FROM flow_run WHERE id = ?", (run_id,)).fetchone()
     if row is None:
@@ -105,7 +115,20 @@ def apply_run(cur, run_id, new, now=None, reason=None, pid=None, pid_start=None,
             "UPDATE task_attempt SET state = ?, ended_at = ?, reason = COALESCE(reason, ?) "
             "WHERE run_id = ? AND state = ?",
             (closed, now, f"run {new}", run_id, open_state))
+    record_event(cur, RUN_EVENTS[new], now, run_id=run_id, events=events)
     return old
+
+
+def record_event(cur, kind, now, run_id=None, schedule_id=None, slot_at=None, detail="{}",
+                 events=None):
+    """Write an outbox event inside the caller's transaction, if any channel is enabled."""
+    if cur.execute("SELECT 1 FROM channel WHERE enabled = 1 LIMIT 1").fetchone() is None:
+        return None
+    cur.execute("INSERT INTO event (kind, run_id, schedule_id, slot_at, detail, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)", (kind, run_id, schedule_id, slot_at, detail, now))
+    if events is not None:
+        events.append(cur.lastrowid)
+    return cur.lastrowid
 
 
 def _require_running_run(cur, run_id):

@@ -3,11 +3,13 @@ queries and transactions on runs, attempts, schedules and slots. Other layers ge
 plain records (records.py), never a peewee row.
 
 `Store` is one database: `store.runs` (runs and attempts) and `store.schedules`
-(schedules, slots, the scheduler's row), composed over one connection.
+(schedules, slots, the scheduler's row) and `store.outbox` (notification channels,
+events and deliveries), composed over one connection.
 """
 
 from peewee import SqliteDatabase
 
+from featherflow.store.outbox import OutboxStore
 from featherflow.store.runs import RunStore
 from featherflow.store.schedules import ScheduleStore
 
@@ -17,6 +19,7 @@ class Store:
         self.db = db
         self.runs = RunStore(db)
         self.schedules = ScheduleStore(db, self.runs)
+        self.outbox = OutboxStore(db)
 
     def close(self) -> None:
         self.db.close()

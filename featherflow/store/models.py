@@ -1,7 +1,7 @@
 """Peewee models, one per table. Queries live in store.py, schema in migrations/."""
 
 from peewee import (
-    AutoField, BooleanField, CharField, DateTimeField, ForeignKeyField, IntegerField,
+    AutoField, BooleanField, CharField, DateTimeField, FloatField, ForeignKeyField, IntegerField,
     Model, TextField,
 )
 
@@ -101,4 +101,65 @@ class SchedulerState(BaseModel):
         table_name = "scheduler"
 
 
-MODELS = [Schedule, FlowRun, RunSnapshot, TaskAttempt, ScheduleSlot, SchedulerState]
+class Channel(BaseModel):
+    """A notification channel (migration 0004): where to send, and which events."""
+    id = AutoField()
+    name = CharField(unique=True)
+    kind = CharField()
+    target = TextField()
+    options = TextField(default="{}")
+    events = TextField()
+    flows = TextField(default="[]")
+    schedules = TextField(default="[]")
+    repeat_seconds = FloatField()
+    every = BooleanField(default=False)
+    enabled = BooleanField(default=True)
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+
+
+class Event(BaseModel):
+    id = AutoField()
+    kind = CharField()
+    run = ForeignKeyField(FlowRun, null=True, on_delete="CASCADE", column_name="run_id", index=False)
+    schedule = ForeignKeyField(Schedule, null=True, on_delete="SET NULL", column_name="schedule_id",
+                               index=False)
+    slot_at = DateTimeField(null=True)
+    detail = TextField(default="{}")
+    created_at = DateTimeField()
+    fanned_at = DateTimeField(null=True)
+
+
+class Delivery(BaseModel):
+    id = AutoField()
+    event = ForeignKeyField(Event, on_delete="CASCADE", column_name="event_id", index=False)
+    channel = ForeignKeyField(Channel, on_delete="CASCADE", column_name="channel_id", index=False)
+    kind = CharField()
+    group_key = CharField()
+    state = CharField()
+    payload = TextField()
+    key = CharField()
+    tries = IntegerField(default=0)
+    next_try_at = DateTimeField()
+    claimed_by = IntegerField(null=True)
+    claim_start = IntegerField(null=True)
+    claim_boot = CharField(null=True)
+    claimed_at = DateTimeField(null=True)
+    answer = TextField(null=True)
+    created_at = DateTimeField()
+    sent_at = DateTimeField(null=True)
+
+
+class DeliveryTry(BaseModel):
+    id = AutoField()
+    delivery = ForeignKeyField(Delivery, on_delete="CASCADE", column_name="delivery_id", index=False)
+    at = DateTimeField()
+    ok = BooleanField()
+    answer = TextField()
+
+    class Meta:
+        table_name = "delivery_try"
+
+
+MODELS = [Schedule, FlowRun, RunSnapshot, TaskAttempt, ScheduleSlot, SchedulerState,
+          Channel, Event, Delivery, DeliveryTry]

@@ -153,3 +153,77 @@ def as_slot(row: dict) -> Slot:
     row["schedule_id"] = row.pop("schedule")
     row["run_id"] = row.pop("run")
     return Slot(**row)
+
+
+# -- notifications (migration 0004) ---------------------------------------------
+
+@dataclass
+class Channel:
+    id: int
+    name: str
+    kind: str  # command | webhook | email | ping
+    target: str
+    options: Dict  # format, headers, timeout, smtp_*; never a password, only where one is read
+    events: List[str]
+    flows: List[str]
+    schedules: List[str]
+    repeat_seconds: float
+    every: bool
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass
+class Event:
+    id: int
+    kind: str
+    run_id: Optional[int]
+    schedule_id: Optional[int]
+    slot_at: Optional[datetime]
+    detail: Dict
+    created_at: datetime
+
+
+@dataclass
+class Delivery:
+    id: int
+    event_id: int
+    channel_id: int
+    channel: str
+    kind: str
+    group_key: str
+    state: str  # pending | sending | sent | failed | suppressed
+    payload: Dict
+    key: str
+    tries: int
+    next_try_at: datetime
+    answer: Optional[str]
+    created_at: datetime
+    sent_at: Optional[datetime]
+
+
+def as_channel(row: dict) -> Channel:
+    row = parse_times(dict(row), "created_at", "updated_at")
+    for name in ("options", "flows", "schedules"):
+        row[name] = json.loads(row[name])
+    row["events"] = [e for e in row["events"].split(",") if e]
+    row["every"], row["enabled"] = bool(row["every"]), bool(row["enabled"])
+    return Channel(**row)
+
+
+def as_event(row: dict) -> Event:
+    row = parse_times(dict(row), "slot_at", "created_at")
+    row.pop("fanned_at", None)
+    row["run_id"], row["schedule_id"] = row.pop("run"), row.pop("schedule")
+    row["detail"] = json.loads(row["detail"])
+    return Event(**row)
+
+
+def as_delivery(row: dict, channel_name: str) -> Delivery:
+    row = parse_times(dict(row), "next_try_at", "created_at", "sent_at")
+    for name in ("claimed_by", "claim_start", "claim_boot", "claimed_at"):
+        row.pop(name, None)
+    row["event_id"], row["channel_id"] = row.pop("event"), row.pop("channel")
+    row["payload"] = json.loads(row["payload"])
+    return Delivery(channel=channel_name, **row)

@@ -67,7 +67,9 @@ def prune(store, db_path: Path, now: datetime, older_than: Optional[timedelta] =
     if dry_run:
         report.db_bytes_after = report.db_bytes_before
         return report
-    store.runs.delete_runs(report.runs)
+    store.runs.delete_runs(report.runs)  # their events and deliveries go with them (ON DELETE CASCADE)
+    if older_than is not None:
+        store.outbox.prune_events(now - older_than)
     # A run resumed since it was chosen is not deleted (delete_runs checks the
     # state in its transaction): keep its files, and leave it out of the report.
     kept = [r for r in doomed if r.id in store.runs.run_uids()]

@@ -114,7 +114,12 @@ class ScheduleStore:
         created = []
         with self.db.atomic("IMMEDIATE"):
             for slot_at, reason in skip:
-                self._put_slot(schedule_id, slot_at, SLOT_SKIPPED, reason, stamp)
+                if self._put_slot(schedule_id, slot_at, SLOT_SKIPPED, reason, stamp):
+                    # A skipped slot is a `missed` notification, in the decision's own transaction.
+                    flow = ScheduleModel.select(ScheduleModel.flow_name).where(ScheduleModel.id == schedule_id).scalar()
+                    states.record_event(self.db.cursor(), "missed", stamp, schedule_id=schedule_id,
+                                        slot_at=clock.to_text(slot_at),
+                                        detail=json.dumps({"reason": reason, "flow": flow}, sort_keys=True))
             for slot_at, reason in wait:
                 self._put_slot(schedule_id, slot_at, SLOT_WAITING, reason, stamp)
             for slot_at, run, *note in fire:
@@ -200,13 +205,22 @@ class ScheduleStore:
         return SchedulerRow(**parse_times(dict(row), "started_at", "heartbeat_at", "stopped_at"))
 
     def scheduler_started(self, pid: int, pid_start: Optional[int], boot_id: Optional[str],
-                          now: datetime, is_alive: "Callable[[SchedulerRow], bool]") -> Optional["SchedulerRow"]:
-        """Record this process as the database's scheduler; if another live one is, return it instead."""
+                          now: datetime, is_alive: "Callable[[SchedulerRow], bool]",
+                          downtime: "Optional[Callable[[SchedulerRow], Optional[Dict]]]" = None
+                          ) -> Optional["SchedulerRow"]:
+        """Record this process as the database's scheduler; if another live one is, return it instead.
+
+        `downtime(previous row)` may return the detail of a `scheduler` notification (the
+        daemon was down long enough to say so), written in the same transaction."""
         stamp = clock.to_text(now)
         with self.db.atomic("IMMEDIATE"):
             row = self.scheduler_row()
             if row is not None and row.stopped_at is None and row.pid != pid and is_alive(row):
                 return row
+            detail = downtime(row) if downtime is not None and row is not None else None
+            if detail is not None:
+                states.record_event(self.db.cursor(), "scheduler", stamp,
+                                    detail=json.dumps(detail, sort_keys=True))
             SchedulerState.replace(id=1, pid=pid, pid_start=pid_start, boot_id=boot_id, started_at=stamp,
                                    heartbeat_at=stamp, stopped_at=None).execute()
         return None
