@@ -152,7 +152,30 @@ def _database_checks(con, db_path: Path, now: datetime) -> List[Finding]:
     found.append(check_stuck(stuck))
     leftovers = {pid: known[uid] for pid, uid in by_pid.items() if uid in known}
     found.append(check_orphans(leftovers))
+    if version >= 4:
+        try:
+            failed = con.execute("SELECT COUNT(*), MAX(id) FROM delivery WHERE state = 'failed'").fetchone()
+            last = con.execute("SELECT c.name, d.answer FROM delivery d JOIN channel c ON c.id = d.channel_id "
+                               "WHERE d.id = ?", (failed[1],)).fetchone() if failed[1] else None
+            channels = con.execute("SELECT COUNT(*) FROM channel WHERE enabled = 1").fetchone()[0]
+        except sqlite3.Error as exc:
+            return found + [Finding("notifications", PROBLEM, f"cannot read {db_path}: {exc}", _restore(db_path))]
+        found.append(check_notifications(channels, failed[0], last))
     return found
+
+
+def check_notifications(channels: int, failed: int, last) -> Finding:
+    """Deliveries that ran out of retries: someone was not told."""
+    name = "notifications"
+    if failed:
+        who = f"; the last to {last[0]!r}: {last[1]}" if last else ""
+        return Finding(name, PROBLEM, f"{failed} notification(s) could not be delivered{who}",
+                       "`featherflow notify log --state failed` shows each; fix the channel and "
+                       "check it with `featherflow notify test NAME`")
+    if not channels:
+        return Finding(name, OK, "no channel: nobody is told when a run fails "
+                       "(`featherflow notify add` sets one up)")
+    return Finding(name, OK, f"{channels} channel(s), nothing undelivered")
 
 
 def _table_count(con) -> int:

@@ -120,13 +120,16 @@ def record(db, run_id, pid, run, specs, states, deadline=DEADLINE):
                     raise sqlite3.DatabaseError(
                         f"schema version {version}, expected {states.SCHEMA_VERSION}")
                 now = states.stamp()
+                events = []
                 if run is not None and run[0] == states.RUNNING:
-                    states.apply_run(cur, run_id, run[0], now, run[1], pid, start, boot)
+                    states.apply_run(cur, run_id, run[0], now, run[1], pid, start, boot, events=events)
                 for task_id, attempt, state, exit_code, reason in specs:
                     states.apply_attempt(cur, run_id, task_id, attempt, state, now, exit_code, reason)
                 if run is not None and run[0] != states.RUNNING:
-                    states.apply_run(cur, run_id, run[0], now, run[1], pid, start, boot)
+                    states.apply_run(cur, run_id, run[0], now, run[1], pid, start, boot, events=events)
                 cur.execute("COMMIT")
+                if events:
+                    flush_outbox(db)
             except BaseException:
                 if conn.in_transaction:
                     cur.execute("ROLLBACK")
@@ -139,6 +142,21 @@ def record(db, run_id, pid, run, specs, states, deadline=DEADLINE):
         finally:
             if conn is not None:
                 conn.close()
+
+
+def flush_outbox(db) -> None:
+    """Deliver the event this mark wrote, in a process of its own: a notification never
+    slows the run (DESIGN: "the outbox"). Not inside any transaction: after the commit."""
+    from featherflow import proc  # lazy: only a run's start and end write events
+
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    try:
+        proc.detach([sys.executable, "-m", "featherflow", "--db", os.path.abspath(db), "notify", "flush",
+                     "--quiet"], env)
+    except OSError:
+        pass  # the daemon, the next command or `notify flush` delivers it
 
 
 def call(argv, states) -> int:

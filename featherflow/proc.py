@@ -133,3 +133,27 @@ def kill_all(pids, sig=None) -> int:
         except OSError:
             continue
     return done
+
+
+def detach(argv, env=None) -> None:
+    """Start `argv` in a session of its own, its output to /dev/null, and do not wait for it.
+
+    Two forks, so that the started process is nobody's child to reap (no zombie in a
+    long-lived co-process) and no terminal signal of ours reaches it. Without imports:
+    `_mark` calls this when a run's end wrote a notification event.
+    """
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)
+        return
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, 1024)
+        os.execve(argv[0], argv, os.environ if env is None else env)
+    finally:
+        os._exit(127)

@@ -37,6 +37,7 @@ from featherflow.config import Config
 from featherflow.engine import limits
 from featherflow.engine import launch, reconcile
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
+from featherflow.notify import deliver
 from featherflow.scheduler import lock, policy, slots
 from featherflow.store import Store
 from featherflow.store.records import NewRun
@@ -74,7 +75,7 @@ class Scheduler:
     """One scheduler for the database of `store`, with the dirs and paths of `config`."""
 
     def __init__(self, config: Config, store: Store, check_interval: float = 60.0, allow_root: bool = False,
-                 fault: Optional[str] = None, launch=None):
+                 fault: Optional[str] = None, launch=None, deliver=None):
         if check_interval <= 0:
             raise UsageError(f"--check-interval must be > 0 seconds, not {check_interval}")
         if fault is not None and fault not in FAULT_POINTS:
@@ -85,6 +86,7 @@ class Scheduler:
         self.allow_root = allow_root
         self.fault = fault
         self.launch = launch or self._spawn  # (run, resume) -> pid; tests pass their own
+        self.deliver = deliver or self._notify  # () -> None: start delivering the outbox
         self.pid = os.getpid()
         self.identity = proc.identity(self.pid)
         self.log_path = config.log_dir / LOG_NAME
@@ -95,6 +97,7 @@ class Scheduler:
         self._stop = False
         self._trimmed = 0.0
         self._last_tick: Optional[datetime] = None  # `now` of the latest tick (None: not ticked yet)
+        self._flusher: Optional[subprocess.Popen] = None  # the `notify flush` child, while it runs
 
     # -- lock and heartbeat --
 
@@ -103,11 +106,27 @@ class Scheduler:
         pid of the scheduler that already runs."""
         check_root(self.allow_root)
         self._lock_fd = lock.take(self.config.config_dir, self.pid)
-        other = self.store.schedules.scheduler_started(self.pid, *self.identity, now, lock.row_alive)
+        other = self.store.schedules.scheduler_started(self.pid, *self.identity, now, lock.row_alive,
+                                                       downtime=lambda row: self.downtime(row, now))
         if other is not None:
             self.release(now, stopped=False)
             raise ConflictError(f"the scheduler already runs (pid {other.pid}) for the database "
                                 f"{self.config.db_path} (with another config dir); stop it first")
+
+    def downtime(self, previous, now: datetime) -> Optional[Dict]:
+        """The `scheduler` notification's detail when the daemon was down (its last heartbeat is
+        stale): for how long, and the slots of enabled schedules that fell in that time."""
+        last = previous.heartbeat_at
+        down = (now - last).total_seconds()
+        if down < states.HEARTBEAT_STALE:
+            return None
+        missed, count = [], 0
+        for schedule in self.store.schedules.list_schedules(enabled_only=True):
+            found, more = slots.slots_between(schedule.cron, schedule.tz, last, now, 20)
+            count += len(found) + (1 if more else 0)
+            missed += [{"schedule": schedule.name, "slot": clock.iso(slot)} for slot in found]
+        return {"down_seconds": round(down), "last_heartbeat": clock.iso(last),
+                "stopped": previous.stopped_at is not None, "missed_count": count, "missed": missed[:50]}
 
     def release(self, now: Optional[datetime] = None, stopped: bool = True) -> None:
         if self._lock_fd is None:
@@ -166,6 +185,9 @@ class Scheduler:
                 self._tick_schedule(schedule, now, report, last_tick)
             except Exception:  # one broken schedule must not stop the others
                 log.exception("schedule %s: tick failed", schedule.name)
+        deliver.heartbeats(store, now)
+        if store.outbox.has_due(now):
+            self.deliver()
         if time.monotonic() - self._trimmed > 3600:
             self._trimmed = time.monotonic()
             for schedule in store.schedules.list_schedules():
@@ -248,6 +270,19 @@ class Scheduler:
                                      start_new_session=True, close_fds=True)
         self._children[child.pid] = child
         return child.pid
+
+    def _notify(self) -> None:
+        """Deliver the outbox in a child of its own (`notify flush`), one at a time: a receiver
+        that hangs never delays a slot."""
+        if self._flusher is not None and self._flusher.poll() is None:
+            return
+        cfg = self.config
+        argv = [sys.executable, "-m", "featherflow", "--config-dir", str(cfg.config_dir), "--db", str(cfg.db_path),
+                "notify", "flush", "--quiet"]
+        configmod.ensure_private_dir(self.log_path.parent)
+        with open(self.log_path, "ab") as errors:
+            self._flusher = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                             stderr=errors, start_new_session=True, close_fds=True)
 
     def _reap(self) -> None:
         """Collect exited children (never wait for a running one)."""
