@@ -110,10 +110,37 @@ class Featherflow:
         self.read_only = True
         return self._store
 
+    @property
+    def opened(self):
+        """The store if a command opened it, else None (nothing is opened to ask)."""
+        return self._store
+
     def close(self) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+
+    # -- notifications ------------------------------------------------------
+
+    def add_channel(self, name: str, kind: str, target: str, **fields):
+        """A notification channel, as `featherflow notify add` makes it (fields: events,
+        flows, schedules, repeat, every, fmt, headers, timeout, heartbeat, smtp)."""
+        from featherflow import clock  # lazy: not for import featherflow
+        from featherflow.notify import admin
+
+        return admin.add(self.store, clock.now(), name=name, kind=kind, target=target, **fields)
+
+    def channels(self):
+        return self.store.outbox.list_channels()
+
+    def remove_channel(self, name: str):
+        return self.store.outbox.remove_channel(name)
+
+    def flush_notifications(self, budget: float = 300.0) -> Dict[str, int]:
+        """Deliver what is due now, as `featherflow notify flush` does."""
+        from featherflow.notify import admin, send
+
+        return admin.flush(self.store, send.send, budget)
 
     # -- runs ----------------------------------------------------------------
 

@@ -21,7 +21,7 @@ KERNEL = {"errors", "config", "clock", "states", "proc", "graph", "flow", "mark"
           "params", "__init__", "__main__"}
 TOP = {"api", "scaffold", "doctor"}
 # A module may import from its own rank and below; `__main__` only starts the CLI.
-RANK = {"kernel": 0, "store": 1, "engine": 2, "scheduler": 3, "dashboard": 4, "top": 5, "cli": 6}
+RANK = {"kernel": 0, "store": 1, "notify": 2, "engine": 3, "scheduler": 4, "dashboard": 5, "top": 6, "cli": 7}
 
 
 def modules() -> Dict[str, Path]:

@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 from featherflow import __version__, errors
-from featherflow.cli import admin, flows, runs, schedules
+from featherflow.cli import admin, flows, notify, runs, schedules
 from featherflow.cli.common import for_terminal, global_options
 from featherflow.errors import FeatherflowError
 
@@ -63,7 +63,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {errors.database_error(app.config.db_path, exc)}", file=sys.stderr)
         return errors.EXIT_DATABASE
     finally:
+        _deliver_written_events(app, args)
         app.close()
+
+
+def _deliver_written_events(app, args) -> None:
+    """A command that wrote a notification event (an orphan found interrupted, a run
+    cancelled) starts its delivery in the background, as a run's end does."""
+    if app.opened is None or app.read_only or args.func is notify.cmd_flush:
+        return
+    try:
+        from featherflow import clock, mark  # lazy: only after a command that opened the store
+
+        if app.store.outbox.has_due(clock.now()):
+            mark.flush_outbox(str(app.config.db_path))
+    except Exception as exc:  # telling someone must never turn a command's success into an error
+        log.debug("could not start the notification delivery: %s", exc)
 
 
 def _error_lines(exc: FeatherflowError) -> List[str]:
@@ -85,6 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"featherflow {__version__}")
     global_options(parser, suppress=False)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (flows, runs, admin, schedules):
+    for module in (flows, runs, admin, schedules, notify):
         module.add_commands(sub)
     return parser
