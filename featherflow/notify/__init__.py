@@ -1,0 +1,1 @@
+"""Notifications: channels, payloads, transports, delivery."""
