@@ -157,6 +157,20 @@ def test_a_proxy_in_the_given_environment_is_bypassed_for_no_proxy_hosts(http):
     assert send("webhook", http.url, {}, sample(), "failed", environ=environ) == (False, "connection refused")
 
 
+def test_a_204_is_delivered_and_a_datetime_left_in_the_payload_is_sent_as_text(http):
+    from datetime import datetime, timezone
+
+    http.status, http.reply = 204, b""
+    payload = sample(ended_at=datetime(2026, 12, 2, 3, 0, 12, tzinfo=timezone.utc))
+    assert send("webhook", http.url, {}, payload, "failed", environ={}) == (True, "HTTP 204")
+    assert json.loads(http.requests[0]["body"])["ended_at"] == "2026-12-02 03:00:12+00:00"
+
+
+def test_a_header_with_a_line_break_is_not_sent(http):
+    delivered, said = send("webhook", http.url, {"headers": {"X-A": "1\r\nX-B: 2"}}, sample(), "failed", environ={})
+    assert not delivered and http.requests == []
+
+
 def test_an_unknown_format_is_not_delivered(http):
     delivered, said = send("webhook", http.url, {"format": "teams"}, sample(), "failed", environ={})
     assert not delivered and "unknown format 'teams'" in said and http.requests == []

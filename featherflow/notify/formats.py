@@ -98,7 +98,8 @@ def body(fmt: str, payload: dict) -> Tuple[bytes, Dict[str, str]]:
         document = {"text": message(payload, LIMITS["slack"])}
     else:
         document = {"content": message(payload, LIMITS["discord"])}
-    return json.dumps(document, ensure_ascii=False).encode("utf-8"), headers
+    # default=str: a datetime left in the payload is sent as text, not a TypeError at 03:00.
+    return json.dumps(document, ensure_ascii=False, default=str).encode("utf-8"), headers
 
 
 def message_id(key) -> str:
@@ -121,7 +122,8 @@ def _mail_text(payload: dict) -> str:
         lines += ["    " + line for line in _tail_lines(task)]
     if payload.get("command"):
         lines += ["", f"To look further: {_one_line(payload['command'])}"]
-    lines += ["", "-- the event as JSON --", json.dumps(payload, ensure_ascii=False, indent=2, sort_keys=True)]
+    document = json.dumps(payload, ensure_ascii=False, indent=2, sort_keys=True, default=str)
+    lines += ["", "-- the event as JSON --", document]
     return "\n".join(lines) + "\n"
 
 

@@ -54,7 +54,7 @@ def send(kind: str, target: str, options: dict, payload: dict, event: str,
             delivered, said = _command(target, options, payload, event, environ)
         elif kind == "webhook":
             data, headers = formats.body(options.get("format") or "json", payload)
-            delivered, said = _http(target, data, headers, options, environ, TIMEOUTS["webhook"])
+            delivered, said = _http(target, data, headers, options, environ, _timeout(options, "webhook"))
         elif kind == "ping":
             url = formats.ping_url(target, event, payload.get("run_uid"))
             if url is None:
@@ -62,7 +62,7 @@ def send(kind: str, target: str, options: dict, payload: dict, event: str,
             data = str(payload.get("summary") or event).encode("utf-8")
             headers = {"Content-Type": "text/plain; charset=utf-8",
                        "Idempotency-Key": answer(payload.get("key") or "")}
-            delivered, said = _http(url, data, headers, options, environ, TIMEOUTS["ping"])
+            delivered, said = _http(url, data, headers, options, environ, _timeout(options, "ping"))
         elif kind == "email":
             delivered, said = _email(target, options, payload, environ)
         else:
@@ -103,7 +103,7 @@ def _last_line(output: bytes) -> str:
 def _command(target: str, options: dict, payload: dict, event: str,
              environ: Mapping[str, str]) -> Tuple[bool, str]:
     timeout = _timeout(options, "command")
-    stdin = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    stdin = json.dumps(payload, ensure_ascii=False, default=str).encode("utf-8")
     try:
         # Its own session: on a timeout the whole group goes, the shell's children too.
         child = subprocess.Popen(["/bin/sh", "-c", target], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -162,11 +162,10 @@ def _proxies(url: str, environ: Mapping[str, str]) -> Dict[str, str]:
 
 
 def _http(url: str, data: bytes, headers: Dict[str, str], options: dict, environ: Mapping[str, str],
-          default_timeout: float) -> Tuple[bool, str]:
+          timeout: float) -> Tuple[bool, str]:
     scheme = urlsplit(url).scheme.lower()
     if scheme not in ("http", "https"):
         return False, f"refused: {scheme or 'no'} scheme (valid: http, https)"
-    timeout = float(options.get("timeout") or default_timeout)
     sent = {"User-Agent": f"featherflow/{__version__}", **headers}
     for name, value in (options.get("headers") or {}).items():
         sent[str(name)] = str(value)
