@@ -296,6 +296,21 @@ def test_a_command_that_does_not_read_its_stdin_is_still_delivered():
     assert send("command", "true", {}, payload, "failed", environ={}) == (True, "exit 0")
 
 
+def test_a_command_that_does_not_read_its_stdin_does_not_kill_a_process_with_sigpipe_default():
+    """launch.exec_script resets SIGPIPE before its exec; if the exec fails, the process lives on."""
+    import signal
+
+    payload = sample(failed_tasks=[{"task_id": "a", "attempt": 1, "exit_code": 1, "reason": None,
+                                    "log_tail": ["w" * 1000] * 500}])
+    old = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        assert send("command", "exec 0<&-; sleep 0.2", {}, payload, "failed", environ={"PATH": "/bin:/usr/bin"}) \
+            == (True, "exit 0")
+        assert signal.getsignal(signal.SIGPIPE) == signal.SIG_DFL  # put back as it was
+    finally:
+        signal.signal(signal.SIGPIPE, old)
+
+
 def test_a_command_that_hangs_is_killed_with_its_children_after_the_timeout(tmp_path):
     pids = tmp_path / "pids"
     script = f'sleep 60 & echo $$ $! > "{pids}"; wait'

@@ -14,8 +14,10 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import threading
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
@@ -45,10 +47,31 @@ def answer(text) -> str:
     return line if len(line) <= ANSWER_MAX else line[: ANSWER_MAX - 1] + "…"
 
 
+@contextmanager
+def _pipes_answer_epipe():
+    """SIGPIPE ignored while sending, as Python has it by default: a process that reset it
+    (before an exec that failed, say) would otherwise die when a command does not read its
+    stdin or a receiver closes its socket. Only the main thread may change a handler."""
+    sigpipe = getattr(signal, "SIGPIPE", None)
+    if sigpipe is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(sigpipe, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(sigpipe, old)
+
+
 def send(kind: str, target: str, options: dict, payload: dict, event: str,
          environ: Mapping[str, str] = os.environ) -> Tuple[bool, str]:
     """Deliver `payload` to one channel: (delivered, the receiver's answer)."""
-    options = options or {}
+    with _pipes_answer_epipe():
+        return _send(kind, target, options or {}, payload, event, environ)
+
+
+def _send(kind: str, target: str, options: dict, payload: dict, event: str,
+          environ: Mapping[str, str]) -> Tuple[bool, str]:
     try:
         if kind == "command":
             delivered, said = _command(target, options, payload, event, environ)
