@@ -5,6 +5,7 @@ flow file over the 1 MiB cap. At the limit itself a value arrives byte-exact.
 """
 
 import json
+import signal
 import subprocess
 
 import pytest
@@ -190,5 +191,7 @@ def test_bash_that_cannot_be_executed_fails_the_run_with_the_reason(project, mon
             launch.exec_script(app.store, prepared)
         run = app.store.runs.get_run(prepared.run.id)
         assert run.state == states.FAILED and "Permission denied" in run.reason
+        # the process lives on after the failed exec: Python's SIGPIPE handling is back
+        assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
     finally:
         app.close()

@@ -259,12 +259,15 @@ def exec_script(store: Optional[Store], prepared: Prepared) -> None:
     # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal survives exec:
     # without this, every task would too (`producer | head` in a task would
     # fail with "Broken pipe" instead of ending quietly).
+    before = {}
     for name in ("SIGPIPE", "SIGXFSZ"):
         if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_DFL)
+            before[name] = signal.signal(getattr(signal, name), signal.SIG_DFL)
     try:
         os.execv(shell, [shell, str(prepared.script_path)])
     except OSError as exc:  # E2BIG, ENOEXEC, ...: the run can never start; say so, not "interrupted"
+        for name, handler in before.items():  # this process lives on: a closed pipe must not kill it
+            signal.signal(getattr(signal, name), handler)
         reason = f"could not start: cannot execute {shell}: {exc.strerror or exc}"
         if prepared.run is not None and store is not None:
             store.runs.transition_run(prepared.run.id, states.FAILED, reason=reason)
