@@ -487,3 +487,15 @@ def test_the_daemons_tick_delivers_through_a_child_of_its_own(project):
         if daemon._flusher is not None:
             daemon._flusher.wait(timeout=30)
     app.close()
+
+
+def test_one_flush_fans_out_every_event_however_many(project, store):
+    """More events than one batch (100): a flush leaves none behind."""
+    store.outbox.add_channel({"name": "c", "kind": "command", "target": "true", "events": ["failed"],
+                              "repeat_seconds": 1.0, "every": True}, T0 - timedelta(days=1))
+    for minute in range(70):  # 140 events: each run's start and its failure
+        run = fake_run(store, state=states.RUNNING)
+        store.runs.transition_run(run.id, states.FAILED, now=T0 + timedelta(minutes=minute))
+    collect = Collect()
+    done = Deliverer(store, collect, now=lambda: T0 + timedelta(hours=2)).flush()
+    assert done["events"] == 140 and done["sent"] == 70 and store.outbox.counts()["unfanned"] == 0

@@ -131,19 +131,24 @@ class Deliverer:
                             "payload": body, "key": body["key"], "created_at": event.created_at})
         return planned
 
-    def fan_out(self) -> int:
-        count = 0
-        for event in self.store.outbox.unfanned():
-            doc = self.base(event)  # reads logs: outside the transaction
-            if self.store.outbox.fan_out(event.id, lambda: self.plan(event, doc), self.now()):
-                count += 1
+    def fan_out(self, budget: float = 300.0) -> int:
+        """Every event not yet fanned out, a batch at a time, oldest first."""
+        count, give_up = 0, time.monotonic() + budget
+        while time.monotonic() < give_up:
+            batch = self.store.outbox.unfanned()
+            if not batch:
+                break
+            for event in batch:
+                doc = self.base(event)  # reads logs: outside the transaction
+                if self.store.outbox.fan_out(event.id, lambda: self.plan(event, doc), self.now()):
+                    count += 1
         return count
 
     # -- sending --
 
     def flush(self, budget: float = 300.0) -> Dict[str, int]:
         """Fan out, then send every due delivery; stops after `budget` seconds of work."""
-        done = {"events": self.fan_out(), "sent": 0, "retry": 0, "failed": 0}
+        done = {"events": self.fan_out(budget), "sent": 0, "retry": 0, "failed": 0}
         give_up = time.monotonic() + budget
         while time.monotonic() < give_up:
             delivery = self.store.outbox.claim(self.pid, *self.identity, self.now(), proc.is_alive)
