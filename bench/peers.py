@@ -265,7 +265,7 @@ def main(argv=None) -> int:
 def report(times: dict, counts: dict, tools: list, start: dict, notes: list, args) -> None:
     """The table: per workload the median of each tool, Featherflow's ms per task over the
     fastest floor, and each tool's time as a multiple of Featherflow's."""
-    shown = [t for t in TOOLS if t in tools]
+    shown = [t for t in TOOLS if t in tools and any(t in by_tool for by_tool in times.values())]
     print(f"peers.py: {args.repeat} runs of each tool and workload, cap {CAP}, medians; "
           f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print()
