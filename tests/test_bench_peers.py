@@ -33,7 +33,8 @@ def test_peers_runs_the_smallest_workload_and_prints_a_table_that_parses(tmp_pat
     assert cells["workload"] == "one" and cells["tasks"] == "1" and cells["floor"] == "bash"
     for column in ("bash s", "featherflow s", "featherflow ms/task over floor", "bash/ff"):
         assert float(cells[column]) > 0, column
-    startup = {r[0]: float(r[1]) for r in rows[2:]}
+    assert rows[2] == ["start-up", "median ms"]
+    startup = {r[0]: float(r[1]) for r in rows[3:]}
     assert set(startup) == {"`featherflow --help`", "`featherflow runs list`"}
     assert list(tmp_path.iterdir()) == []  # its temp project is removed
 
