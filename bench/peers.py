@@ -136,14 +136,14 @@ def find_peers(args) -> tuple:
             ok = python.exists() and subprocess.run(
                 [str(python), "-c", f"import {tool}"], capture_output=True).returncode == 0
             where = f"{venv}"
-        else:
-            python = shutil.which("python3") if shutil.which(tool) else None
-            ok = bool(python)
-            where = "PATH"
+        else:  # the console scripts on the PATH run with the interpreter they belong to
+            ok, where = bool(shutil.which(tool)), "PATH"
         if not ok:
             notes.append(f"{tool}: skipped, not installed ({where}; see bench/README.md)")
+        elif not venv:
+            found[tool] = [shutil.which(tool)]
         elif tool == "doit":
-            found[tool] = [str(Path(venv) / "bin" / "doit") if venv else shutil.which("doit")]
+            found[tool] = [str(Path(venv) / "bin" / "doit")]
         else:
             found[tool] = [str(python), "-m", "luigi"]
     return found, notes
@@ -269,9 +269,10 @@ def report(times: dict, counts: dict, tools: list, start: dict, notes: list, arg
     print(f"peers.py: {args.repeat} runs of each tool and workload, cap {CAP}, medians; "
           f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print()
-    print("| workload | tasks | " + " | ".join(f"{t} s" for t in shown)
-          + " | floor | featherflow ms/task over floor | " + " | ".join(f"{t}/ff" for t in shown if t != "featherflow") + " |")
-    print("| --- " * (3 + 2 * len(shown)) + "|")
+    header = (["workload", "tasks"] + [f"{t} s" for t in shown] + ["floor", "featherflow ms/task over floor"]
+              + [f"{t}/ff" for t in shown if t != "featherflow"])
+    print("| " + " | ".join(header) + " |")
+    print("| --- " * len(header) + "|")
     for name, by_tool in times.items():
         med = {t: statistics.median(v) for t, v in by_tool.items()}
         floors = [t for t in FLOORS if t in med]
