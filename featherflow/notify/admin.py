@@ -4,7 +4,7 @@ A channel's JSON never holds a password (none is stored): only where one is read
 """
 
 from datetime import datetime
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from featherflow import clock, text
 from featherflow.notify import channels, payload as payloads
@@ -82,11 +82,3 @@ def test(store, name: str, send, now: datetime) -> Tuple[bool, str]:
 def flush(store, send, budget: float = 300.0) -> Dict[str, int]:
     return Deliverer(store, send).flush(budget)
 
-
-def problems(store, now: datetime) -> Tuple[int, Optional[str], int]:
-    """(failed deliveries, the last one's answer, deliveries pending for over an hour): for doctor."""
-    failed = store.outbox.deliveries(state="failed", limit=1)
-    counts = store.outbox.counts()
-    stale = sum(1 for d in store.outbox.deliveries(state="pending", limit=1000)
-                if (now - d.created_at).total_seconds() > 3600)
-    return counts["failed"], (failed[0].answer if failed else None), stale

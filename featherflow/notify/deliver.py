@@ -19,7 +19,6 @@ since the last alert, then `recovered` when the flow succeeds again. The same fo
 `missed` slots of one schedule. Every other event is sent each time.
 """
 
-import json
 import logging
 import os
 import time
@@ -192,6 +191,3 @@ def heartbeats(store, now: datetime) -> int:
             written += 1
     return written
 
-
-def payload_text(delivery) -> str:
-    return json.dumps(delivery.payload, sort_keys=True, ensure_ascii=False)

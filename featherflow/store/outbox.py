@@ -204,8 +204,8 @@ class OutboxStore:
     def counts(self) -> Dict[str, int]:
         """Deliveries by state, and events not yet fanned out (as `unfanned`)."""
         found = {s: 0 for s in DELIVERY_STATES}
-        for row in DeliveryModel.select(DeliveryModel.state).dicts():
-            found[row["state"]] += 1
+        for state, count in self.db.execute_sql("SELECT state, COUNT(*) FROM delivery GROUP BY state"):
+            found[state] = count
         found["unfanned"] = EventModel.select().where(EventModel.fanned_at.is_null()).count()
         return found
 
