@@ -156,6 +156,12 @@ def test_only_http_and_https_are_sent_to(url):
     assert not delivered and said.startswith("refused:")
 
 
+def test_https_to_a_server_that_speaks_no_tls_is_a_tls_answer(http):
+    delivered, said = send("webhook", http.url.replace("http:", "https:"), {"timeout": 5}, sample(), "failed",
+                           environ={})
+    assert not delivered and said.startswith("TLS:")
+
+
 def test_a_redirect_to_another_scheme_is_not_followed(http):
     http.status, http.location = 302, "ftp://127.0.0.1/elsewhere"
     delivered, said = send("webhook", http.url, {}, sample(), "failed", environ={})
