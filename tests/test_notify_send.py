@@ -10,7 +10,6 @@ import json
 import os
 import socket
 import threading
-import time
 from email.header import decode_header, make_header
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -51,6 +50,7 @@ class Receiver:
 
     def __init__(self):
         self.requests, self.status, self.reply, self.delay, self.location = [], 200, b"ok", 0.0, None
+        self.closing = threading.Event()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -60,7 +60,7 @@ class Receiver:
                 receiver.requests.append({"method": self.command, "path": parts.path, "query": parse_qs(parts.query),
                                           "headers": dict(self.headers), "body": self.rfile.read(length)})
                 if receiver.delay:
-                    time.sleep(receiver.delay)  # the receiver hangs: the client must give up first
+                    receiver.closing.wait(receiver.delay)  # hangs: the client must give up first
                 self.send_response(receiver.status)
                 if receiver.location:
                     self.send_header("Location", receiver.location)
@@ -80,8 +80,21 @@ class Receiver:
         self.thread.start()
 
     def close(self):
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def sigpipe_ignored():
+    """As Python has it by default. An earlier test of a failed exec (launch resets SIGPIPE
+    before its exec) may leave it at SIG_DFL in this process, and then a receiver's thread
+    answering a client that gave up would kill pytest."""
+    import signal
+
+    old = signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    yield
+    signal.signal(signal.SIGPIPE, old)
 
 
 @pytest.fixture
@@ -141,6 +154,12 @@ def test_a_receiver_that_hangs_past_the_timeout_is_given_up(http):
 def test_only_http_and_https_are_sent_to(url):
     delivered, said = send("webhook", url, {}, sample(), "failed", environ={})
     assert not delivered and said.startswith("refused:")
+
+
+def test_https_to_a_server_that_speaks_no_tls_is_a_tls_answer(http):
+    delivered, said = send("webhook", http.url.replace("http:", "https:"), {"timeout": 5}, sample(), "failed",
+                           environ={})
+    assert not delivered and said.startswith("TLS:")
 
 
 def test_a_redirect_to_another_scheme_is_not_followed(http):
