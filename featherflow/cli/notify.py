@@ -85,7 +85,7 @@ def cmd_log(app, args) -> int:
         print(json.dumps([admin.delivery_json(app.store, d, tries=True) for d in found], indent=2,
                          ensure_ascii=False))
     else:
-        print("\n".join(admin.log_lines(app.store, found)))
+        print("\n".join(admin.log_lines(found)))
     return 0
 
 

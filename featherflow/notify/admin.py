@@ -59,7 +59,7 @@ def delivery_json(store, d, tries: bool = False) -> Dict:
     return doc
 
 
-def log_lines(store, deliveries) -> List[str]:
+def log_lines(deliveries) -> List[str]:
     if not deliveries:
         return ["no notifications yet"]
     out = []

@@ -37,10 +37,6 @@ def log_tail(path, lines: int = TAIL_LINES) -> List[str]:
     return [text.escape(line.decode("utf-8", "replace"), keep="\t")[:TAIL_LINE_CHARS] for line in tail]
 
 
-def _iso(moment: Optional[datetime]) -> Optional[str]:
-    return clock.iso(moment) if moment else None
-
-
 def _blank(kind: str, host: str) -> Dict:
     doc = {name: None for name in FIELDS}
     doc.update(event=kind, host=host, failed_tasks=[], test=False, failures_since_last_alert=0, detail={})
@@ -53,8 +49,8 @@ def for_run(kind: str, run, attempts: Dict, schedule_name: Optional[str], host: 
     duration = ((run.ended_at - run.started_at).total_seconds()
                 if run.ended_at and run.started_at else None)
     doc.update(flow=run.flow_name, run_id=run.id, run_uid=run.uid, state=run.state, reason=run.reason,
-               trigger=run.trigger, schedule=schedule_name, scheduled_at=_iso(run.scheduled_at),
-               started_at=_iso(run.started_at), ended_at=_iso(run.ended_at),
+               trigger=run.trigger, schedule=schedule_name, scheduled_at=clock.iso(run.scheduled_at),
+               started_at=clock.iso(run.started_at), ended_at=clock.iso(run.ended_at),
                duration_seconds=round(duration, 3) if duration is not None else None,
                command=f"featherflow runs show {run.id}")
     for attempt in attempts.values():
@@ -68,7 +64,7 @@ def for_run(kind: str, run, attempts: Dict, schedule_name: Optional[str], host: 
 def for_schedule(kind: str, schedule_name: Optional[str], slot_at: Optional[datetime],
                  detail: Dict, host: str) -> Dict:
     doc = _blank(kind, host)
-    doc.update(schedule=schedule_name, scheduled_at=_iso(slot_at), reason=detail.get("reason"),
+    doc.update(schedule=schedule_name, scheduled_at=clock.iso(slot_at), reason=detail.get("reason"),
                detail=detail, flow=detail.get("flow"))
     if schedule_name:
         doc["command"] = f"featherflow schedule show {schedule_name}"
