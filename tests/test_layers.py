@@ -21,7 +21,8 @@ KERNEL = {"errors", "config", "clock", "states", "proc", "graph", "flow", "mark"
           "params", "__init__", "__main__"}
 TOP = {"api", "scaffold", "doctor"}
 # A module may import from its own rank and below; `__main__` only starts the CLI.
-RANK = {"kernel": 0, "store": 1, "notify": 2, "engine": 3, "scheduler": 4, "dashboard": 5, "top": 6, "cli": 7}
+RANK = {"kernel": 0, "store": 1, "notify": 2, "engine": 3, "scheduler": 4, "export": 5, "dashboard": 5, "top": 6,
+        "cli": 7}
 
 
 def modules() -> Dict[str, Path]:

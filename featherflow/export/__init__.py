@@ -1,0 +1,109 @@
+"""`featherflow export`: a flow (and its schedule) for a distributed engine, with what is lost.
+
+Featherflow is for one machine. The day a flow needs many workers, export writes it for an
+existing engine (an Airflow DAG or an Argo CronWorkflow) that runs the same task scripts with
+the same environment contract, and lists, line by line, each approximation (`warning:`) and
+each promise the target does not keep (`not carried over:`). The output is deterministic:
+the start date comes from the schedule (when it was added or last enabled) or --start-date,
+never from the clock at export time, so exporting twice gives the same bytes.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Optional
+
+from featherflow import clock
+from featherflow.config import Config
+from featherflow.errors import FeatherflowError, UsageError
+from featherflow.export import airflow, argo
+from featherflow.export.common import (
+    CATCHUPS, OVERLAPS, Plan, ScheduleFacts, dst_warnings, script_files, task_facts, tmp_users, write_files,
+)
+
+TARGETS = ("airflow", "argo")
+DEFAULT_START = datetime(2000, 1, 1, tzinfo=timezone.utc)  # a flow exported without a schedule
+
+
+class ExportLossError(FeatherflowError):
+    """--strict and the target does not keep everything: nothing was written."""
+
+    exit_code = 1
+
+
+@dataclass
+class Exported:
+    files: List[Path]
+    warnings: List[str]
+    lost: List[str]
+    commands: List[str]
+
+
+def export_flow(config: Config, flow_name: str, target: str, out_dir: Path, store=None,
+                schedule_name: Optional[str] = None, start_date: Optional[str] = None,
+                image: Optional[str] = None, strict: bool = False) -> Exported:
+    """Write `flow_name` (with schedule `schedule_name`, read from `store`) for `target` into
+    `out_dir`. Under `strict`, anything lost raises ExportLossError and nothing is written."""
+    from featherflow.engine import limits  # the flow as `run` would load it
+
+    if target not in TARGETS:
+        raise UsageError(f"unknown export target {target!r} (valid: {', '.join(TARGETS)})")
+    flow = limits.load_flow(config.flows_dir, flow_name, config.tasks_dir)
+    schedule, start = None, DEFAULT_START
+    if schedule_name:
+        record = store.schedules.get_schedule(schedule_name)
+        if record.flow_name != flow.name:
+            raise UsageError(f"schedule {schedule_name!r} runs flow {record.flow_name!r}, not {flow.name!r} "
+                             f"(valid: a schedule of {flow.name})")
+        schedule = ScheduleFacts(record.name, record.cron, record.tz, record.catchup, record.overlap,
+                                 dict(record.params or {}))
+        start = clock.as_utc(record.updated_at).replace(microsecond=0)
+        on_interrupt = record.on_interrupt
+    else:
+        on_interrupt = None
+    if start_date:
+        start = parse_start(start_date)
+    tasks = task_facts(flow)
+    plan = Plan()
+    if schedule is not None:
+        if schedule.params:
+            plan.warnings.append(f"the schedule's params ({', '.join(sorted(schedule.params))}) are the "
+                                 "exported defaults: a manual run gets them too")
+        _schedule_losses(schedule, on_interrupt, target, plan)
+        plan.warnings += dst_warnings(schedule.cron, schedule.tz, start.year,
+                                      "Airflow" if target == "airflow" else "Argo")
+    users = tmp_users(tasks, config.tasks_dir)
+    if users:
+        plan.lost.append(
+            f"TMP_DIR/TEMP_DIR is not shared between workers (a per-run folder under "
+            f"$FEATHERFLOW_TMP_ROOT on each one): tasks {', '.join(users)} use it")
+    if target == "airflow":
+        airflow.build(flow, tasks, schedule, start, config.tasks_dir, plan)
+    else:
+        argo.build(flow, tasks, schedule, config.tasks_dir, image, plan)
+    if strict and plan.lost:
+        raise ExportLossError(f"{len(plan.lost)} semantic(s) not carried over to {target}, nothing written "
+                              "(valid: export without --strict to accept them)")
+    written = write_files(Path(out_dir), plan.files)
+    return Exported(written, plan.warnings, plan.lost, plan.commands)
+
+
+def parse_start(text: str) -> datetime:
+    """--start-date: an ISO date or date-time (UTC unless it names an offset)."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"bad --start-date {text!r} (valid: an ISO date such as 2026-01-01 "
+                         "or 2026-01-01T03:00:00Z)") from None
+    return clock.as_utc(moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).replace(microsecond=0)
+
+
+def _schedule_losses(schedule: ScheduleFacts, on_interrupt: Optional[str], target: str, plan: Plan) -> None:
+    """What of the schedule's policies the target keeps: the part both targets share."""
+    if schedule.catchup not in CATCHUPS or schedule.overlap not in OVERLAPS:
+        raise UsageError(f"schedule {schedule.name!r}: catch-up {schedule.catchup!r} / overlap "
+                         f"{schedule.overlap!r} cannot be exported (valid: {'/'.join(CATCHUPS)}, {'/'.join(OVERLAPS)})")
+    name = "Airflow" if target == "airflow" else "Argo"
+    if on_interrupt == "resume":
+        plan.lost.append(f"on_interrupt {on_interrupt}: a run interrupted by a crash is not resumed by "
+                         f"Featherflow's rules; {name} handles lost tasks its own way (retries, then failed)")
