@@ -7,6 +7,7 @@ files written and any command to run once on the target (on stdout).
 
 import sys
 
+from featherflow import errors
 from featherflow.cli.common import command, for_terminal
 
 
@@ -23,6 +24,10 @@ def cmd_export(app, args) -> int:
         print(f"not carried over: {for_terminal(line, sys.stderr)}", file=sys.stderr)
     for path in result.files:
         print(f"wrote {for_terminal(str(path))}")
+    if result.refused:
+        print(f"error: --strict: {len(result.lost)} semantic(s) not carried over to {args.to}, nothing "
+              "written (valid: export without --strict to accept them)", file=sys.stderr)
+        return errors.EXIT_FAILED
     for line in result.commands:
         print(f"run once on {args.to}: {for_terminal(line)}")
     return 0

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from featherflow import clock
+from featherflow.flow import Flow
 from featherflow.config import Config
-from featherflow.errors import FeatherflowError, UsageError
+from featherflow.errors import UsageError
 from featherflow.export import airflow, argo
 from featherflow.export.common import (
     CATCHUPS, OVERLAPS, Plan, ScheduleFacts, dst_warnings, script_files, task_facts, tmp_users, write_files,
@@ -25,25 +26,20 @@ TARGETS = ("airflow", "argo")
 DEFAULT_START = datetime(2000, 1, 1, tzinfo=timezone.utc)  # a flow exported without a schedule
 
 
-class ExportLossError(FeatherflowError):
-    """--strict and the target does not keep everything: nothing was written."""
-
-    exit_code = 1
-
-
 @dataclass
 class Exported:
     files: List[Path]
     warnings: List[str]
     lost: List[str]
     commands: List[str]
+    refused: bool = False  # --strict and something is lost: nothing was written
 
 
 def export_flow(config: Config, flow_name: str, target: str, out_dir: Path, store=None,
                 schedule_name: Optional[str] = None, start_date: Optional[str] = None,
                 image: Optional[str] = None, strict: bool = False) -> Exported:
     """Write `flow_name` (with schedule `schedule_name`, read from `store`) for `target` into
-    `out_dir`. Under `strict`, anything lost raises ExportLossError and nothing is written."""
+    `out_dir`. Under `strict`, when anything is lost nothing is written (`refused`)."""
     from featherflow.engine import limits  # the flow as `run` would load it
 
     if target not in TARGETS:
@@ -63,6 +59,19 @@ def export_flow(config: Config, flow_name: str, target: str, out_dir: Path, stor
         on_interrupt = None
     if start_date:
         start = parse_start(start_date)
+    plan = plan_export(flow, target, config.tasks_dir, schedule, start, image, on_interrupt)
+    refused = strict and bool(plan.lost)
+    written = [] if refused else write_files(Path(out_dir), plan.files)
+    return Exported(written, plan.warnings, plan.lost, plan.commands, refused)
+
+
+def plan_export(flow: Flow, target: str, tasks_dir: Path, schedule: Optional[ScheduleFacts] = None,
+                start: datetime = DEFAULT_START, image: Optional[str] = None,
+                on_interrupt: Optional[str] = None) -> Plan:
+    """What exporting `flow` writes and reports, without writing it (pure but for reading the
+    task scripts, which are copied and searched for TMP_DIR)."""
+    if target not in TARGETS:
+        raise UsageError(f"unknown export target {target!r} (valid: {', '.join(TARGETS)})")
     tasks = task_facts(flow)
     plan = Plan()
     if schedule is not None:
@@ -72,20 +81,16 @@ def export_flow(config: Config, flow_name: str, target: str, out_dir: Path, stor
         _schedule_losses(schedule, on_interrupt, target, plan)
         plan.warnings += dst_warnings(schedule.cron, schedule.tz, start.year,
                                       "Airflow" if target == "airflow" else "Argo")
-    users = tmp_users(tasks, config.tasks_dir)
+    users = tmp_users(tasks, tasks_dir)
     if users:
         plan.lost.append(
             f"TMP_DIR/TEMP_DIR is not shared between workers (a per-run folder under "
             f"$FEATHERFLOW_TMP_ROOT on each one): tasks {', '.join(users)} use it")
     if target == "airflow":
-        airflow.build(flow, tasks, schedule, start, config.tasks_dir, plan)
+        airflow.build(flow, tasks, schedule, start, tasks_dir, plan)
     else:
-        argo.build(flow, tasks, schedule, config.tasks_dir, image, plan)
-    if strict and plan.lost:
-        raise ExportLossError(f"{len(plan.lost)} semantic(s) not carried over to {target}, nothing written "
-                              "(valid: export without --strict to accept them)")
-    written = write_files(Path(out_dir), plan.files)
-    return Exported(written, plan.warnings, plan.lost, plan.commands)
+        argo.build(flow, tasks, schedule, tasks_dir, image, plan)
+    return plan
 
 
 def parse_start(text: str) -> datetime:

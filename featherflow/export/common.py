@@ -244,10 +244,14 @@ def _transition(lo: datetime, hi: datetime, zone, new_offset) -> datetime:
 def _dst_text(hour: int, minute: int, tz: str, day, shift: timedelta, target: str) -> str:
     at = f"{hour:02d}:{minute:02d}"
     if shift > timedelta(0):
+        later = hour * 60 + minute + int(shift.total_seconds() // 60)
+        there = (f"Airflow at {later // 60 % 24:02d}:{later % 60:02d}" if target == "Airflow"
+                 else f"{target} may fire it at another time or not at all")
         return (f"the schedule's {at} does not exist in {tz} on {day} (clocks go forward): Featherflow "
-                f"fires that slot when the gap ends, {target} fires it later or not at all")
+                f"fires that slot when the gap ends, {there}")
+    there = "Airflow at the second" if target == "Airflow" else f"{target} may fire at the second"
     return (f"the schedule's {at} happens twice in {tz} on {day} (clocks go back): Featherflow fires "
-            f"at the first, {target} may fire at the second")
+            f"at the first, {there}")
 
 
 def write_files(out_dir: Path, files: Dict[str, Tuple[bytes, int]]) -> List[Path]:
