@@ -133,3 +133,21 @@ def test_a_timeout_and_exit_99_fail_not_skip(airflow_env):
     assert (results / "slow.ran").exists() and (results / "ninety_nine.ran").exists()
     assert (results / "saw_timeout.ran").exists()  # one_failed saw the timed-out task fail
     assert (results / "saw_99.ran").exists()  # and exit 99 was a failure, not Airflow's "skipped"
+
+
+def test_argo_yaml_is_yaml_to_a_real_parser(airflow_env, tmp_path):
+    """PyYAML (Airflow's dependency) reads every exported CronWorkflow as the document argo.py built."""
+    from featherflow.export import argo
+    from featherflow.export.common import Plan, task_facts
+
+    docs = {}
+    for name, (make, schedule) in export_flows.EXAMPLES.items():
+        flow = make()
+        doc = argo.document(flow, task_facts(flow), schedule, "img:1", Plan())
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(argo.dump(doc), encoding="utf-8")
+        docs[str(path)] = doc
+    script = "import json, sys, yaml\nprint(json.dumps({p: yaml.safe_load(open(p, encoding='utf-8')) for p in sys.argv[1:]}))"
+    proc = subprocess.run([str(PYTHON), "-c", script, *docs], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout) == docs

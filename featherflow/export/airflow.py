@@ -4,7 +4,7 @@ Nothing from the flow reaches the shell or Jinja. Every task runs one fixed COMM
 wrapper, the same for every task); the task's script, argument words and env values reach it
 as environment variables, so the shell never parses them. Airflow renders every `env` value
 as a Jinja template, so each literal is written inside `{% raw %}...{% endraw %}` (split at
-each `{%`, which is written as `{{ "{" }}%`, so no literal can close a raw block), and each
+each `{%`, whose `{` is written as `{{ "{" }}`, so no literal can close a raw block), and each
 placeholder becomes a small template expression: `{{ ff_text(params["X"]) }}`, `{{ run_id }}`,
 `{{ ff_output(ti, "A", "KEY") }}`. No templated string ends in `.sh`: Airflow would read it
 as the name of a template file.
@@ -97,7 +97,9 @@ AIRFLOW_3_2 = tuple(int(p) if p.isdigit() else 0 for p in AIRFLOW_VERSION.split(
 
 def raw(text):
     """Text Jinja leaves as it is (for a path known only when Airflow reads this file)."""
-    return '{{ "{" }}%'.join("{% raw %}" + part + "{% endraw %}" for part in text.split("{%"))
+    parts = text.split("{%")
+    return "{% raw %}" + parts[0] + "{% endraw %}" + "".join(
+        '{{ "{" }}{% raw %}%' + part + "{% endraw %}" for part in parts[1:])
 
 
 def ff_text(value):
@@ -166,7 +168,8 @@ def build(flow: flowmod.Flow, tasks: List[TaskFacts], schedule: Optional[Schedul
                              "(marked failed in Airflow) does not start it")
     pools = sorted({t.pool for t in tasks if t.pool})
     for pool in pools:
-        plan.commands.append(f"airflow pools set {pool} 1 'Featherflow pool {pool}: set its slots'")
+        if pool != "default_pool":  # Airflow's own: setting it would change its slots
+            plan.commands.append(f"airflow pools set {pool} 1 'Featherflow pool {pool}: set its slots'")
     if pools:
         plan.warnings.append(f"pools {', '.join(pools)} must exist in Airflow (the commands below make "
                              "them with 1 slot, Featherflow's default for a pool it does not know)")
@@ -195,10 +198,15 @@ def _schedule_mapping(schedule: ScheduleFacts, plan: Plan) -> None:
 
 
 def raw(text: str) -> str:
-    """`text` as a Jinja template that renders to exactly `text`."""
-    if text == "":
-        return ""
-    return '{{ "{" }}%'.join("{% raw %}" + part + "{% endraw %}" if part else "" for part in text.split("{%"))
+    """`text` as a Jinja template that renders to exactly `text`: raw blocks, split where the
+    text has a `{%` (which could close one), whose `{` is written as the expression {{ "{" }}."""
+    parts = text.split("{%")
+    head = _block(parts[0]) if parts[0] else ""
+    return head + "".join('{{ "{" }}' + _block("%" + part) for part in parts[1:])
+
+
+def _block(text: str) -> str:
+    return "{% raw %}" + text + "{% endraw %}"
 
 
 def template(words: tuple, flow_name: str) -> str:

@@ -107,6 +107,8 @@ def document(flow: flowmod.Flow, tasks: List[TaskFacts], schedule: Optional[Sche
     outputs = read_outputs(tasks)
     params = {**flow.params, **(schedule.params if schedule else {})}
     ctx = {"names": names, "flow": flow.name, "scheduled": schedule is not None, "plan": plan}
+    plan.warnings.append("FEATHERFLOW_RUN_ID and {{ run_id }} are the workflow's name, a string "
+                         "(Featherflow's is a number)")
     dag_tasks = _dag_tasks(tasks, names, plan)
     templates = [{"name": "main", "dag": {"failFast": False, "tasks": dag_tasks}}]
     templates += [_template(task, names, outputs, params, image, ctx) for task in tasks]
@@ -219,9 +221,9 @@ def _value(task: TaskFacts, words: tuple, ctx: Dict) -> str:
     out = []
     for piece in words:
         if piece.kind == "text":
-            if "{{" in piece.text:
-                ctx["plan"].lost.append(f"task {task.id}: the literal '{{{{' in {piece.text!r} is read by "
-                                        "Argo as a template")
+            line = f"task {task.id}: a literal '{{{{' in its args or env is read by Argo as a template"
+            if "{{" in piece.text and line not in ctx["plan"].lost:
+                ctx["plan"].lost.append(line)
             out.append(piece.text)
         elif piece.kind == "param":
             out.append(f"{{{{workflow.parameters.{piece.text}}}}}")
