@@ -270,6 +270,11 @@ def test_cli_writes_the_dag_scripts_and_airflowignore_deterministically(project,
     again = project.cli("export", "etl", "--to", "airflow", "--out", out)
     assert again.code == 0 and {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     ast.parse((out / "etl.py").read_text())
+    (out / ".airflowignore").write_text("mine/\n")  # a file of the user's keeps its lines
+    assert project.cli("export", "etl", "--to", "airflow", "--out", out).code == 0
+    assert (out / ".airflowignore").read_text() == "mine/\nfeatherflow_tasks/\n"
+    assert project.cli("export", "etl", "--to", "airflow", "--out", out).code == 0
+    assert (out / ".airflowignore").read_text() == "mine/\nfeatherflow_tasks/\n"
 
 
 def test_cli_start_date_comes_from_the_schedule_or_the_option(project, tmp_path):

@@ -61,6 +61,7 @@ def export_flow(config: Config, flow_name: str, target: str, out_dir: Path, stor
         start = parse_start(start_date)
     plan = plan_export(flow, target, config.tasks_dir, schedule, start, image, on_interrupt)
     refused = strict and bool(plan.lost)
+    _keep_ignore_lines(Path(out_dir), plan)
     written = [] if refused else write_files(Path(out_dir), plan.files)
     return Exported(written, plan.warnings, plan.lost, plan.commands, refused)
 
@@ -91,6 +92,22 @@ def plan_export(flow: Flow, target: str, tasks_dir: Path, schedule: Optional[Sch
     else:
         argo.build(flow, tasks, schedule, tasks_dir, image, plan)
     return plan
+
+
+def _keep_ignore_lines(out_dir: Path, plan: Plan) -> None:
+    """An .airflowignore already in `out_dir` keeps its lines; ours is added once."""
+    ours = plan.files.get(".airflowignore")
+    path = out_dir / ".airflowignore"
+    if ours is None or not path.is_file():
+        return
+    try:
+        old = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    lines = old.splitlines()
+    if ours[0].strip() not in lines:
+        old = old + (b"" if old.endswith(b"\n") or not old else b"\n") + ours[0]
+    plan.files[".airflowignore"] = (old, ours[1])
 
 
 def parse_start(text: str) -> datetime:
