@@ -9,6 +9,7 @@ import ast
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -321,3 +322,78 @@ def test_cli_argo_with_a_seconds_cron_is_refused(project, tmp_path):
     assert result.code == 2 and "5 fields, no seconds field" in result.err
     ok = project.cli("export", "etl", "--to", "argo", "--image", "i:1", "--out", tmp_path / "o")
     assert ok.code == 0 and parse_yaml((tmp_path / "o/etl.yaml").read_text())["kind"] == "WorkflowTemplate"
+
+
+# -- the code the exported files run, run here ----------------------------------------------
+
+class _Run:
+    def __init__(self, run_type, logical_date=None):
+        self.run_type, self.logical_date = run_type, logical_date
+
+
+class _Enum:
+    def __init__(self, value):
+        self.value = value
+
+
+class _TI:
+    def __init__(self, pushed):
+        self.pushed = pushed
+
+    def xcom_pull(self, task_ids):
+        return self.pushed.get(task_ids)
+
+
+def dag_helpers(tmp_path):
+    """The DAG file's helper functions (raw, ff_*), taken from a generated DAG and run without Airflow."""
+    _, text, _ = next(dag_files(tmp_path))
+    tree = ast.parse(text)
+    funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+    module = ast.Module(body=ast.parse("import json\nfrom datetime import timezone").body + funcs, type_ignores=[])
+    scope = {}
+    exec(compile(module, "<dag helpers>", "exec"), scope)
+    return scope
+
+
+def test_the_dags_helpers_render_the_contract_as_featherflow_does(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    h = dag_helpers(tmp_path)
+    assert h["ff_text"]("x {{ y }}") == "x {{ y }}" and h["ff_text"](3) == "3" and h["ff_text"](True) == "true"
+    assert h["ff_text"]([1, "ü"]) == '[1, "ü"]'
+    assert h["ff_params"]({"b": 1, "a": "é"}) == '{"a": "é", "b": 1}'
+    slot = datetime(2026, 1, 1, 4, 0, tzinfo=timezone(timedelta(hours=1)))
+    assert h["ff_scheduled_at"](_Run(_Enum("scheduled"), slot)) == "2026-01-01T03:00:00Z"
+    assert h["ff_scheduled_at"](_Run("manual", slot)) == ""  # a manual run has no slot, as in Featherflow
+    assert h["ff_scheduled_at"](_Run("scheduled", None)) == ""
+    assert h["ff_trigger"](_Run(_Enum("scheduled"))) == "schedule" and h["ff_trigger"](_Run("manual")) == "manual"
+    ti = _TI({"a": json.dumps({"K": "v\n{{ x }}"})})
+    assert h["ff_output"](ti, "a", "K") == "v\n{{ x }}" and h["ff_output"](ti, "a", "nope") == ""
+    assert h["ff_output"](ti, "b", "K") == ""
+    assert h["raw"]("/srv/{%dags") == '{% raw %}/srv/{% endraw %}{{ "{" }}{% raw %}%dags{% endraw %}'
+
+
+def test_the_argo_wrapper_runs_the_script_and_splits_its_outputs(tmp_path):
+    """The container command of an exported task, run here with bash: args arrive as they are,
+    the attempt is Argo's retries + 1, and each output key becomes the file Argo reads."""
+    import subprocess
+
+    export_flows.write_scripts(tmp_path / "tasks")
+    outputs = tmp_path / "outputs"
+    wrapper = argo.WRAPPER.replace(argo.OUTPUTS_DIR, str(outputs)).replace(
+        "/tmp/featherflow-outputs.txt", str(tmp_path / "outputs.txt"))
+    env = {"PATH": os.environ["PATH"], "FEATHERFLOW_RUN_ID": "wf-1", "FEATHERFLOW_TASK_ID": "produce",
+           "FF_RETRIES": "1", "FEATHERFLOW_TMP_ROOT": str(tmp_path / "tmp"), "FEATHERFLOW_PYTHON": sys.executable,
+           "EXPORT_TEST_RESULTS": str(tmp_path), "HOSTILE_ENV": export_flows.HOSTILE,
+           "HOSTILE_ONE_LINE": "one line"}
+    proc = subprocess.run(["bash", "-c", wrapper, "featherflow-task", str(tmp_path / "tasks/produce.py"),
+                           export_flows.HOSTILE, ""], env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "produce.2.argv").read_bytes() == export_flows.HOSTILE.encode() + b"\0"
+    assert (outputs / "plain").read_text() == "one line"
+    assert (outputs / "multi").read_text(encoding="utf-8") == export_flows.HOSTILE
+    env["FF_RETRIES"] = "0"  # the first attempt: produce.py fails it, and no output is kept
+    (outputs / "plain").unlink()
+    proc = subprocess.run(["bash", "-c", wrapper, "featherflow-task", str(tmp_path / "tasks/produce.py")],
+                          env=env, capture_output=True, timeout=60)
+    assert proc.returncode == 3 and not (outputs / "plain").exists()
