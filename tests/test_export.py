@@ -289,6 +289,9 @@ def test_cli_start_date_comes_from_the_schedule_or_the_option(project, tmp_path)
                     "--out", tmp_path / "c")
     assert "start_date=pendulum.datetime(2026, 3, 1, 0, 0, 0" in (tmp_path / "c/etl.py").read_text(), c.err
     assert "not carried over: on_interrupt resume" in a.err
+    project.write_flow({"name": "other", "tasks": [{"id": "x", "script": "other.sh"}]})
+    wrong = project.cli("export", "other", "--to", "airflow", "--schedule", "n", "--out", tmp_path / "d")
+    assert wrong.code == 2 and "schedule 'n' runs flow 'etl', not 'other'" in wrong.err
 
 
 def test_cli_strict_writes_nothing_and_exits_1_when_anything_is_lost(project, tmp_path):

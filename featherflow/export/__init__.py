@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import List, Optional
 
 from featherflow import clock
-from featherflow.flow import Flow
+from featherflow.flow import Flow, check_flow_name
 from featherflow.config import Config
 from featherflow.errors import UsageError
 from featherflow.export import airflow, argo
 from featherflow.export.common import (
-    CATCHUPS, OVERLAPS, Plan, ScheduleFacts, dst_warnings, script_files, task_facts, tmp_users, write_files,
+    CATCHUPS, OVERLAPS, Plan, ScheduleFacts, dst_warnings, task_facts, tmp_users, write_files,
 )
 
 TARGETS = ("airflow", "argo")
@@ -44,22 +44,24 @@ def export_flow(config: Config, flow_name: str, target: str, out_dir: Path, stor
 
     if target not in TARGETS:
         raise UsageError(f"unknown export target {target!r} (valid: {', '.join(TARGETS)})")
-    flow = limits.load_flow(config.flows_dir, flow_name, config.tasks_dir)
-    schedule, start = None, DEFAULT_START
+    flow_name = check_flow_name(flow_name)
+    schedule, start, on_interrupt = None, DEFAULT_START, None
+    flows_dir, tasks_dir = config.flows_dir, config.tasks_dir
     if schedule_name:
         record = store.schedules.get_schedule(schedule_name)
-        if record.flow_name != flow.name:
-            raise UsageError(f"schedule {schedule_name!r} runs flow {record.flow_name!r}, not {flow.name!r} "
-                             f"(valid: a schedule of {flow.name})")
+        if record.flow_name != flow_name:
+            raise UsageError(f"schedule {schedule_name!r} runs flow {record.flow_name!r}, not {flow_name!r} "
+                             f"(valid: a schedule of {flow_name})")
+        # The flow its runs would run: from the dirs the schedule recorded.
+        flows_dir, tasks_dir = Path(record.flows_dir), Path(record.tasks_dir)
         schedule = ScheduleFacts(record.name, record.cron, record.tz, record.catchup, record.overlap,
                                  dict(record.params or {}))
         start = clock.as_utc(record.updated_at).replace(microsecond=0)
         on_interrupt = record.on_interrupt
-    else:
-        on_interrupt = None
+    flow = limits.load_flow(flows_dir, flow_name, tasks_dir)
     if start_date:
         start = parse_start(start_date)
-    plan = plan_export(flow, target, config.tasks_dir, schedule, start, image, on_interrupt)
+    plan = plan_export(flow, target, tasks_dir, schedule, start, image, on_interrupt)
     refused = strict and bool(plan.lost)
     _keep_ignore_lines(Path(out_dir), plan)
     written = [] if refused else write_files(Path(out_dir), plan.files)
