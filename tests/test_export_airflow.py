@@ -121,7 +121,7 @@ def test_run_if_cleanup_and_the_watcher_fail_the_run(airflow_env):
     results = airflow_env["results"]
     assert final_state(out) == "failed", out[-5000:]
     assert (results / "after_all.ran").exists()  # all_done: runs after the failure
-    assert not (results / "never.ran").exists()  # all_success: does not
+    assert "featherflow_failed" in out  # the watcher, the only leaf that fails
     assert (results / "clean_up.ran").exists()  # the cleanup (a teardown) runs at the end
     assert (results / "ok.ran").exists()
 
@@ -133,6 +133,7 @@ def test_a_timeout_and_exit_99_fail_not_skip(airflow_env):
     assert (results / "slow.ran").exists() and (results / "ninety_nine.ran").exists()
     assert (results / "saw_timeout.ran").exists()  # one_failed saw the timed-out task fail
     assert (results / "saw_99.ran").exists()  # and exit 99 was a failure, not Airflow's "skipped"
+    assert not (results / "never.ran").exists()  # all_success: not after a failed dep
 
 
 def test_argo_yaml_is_yaml_to_a_real_parser(airflow_env, tmp_path):

@@ -201,9 +201,33 @@ with DAG(
         retry_delay=timedelta(seconds=0.0),
         trigger_rule="one_failed",
     )
+    tasks["never"] = BashOperator(
+        task_id="never",
+        bash_command=COMMAND,
+        env={
+            "_FF_SCRIPT": "{% raw %}featherflow_tasks/limits/mark.sh{% endraw %}",
+            "_FF_ARGC": "{% raw %}0{% endraw %}",
+            "FEATHERFLOW_RUN_ID": "{{ run_id }}",
+            "FEATHERFLOW_RUN_UID": "{{ run_id }}",
+            "FEATHERFLOW_ATTEMPT": "{{ ti.try_number }}",
+            "FEATHERFLOW_PARAMS": "{{ ff_params(params) }}",
+            "FEATHERFLOW_TRIGGER": "{{ ff_trigger(dag_run) }}",
+            "FEATHERFLOW_SCHEDULED_AT": "{{ ff_scheduled_at(dag_run) }}",
+            "FEATHERFLOW_FLOW_NAME": "{% raw %}limits{% endraw %}",
+            "FEATHERFLOW_TASK_ID": "{% raw %}never{% endraw %}",
+        },
+        append_env=True,
+        cwd=raw(HERE),
+        skip_on_exit_code=None,
+        do_xcom_push=False,
+        retries=0,
+        retry_delay=timedelta(seconds=0.0),
+        trigger_rule="all_success",
+    )
 
     [tasks["slow"]] >> tasks["saw_timeout"]
     [tasks["ninety_nine"]] >> tasks["saw_99"]
+    [tasks["slow"]] >> tasks["never"]
     tasks["featherflow_failed"] = BashOperator(
         task_id="featherflow_failed",
         bash_command="{% raw %}echo 'a task of this run failed, so the run fails (as in Featherflow)'; exit 1{% endraw %}",
@@ -212,4 +236,4 @@ with DAG(
         skip_on_exit_code=None,
         do_xcom_push=False,
     )
-    [tasks["slow"], tasks["ninety_nine"], tasks["saw_timeout"], tasks["saw_99"]] >> tasks["featherflow_failed"]
+    [tasks["slow"], tasks["ninety_nine"], tasks["saw_timeout"], tasks["saw_99"], tasks["never"]] >> tasks["featherflow_failed"]

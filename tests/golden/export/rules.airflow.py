@@ -153,29 +153,6 @@ with DAG(
         retry_delay=timedelta(seconds=0.0),
         trigger_rule="all_done",
     )
-    tasks["never"] = BashOperator(
-        task_id="never",
-        bash_command=COMMAND,
-        env={
-            "_FF_SCRIPT": "{% raw %}featherflow_tasks/rules/mark.sh{% endraw %}",
-            "_FF_ARGC": "{% raw %}0{% endraw %}",
-            "FEATHERFLOW_RUN_ID": "{{ run_id }}",
-            "FEATHERFLOW_RUN_UID": "{{ run_id }}",
-            "FEATHERFLOW_ATTEMPT": "{{ ti.try_number }}",
-            "FEATHERFLOW_PARAMS": "{{ ff_params(params) }}",
-            "FEATHERFLOW_TRIGGER": "{{ ff_trigger(dag_run) }}",
-            "FEATHERFLOW_SCHEDULED_AT": "{{ ff_scheduled_at(dag_run) }}",
-            "FEATHERFLOW_FLOW_NAME": "{% raw %}rules{% endraw %}",
-            "FEATHERFLOW_TASK_ID": "{% raw %}never{% endraw %}",
-        },
-        append_env=True,
-        cwd=raw(HERE),
-        skip_on_exit_code=None,
-        do_xcom_push=False,
-        retries=0,
-        retry_delay=timedelta(seconds=0.0),
-        trigger_rule="all_success",
-    )
     tasks["ok"] = BashOperator(
         task_id="ok",
         bash_command=COMMAND,
@@ -223,8 +200,7 @@ with DAG(
     )
 
     [tasks["fail"]] >> tasks["after_all"]
-    [tasks["fail"]] >> tasks["never"]
-    [tasks["fail"], tasks["after_all"], tasks["never"], tasks["ok"]] >> tasks["clean_up"]
+    [tasks["fail"], tasks["after_all"], tasks["ok"]] >> tasks["clean_up"]
     tasks["clean_up"].as_teardown(on_failure_fail_dagrun=True)
     tasks["featherflow_failed"] = BashOperator(
         task_id="featherflow_failed",
@@ -234,4 +210,4 @@ with DAG(
         skip_on_exit_code=None,
         do_xcom_push=False,
     )
-    [tasks["fail"], tasks["after_all"], tasks["never"], tasks["ok"]] >> tasks["featherflow_failed"]
+    [tasks["fail"], tasks["after_all"], tasks["ok"]] >> tasks["featherflow_failed"]
