@@ -262,7 +262,8 @@ def gated(project):
     gate = project.root / "gate"
     pids = project.root / "pids"
     pids.mkdir(exist_ok=True)
-    project.write_task("gated.sh", 'echo $$ > "$2/$FEATHERFLOW_TASK_ID.pid"\necho "before"\n'
+    project.write_task("gated.sh", 'echo $$ > "$2/.pid"; mv "$2/.pid" "$2/$FEATHERFLOW_TASK_ID.pid"\n'
+                                   'echo "before"\n'
                                    'while [ ! -e "$1" ]; do sleep 0.02; done\necho "after"\n')
     project.write_task("ok.sh", OK)
     project.write_flow({"name": "gated", "tasks": [

@@ -283,7 +283,8 @@ def test_a_task_that_ignores_term_is_killed_after_the_grace(project, tmp_path):
     """TERM, then KILL after kill_grace: `timeout` is killed too (137) and it still counts as a timeout."""
     state = tmp_path / "state"
     state.mkdir()
-    project.write_task("stubborn.sh", 'trap "" TERM\necho $$ >"$1/pid"\nwhile :; do sleep 0.1; done\n')
+    project.write_task("stubborn.sh", 'trap "" TERM\necho $$ >"$1/pid.new"; mv "$1/pid.new" "$1/pid"\n'
+                                      'while :; do sleep 0.1; done\n')
     project.write_flow({"name": "f", "tasks": [
         {"id": "s", "script": "stubborn.sh", "args": [str(state)], "timeout": 0.5}]})
     app = project.app()
@@ -393,7 +394,7 @@ def test_a_cancelled_task_that_ignores_term_is_killed_after_the_grace(project, t
     """No timeout, so no `timeout` to escalate: the script's own GRACE timer KILLs the group."""
     state = tmp_path / "state"
     state.mkdir()
-    project.write_task("stubborn.sh", 'trap "" TERM\necho $$ >"$1/pid"\n'
+    project.write_task("stubborn.sh", 'trap "" TERM\necho $$ >"$1/pid.new"; mv "$1/pid.new" "$1/pid"\n'
                                       '(trap "" TERM; exec sleep 321) &\nwhile :; do sleep 0.1; done\n')
     project.write_flow({"name": "f", "tasks": [{"id": "s", "script": "stubborn.sh", "args": [str(state)]}]})
     app = project.app()
