@@ -26,6 +26,9 @@ QUEUED, RUNNING, SUCCESS, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "success", "failed", "cancelled", "interrupted")
 PENDING, UPSTREAM_FAILED = "pending", "upstream_failed"
 
+# What started a run (flow_run.trigger, FEATHERFLOW_TRIGGER): by hand, a schedule's slot, a backfill's slot.
+TRIGGERS = ("manual", "schedule", "backfill")
+
 RUN_STATES = (QUEUED, RUNNING, SUCCESS, FAILED, CANCELLED, INTERRUPTED)
 ATTEMPT_STATES = (PENDING, RUNNING, SUCCESS, FAILED, UPSTREAM_FAILED, CANCELLED, INTERRUPTED)
 RUN_FINISHED = (SUCCESS, FAILED, CANCELLED, INTERRUPTED)

@@ -35,8 +35,6 @@ def _start(app, args) -> int:
     from featherflow import clock  # lazy: not for --help
     from featherflow.scheduler import admin, backfill  # lazy: peewee
 
-    if not args.start or not args.end:
-        raise errors.UsageError("give the range: --from WHEN --to WHEN (" + backfill.WHEN_FORMAT + ")")
     req = backfill.Request(schedule=args.what, flow=args.flow, cron=args.cron, tz=args.tz, start=args.start,
                            end=args.end, reprocess=args.reprocess, max_runs=args.max_runs, reverse=args.reverse)
     made = backfill.create(app.config, app.store, req, clock.now(), dry_run=args.dry_run)

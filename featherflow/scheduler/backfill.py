@@ -29,7 +29,7 @@ from featherflow import clock, config as configmod, flow as flowmod, graph, proc
 from featherflow.config import Config
 from featherflow.engine import launch, limits, reconcile
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
-from featherflow.scheduler import admin, slots
+from featherflow.scheduler import slots
 from featherflow.store import Store
 from featherflow.store import backfills as rows
 from featherflow.store.records import NewRun
@@ -39,13 +39,20 @@ log = logging.getLogger(__name__)
 REPROCESS = ("none", "failed", "all")
 MAX_SLOTS = 5000  # slots one backfill covers at most: a bigger range is refused (split it)
 MAX_LAUNCHES = 3  # processes started for one slot before it is given up as failed
-POLL = 0.5  # seconds between two steps of the foreground driver
+POLL = 0.25  # seconds between two steps of the foreground driver
 LOG_NAME = "backfill.log"
 WHEN_FORMAT = ("valid: a date YYYY-MM-DD or a time YYYY-MM-DDTHH:MM[:SS], in the schedule's time zone "
                "unless it ends in Z or +HH:MM")
 
 
 # -- the range and the plan (pure) ---------------------------------------------------------
+
+def in_zone(moment: Optional[datetime], tz: str) -> str:
+    """`2026-03-29 03:00:00 CEST`: a slot as the schedule's wall clock shows it."""
+    if moment is None:
+        return "-"
+    return clock.as_utc(moment).astimezone(slots.zone(tz)).strftime("%Y-%m-%d %H:%M:%S %Z")
+
 
 def parse_when(text: str, tz: str, option: str, end: bool = False) -> datetime:
     """--from/--to as an aware UTC instant. A date is the start of that day in `tz` (for --to, its
@@ -132,8 +139,8 @@ class Request:
     flow: Optional[str] = None
     cron: Optional[str] = None
     tz: Optional[str] = None
-    start: str = ""
-    end: str = ""
+    start: Optional[str] = None
+    end: Optional[str] = None
     reprocess: str = "none"
     max_runs: int = 1
     reverse: bool = False
@@ -177,6 +184,8 @@ def resolve_schedule(config: Config, store: Store, req: Request, now: datetime, 
     if not create:
         limits.load_flow(config.flows_dir, req.flow, config.tasks_dir)
         return _StandIn(req.flow, expr, tz), True
+    from featherflow.scheduler import admin  # here: admin -> control -> daemon imports this module
+
     schedule = admin.add_schedule(
         config, store, req.flow, cron=expr, tz=tz, name=implicit_name(req.flow, expr, tz), enabled=False,
         description=f"made by `featherflow backfill --flow {req.flow} --cron '{expr}'`: holds the slots "
@@ -203,6 +212,8 @@ def create(config: Config, store: Store, req: Request, now: datetime, dry_run: b
     if req.max_runs < 1:
         raise UsageError(f"--max-runs must be at least 1, not {req.max_runs}")
     schedule, implicit = resolve_schedule(config, store, req, now, create=False)
+    if not req.start or not req.end:
+        raise UsageError(f"give the range: --from WHEN --to WHEN ({WHEN_FORMAT})")
     start = parse_when(req.start, schedule.tz, "--from")
     end = parse_when(req.end, schedule.tz, "--to", end=True)
     if start > end:
@@ -335,7 +346,7 @@ class Driver:
     def _follow(self, backfill, schedule, slot, now: datetime, said: List[str]) -> int:
         """1 while the slot's run (or its resume) is active, else 0 (and the slot is done)."""
         store = self.store
-        when = admin.in_zone(slot.slot_at, schedule.tz)
+        when = in_zone(slot.slot_at, schedule.tz)
         ours = slot.action == rows.RUN or (slot.run_resumes or 0) > (slot.resumes or 0)
         if not ours:  # a resume launched, not yet taken by its process
             if proc.is_alive(slot.launcher_pid, slot.launcher_start, slot.launcher_boot):
@@ -361,7 +372,7 @@ class Driver:
         return 0
 
     def _start(self, backfill, schedule, slot, now: datetime, said: List[str]) -> int:
-        when = admin.in_zone(slot.slot_at, schedule.tz)
+        when = in_zone(slot.slot_at, schedule.tz)
         if slot.action in (rows.RESUME, rows.RERUN):
             return self._resume(backfill, slot, when, now, said)
         try:
