@@ -53,10 +53,13 @@ def _start(app, args) -> int:
 
 
 def _drive(app, backfill_id: int) -> int:
+    from featherflow import config  # lazy: not for --help
     from featherflow.scheduler import backfill  # lazy: peewee
 
+    driver = backfill.Driver(app.config, app.store, fault=config.scheduler_env()["fault"])
     try:
-        b = backfill.drive(app.config, app.store, backfill_id, on_line=lambda line: print(line, flush=True))
+        b = backfill.drive(app.config, app.store, backfill_id, on_line=lambda line: print(line, flush=True),
+                           driver=driver)
     except KeyboardInterrupt:
         print(f"stopped driving backfill {backfill_id}; it is still running: the scheduler daemon continues it, "
               f"or `featherflow backfill resume {backfill_id}`", file=sys.stderr)

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +42,9 @@ MAX_SLOTS = 5000  # slots one backfill covers at most: a bigger range is refused
 MAX_LAUNCHES = 3  # processes started for one slot before it is given up as failed
 POLL = 0.25  # seconds between two steps of the foreground driver
 LOG_NAME = "backfill.log"
+# Where a driver given FEATHERFLOW_FAULT (a test-only hook) kills itself: between the steps
+# of launching a slot's run, to show that each crash is taken up by the next driver.
+FAULT_POINTS = ("backfill-after-fire", "backfill-after-spawn", "backfill-after-claim", "backfill-after-resume-spawn")
 WHEN_FORMAT = ("valid: a date YYYY-MM-DD or a time YYYY-MM-DDTHH:MM[:SS], in the schedule's time zone "
                "unless it ends in Z or +HH:MM")
 
@@ -286,13 +290,20 @@ class Driver:
     """Moves backfills on: launches their runs, follows them, ends the backfill. Takes what it
     uses (a config, a store); `spawn(argv, run) -> pid` can be replaced in tests."""
 
-    def __init__(self, config: Config, store: Store, spawn: Optional[Callable] = None):
+    def __init__(self, config: Config, store: Store, spawn: Optional[Callable] = None,
+                 fault: Optional[str] = None):
+        self.fault = fault if fault in FAULT_POINTS else None
         self.config = config
         self.store = store
         self.pid = os.getpid()
         self.identity = proc.identity(self.pid)
         self.spawn = spawn or self._spawn
         self.log_path = config.log_dir / LOG_NAME
+
+    def _fault(self, point: str) -> None:
+        if self.fault == point:
+            log.warning("FEATHERFLOW_FAULT: killing myself at %s", point)
+            os.kill(self.pid, signal.SIGKILL)
 
     def step(self, backfill_id: int, now: datetime) -> List[str]:
         """One pass over the backfill's open slots (the caller holds its lock); what happened, in
@@ -388,6 +399,7 @@ class Driver:
             said.append(f"slot {when}: taken meanwhile; left alone")
             return 0
         said.append(f"slot {when}: run {run.id} started")
+        self._fault("backfill-after-fire")
         return 1 if self._launch_queued(run) else 0
 
     def _resume(self, backfill, slot, when: str, now: datetime, said: List[str], relaunch: bool = False) -> int:
@@ -396,9 +408,11 @@ class Driver:
                                                  now, relaunch=relaunch)
         if base is None:
             return 0
+        self._fault("backfill-after-claim")
         argv = ["_backfill-resume", str(slot.run_id), "--resumes", str(base)]
         pid = self._spawn_logged(argv + (["--all"] if slot.action == rows.RERUN else []),
                                  self.store.runs.get_run(slot.run_id))
+        self._fault("backfill-after-resume-spawn")
         if pid:
             self.store.backfills.set_launcher(slot.id, pid, proc.start_time(pid), proc.boot_id())
         verb = "re-running" if slot.action == rows.RERUN else "resuming"
@@ -420,6 +434,7 @@ class Driver:
 
     def _launch_queued(self, run) -> Optional[int]:
         pid = self._spawn_logged(["_start-run", str(run.id), "--launcher", str(self.pid)], run)
+        self._fault("backfill-after-spawn")
         if pid:
             self.store.runs.adopt_run(run.id, self.pid, pid, proc.start_time(pid), proc.boot_id())
         else:
