@@ -17,7 +17,7 @@ from hypothesis import given, settings, strategies as st
 from featherflow import clock, states
 from featherflow.errors import ConflictError, UsageError
 from featherflow.scheduler import admin as schedule_admin
-from featherflow.scheduler import backfill
+from featherflow.scheduler import backfill, backfill_driver
 from featherflow.scheduler import daemon as scheduler
 from featherflow.scheduler import slots
 from featherflow.store import backfills as rows
@@ -197,7 +197,7 @@ def test_a_slot_the_scheduler_fired_is_left_and_one_it_fires_after_the_plan_is_n
     slot2 = datetime(2030, 1, 2, 3, tzinfo=UTC)
     app.store.schedules.record_decision(s.id, fire=[(slot2, sched.new_run(s))], now=NOW)
     spawn = FakeSpawn()
-    driver = backfill.Driver(app.config, app.store, spawn=spawn)
+    driver = backfill_driver.Driver(app.config, app.store, spawn=spawn)
     said = driver.step(made.backfill.id, NOW)
     assert any("taken meanwhile" in line for line in said), said
     by_slot = Counter(r.scheduled_at for r in app.store.runs.list_runs(limit=None))
@@ -223,7 +223,7 @@ def test_max_runs_and_order(project):
         made = backfill.create(app.config, app.store, backfill.Request(
             schedule="nightly", start=f"2030-01-0{2 + reverse}T00:00", end=f"2030-01-0{2 + reverse}T05:00",
             max_runs=2, reverse=reverse), NOW)
-        driver = backfill.Driver(app.config, app.store, spawn=FakeSpawn())
+        driver = backfill_driver.Driver(app.config, app.store, spawn=FakeSpawn())
         driver.step(made.backfill.id, NOW)
         driver.step(made.backfill.id, NOW)  # the two are active (held by this live process): no third
         started = [x.slot_at.hour for x in app.store.backfills.slots(made.backfill.id) if x.state == rows.LAUNCHED]
@@ -238,11 +238,11 @@ def test_flow_and_cron_without_a_schedule_use_one_disabled_schedule_as_the_slot_
     first = backfill.create(app.config, app.store, req, NOW)
     assert first.implicit and not first.schedule.enabled
     assert first.schedule.name == backfill.implicit_name("nightly", "0 4 * * *", "UTC")
-    backfill.Driver(app.config, app.store, spawn=FakeSpawn()).step(first.backfill.id, NOW)
+    backfill_driver.Driver(app.config, app.store, spawn=FakeSpawn()).step(first.backfill.id, NOW)
     second = backfill.create(app.config, app.store, req, NOW)
     assert second.schedule.id == first.schedule.id
     assert [p.action for p in second.planned] == [rows.LEAVE, rows.RUN]  # the first one has not fired Jan 2nd yet
-    driver = backfill.Driver(app.config, app.store, spawn=FakeSpawn())
+    driver = backfill_driver.Driver(app.config, app.store, spawn=FakeSpawn())
     driver.step(second.backfill.id, NOW)  # the second backfill fires Jan 2nd
     app.store.runs.transition_run(app.store.runs.list_runs(limit=None)[-1].id, states.CANCELLED)  # Jan 1st ends
     assert "slot 2030-01-02 04:00:00 UTC: taken meanwhile; left alone" in driver.step(first.backfill.id, NOW)
@@ -259,14 +259,14 @@ def test_cancel_leaves_pending_slots_and_only_a_running_backfill_cancels(project
     add_schedule(project, app, tz="UTC")
     made = backfill.create(app.config, app.store, backfill.Request(
         schedule="nightly", start="2030-01-01", end="2030-01-04"), NOW)
-    backfill.Driver(app.config, app.store, spawn=FakeSpawn()).step(made.backfill.id, NOW)  # starts one
+    backfill_driver.Driver(app.config, app.store, spawn=FakeSpawn()).step(made.backfill.id, NOW)  # starts one
     app.close()
     result = project.cli("backfill", "cancel", made.backfill.id)
     assert result.code == 0 and "1 run(s) already started go on" in result.out, (result.out, result.err)
     app = project.app()
     b = app.store.backfills.get(made.backfill.id)
     assert b.state == rows.CANCELLED and b.counts[rows.LEFT] == 3 and b.counts[rows.LAUNCHED] == 1
-    assert backfill.Driver(app.config, app.store, spawn=FakeSpawn()).step(b.id, NOW) == []  # starts nothing
+    assert backfill_driver.Driver(app.config, app.store, spawn=FakeSpawn()).step(b.id, NOW) == []  # starts nothing
     app.close()
     one_error_line(project.cli("backfill", "cancel", made.backfill.id), 3, "only a running one")
     one_error_line(project.cli("backfill", "resume", made.backfill.id), 3, "cancelled")
@@ -279,16 +279,16 @@ def test_only_one_driver_at_a_time(project):
     add_schedule(project, app, tz="UTC")
     made = backfill.create(app.config, app.store, backfill.Request(
         schedule="nightly", start="2030-01-01", end="2030-01-01"), NOW)
-    fd = backfill.take_lock(app.config, made.backfill.id)
+    fd = backfill_driver.take_lock(app.config, made.backfill.id)
     try:
-        assert backfill.take_lock(app.config, made.backfill.id) is None
+        assert backfill_driver.take_lock(app.config, made.backfill.id) is None
         with pytest.raises(ConflictError, match=f"driven by process {os.getpid()}"):
-            backfill.drive(app.config, app.store, made.backfill.id)
-        assert backfill.tick(app.config, app.store, NOW, driver=backfill.Driver(app.config, app.store,
+            backfill_driver.drive(app.config, app.store, made.backfill.id, lock_wait=0.1)
+        assert backfill_driver.tick(app.config, app.store, NOW, driver=backfill_driver.Driver(app.config, app.store,
                                                                                spawn=FakeSpawn())) == 0
     finally:
-        backfill.release_lock(app.config, made.backfill.id, fd)
-    assert backfill.tick(app.config, app.store, NOW, driver=backfill.Driver(app.config, app.store,
+        backfill_driver.release_lock(app.config, made.backfill.id, fd)
+    assert backfill_driver.tick(app.config, app.store, NOW, driver=backfill_driver.Driver(app.config, app.store,
                                                                            spawn=FakeSpawn())) == 1
     app.close()
 
@@ -382,7 +382,7 @@ def test_the_daemon_continues_a_backfill(project):
     wait_for(done, "the daemon's ticks to finish the backfill", timeout=60, interval=0.2)
     assert app.store.backfills.get(made.backfill.id).state == rows.SUCCESS
     assert sorted(line[0] for line in seen(project)) == ["2026-01-01T03:00:00Z", "2026-01-02T03:00:00Z"]
-    assert not backfill.lock_path(app.config, made.backfill.id).exists()
+    assert not backfill_driver.lock_path(app.config, made.backfill.id).exists()
     app.close()
 
 
@@ -462,3 +462,17 @@ def test_a_driver_killed_at_each_point_of_the_launch_path_is_taken_up_once(proje
     app.close()
     per_slot = Counter(line[0] for line in seen(project))
     assert per_slot == {"2026-01-01T03:00:00Z": 1 + (reprocess == "failed")}  # once (and the failed try)
+
+
+def test_the_dashboard_shows_a_backfill_run_by_its_trigger():
+    from featherflow.dashboard.keys import ViewState
+    from featherflow.dashboard.poller import Counts, RunInfo, SchedulerInfo, Snapshot
+    from featherflow.dashboard.screen import render
+
+    at = datetime(2026, 6, 12, 3, 0, 0)
+    run = RunInfo(6, "etl", "success", "backfill", at - timedelta(minutes=4), counts=Counts(1, 0, 0, 0),
+                  started_at=at - timedelta(minutes=3), ended_at=at - timedelta(minutes=2))
+    snap = Snapshot(taken_at=at, db_path="/x.db", scheduler=SchedulerInfo(1, at, at, None, True),
+                    schedules=(), running=(), recent=(run,), detail=None)
+    line = next(line for line in render(snap, ViewState(), 100, 24, at) if " 6 " in line and "etl" in line)
+    assert "backfill" in line

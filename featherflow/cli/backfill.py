@@ -1,6 +1,6 @@
 """The `backfill` command: start one (and drive it in the foreground), list, show, cancel, resume.
 
-Only parses, calls scheduler/backfill.py and prints; main.py builds the parser and
+Only parses, calls scheduler/backfill.py (and backfill_driver.py) and prints; main.py builds the parser and
 handles errors. One command with an action word, because `backfill SCHEDULE ...`
 and `backfill list` share a place on the command line.
 """
@@ -54,11 +54,11 @@ def _start(app, args) -> int:
 
 def _drive(app, backfill_id: int) -> int:
     from featherflow import config  # lazy: not for --help
-    from featherflow.scheduler import backfill  # lazy: peewee
+    from featherflow.scheduler import backfill, backfill_driver  # lazy: peewee
 
-    driver = backfill.Driver(app.config, app.store, fault=config.scheduler_env()["fault"])
+    driver = backfill_driver.Driver(app.config, app.store, fault=config.scheduler_env()["fault"])
     try:
-        b = backfill.drive(app.config, app.store, backfill_id, on_line=lambda line: print(line, flush=True),
+        b = backfill_driver.drive(app.config, app.store, backfill_id, on_line=lambda line: print(line, flush=True),
                            driver=driver)
     except KeyboardInterrupt:
         print(f"stopped driving backfill {backfill_id}; it is still running: the scheduler daemon continues it, "

@@ -8,7 +8,7 @@ daemon can be SIGKILLed or unplugged at any moment and a restart continues:
     tick(now): adopt queued runs whose launcher died -> reconcile orphans ->
                auto-resume interrupted scheduled runs (once) -> for each
                schedule: decide (policy.decide), record, launch -> one step
-               of each unfinished backfill (backfill.py).
+               of each unfinished backfill (backfill_driver.py).
 
 Runs are launched as `python -m featherflow ... _start-run RUN_ID` in their own
 session and never waited on (only reaped), so they outlive the daemon. Signal
@@ -39,7 +39,7 @@ from featherflow.engine import limits
 from featherflow.engine import launch, reconcile
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
 from featherflow.notify import deliver
-from featherflow.scheduler import backfill, lock, policy, slots
+from featherflow.scheduler import backfill_driver, lock, policy, slots
 from featherflow.store import Store
 from featherflow.store.records import NewRun
 
@@ -187,7 +187,7 @@ class Scheduler:
                 self._tick_schedule(schedule, now, report, last_tick)
             except Exception:  # one broken schedule must not stop the others
                 log.exception("schedule %s: tick failed", schedule.name)
-        report.backfills = backfill.tick(self.config, store, now)  # unfinished ones no one else drives
+        report.backfills = backfill_driver.tick(self.config, store, now)  # unfinished ones no one else drives
         deliver.heartbeats(store, now)
         if store.outbox.has_due(now):
             self.deliver()
