@@ -476,3 +476,20 @@ def test_the_dashboard_shows_a_backfill_run_by_its_trigger():
                     schedules=(), running=(), recent=(run,), detail=None)
     line = next(line for line in render(snap, ViewState(), 100, 24, at) if " 6 " in line and "etl" in line)
     assert "backfill" in line
+
+
+def test_a_notification_of_a_backfill_run_carries_its_trigger_and_backfill_id(project):
+    from types import SimpleNamespace
+
+    from featherflow.notify.deliver import Deliverer
+
+    app = project.app()
+    add_schedule(project, app, tz="UTC")
+    made = backfill.create(app.config, app.store, backfill.Request(
+        schedule="nightly", start="2030-01-01", end="2030-01-01"), NOW)
+    backfill_driver.Driver(app.config, app.store, spawn=FakeSpawn()).step(made.backfill.id, NOW)
+    [run] = app.store.runs.list_runs()
+    doc = Deliverer(app.store, send=None, host="pi").base(SimpleNamespace(run_id=run.id, kind="started"))
+    assert (doc["trigger"], doc["backfill_id"], doc["scheduled_at"]) == (
+        "backfill", made.backfill.id, "2030-01-01T03:00:00Z")
+    app.close()
