@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_LAUNCHES = 3  # processes started for one slot before it is given up as failed
 POLL = 0.25  # seconds between two steps of the foreground driver
+PENDING_READ = 20  # pending slots a step reads beyond --max-runs (some may be taken meanwhile)
 LOCK_WAIT = 3.0  # how long a foreground driver waits for the lock the daemon holds during a step
 LOG_NAME = "backfill.log"
 # Where a driver given FEATHERFLOW_FAULT (a test-only hook) kills itself: between the steps
@@ -90,6 +91,7 @@ class Driver:
         self.identity = proc.identity(self.pid)
         self.spawn = spawn or self._spawn
         self.log_path = config.log_dir / LOG_NAME
+        self._children: List[subprocess.Popen] = []  # reaped each step (never waited on)
 
     def _fault(self, point: str) -> None:
         if self.fault == point:
@@ -105,17 +107,18 @@ class Driver:
         if backfill.state != rows.RUNNING:
             return said
         schedule = store.schedules.get_schedule(backfill.schedule_id)
-        open_slots = store.backfills.slots(backfill_id, open_only=True)
-        launched = [s for s in open_slots if s.state == rows.LAUNCHED]
+        self._reap()
+        launched = store.backfills.slots(backfill_id, state=rows.LAUNCHED)
         if any(s.run_state in (states.QUEUED, states.RUNNING) for s in launched):
             self._adopt(launched, said)
             reconcile.reconcile(store)
-            launched = [s for s in store.backfills.slots(backfill_id, open_only=True) if s.state == rows.LAUNCHED]
+            launched = store.backfills.slots(backfill_id, state=rows.LAUNCHED)
         active = 0
         for slot in launched:
             active += self._follow(backfill, schedule, slot, now, said)
-        pending = [s for s in open_slots if s.state == rows.PENDING]
-        pending.sort(key=lambda s: s.slot_at, reverse=backfill.reverse)
+        # Only the next few pending slots are read: a step of a 5000-slot backfill stays small.
+        pending = store.backfills.slots(backfill_id, state=rows.PENDING, limit=backfill.max_runs + PENDING_READ,
+                                        newest_first=backfill.reverse)
         for slot in pending:
             if active >= backfill.max_runs:
                 break
@@ -128,6 +131,9 @@ class Driver:
             if store.backfills.end(backfill_id, state, f"{bad} slot(s) did not succeed" if bad else None, now):
                 log.info("backfill %s ended: %s", backfill_id, state)
         return said
+
+    def _reap(self) -> None:
+        self._children = [child for child in self._children if child.poll() is None]
 
     def _adopt(self, launched, said: List[str]) -> None:
         """Queued runs of this backfill whose launcher died (before or while starting them)."""
@@ -253,6 +259,7 @@ class Driver:
             child = subprocess.Popen(full, cwd=str(cwd) if cwd.is_dir() else "/", env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
                                      start_new_session=True, close_fds=True)
+        self._children.append(child)
         return child.pid
 
 

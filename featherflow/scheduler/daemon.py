@@ -100,6 +100,7 @@ class Scheduler:
         self._trimmed = 0.0
         self._last_tick: Optional[datetime] = None  # `now` of the latest tick (None: not ticked yet)
         self._flusher: Optional[subprocess.Popen] = None  # the `notify flush` child, while it runs
+        self.backfills = backfill_driver.Driver(config, store)  # steps unfinished backfills each tick
 
     # -- lock and heartbeat --
 
@@ -187,7 +188,7 @@ class Scheduler:
                 self._tick_schedule(schedule, now, report, last_tick)
             except Exception:  # one broken schedule must not stop the others
                 log.exception("schedule %s: tick failed", schedule.name)
-        report.backfills = backfill_driver.tick(self.config, store, now)  # unfinished ones no one else drives
+        report.backfills = backfill_driver.tick(self.config, store, now, self.backfills)  # no one else drives
         deliver.heartbeats(store, now)
         if store.outbox.has_due(now):
             self.deliver()

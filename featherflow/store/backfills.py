@@ -171,16 +171,23 @@ class BackfillStore:
                 counts[outcome] = counts.get(outcome, 0) + count
         return counts
 
-    def slots(self, backfill_id: int, open_only: bool = False) -> List[SlotRow]:
-        """Oldest first, each with the state of its run."""
+    def slots(self, backfill_id: int, open_only: bool = False, state: Optional[str] = None,
+              limit: Optional[int] = None, newest_first: bool = False) -> List[SlotRow]:
+        """Oldest first (or newest first), each with the state of its run; only open ones (not
+        done), or in one `state`, at most `limit`."""
         query = (BackfillSlot.select(BackfillSlot, FlowRun.state.alias("run_state"),
                                      FlowRun.resumes.alias("run_resumes"), FlowRun.pid.alias("run_pid"),
                                      FlowRun.pid_start.alias("run_pid_start"), FlowRun.boot_id.alias("run_boot_id"),
                                      FlowRun.auto_resumed.alias("run_auto_resumed"))
                  .join(FlowRun, JOIN.LEFT_OUTER, on=(BackfillSlot.run == FlowRun.id))
-                 .where(BackfillSlot.backfill == backfill_id).order_by(BackfillSlot.slot_at))
+                 .where(BackfillSlot.backfill == backfill_id)
+                 .order_by(BackfillSlot.slot_at.desc() if newest_first else BackfillSlot.slot_at))
         if open_only:
             query = query.where(BackfillSlot.state != DONE)
+        if state is not None:
+            query = query.where(BackfillSlot.state == state)
+        if limit:
+            query = query.limit(limit)
         return [_slot(row) for row in query.dicts()]
 
     def backfill_of_run(self, run_id: int) -> Optional[int]:
