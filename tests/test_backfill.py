@@ -155,6 +155,7 @@ def test_action_for_each_reprocess_mode():
     (["backfill", "show"], 2, ["needs a backfill ID"]),
     (["backfill", "show", "99"], 2, ["no backfill 99"]),
     (["backfill", "resume", "x"], 2, ["needs a backfill ID"]),
+    (["backfill", "list", "--from", "2026-01-01"], 2, ["takes no --from"]),
 ])
 def test_bad_input_is_one_error_line(project, argv, code, needles):
     app = project.app()
@@ -384,6 +385,29 @@ def test_the_daemon_continues_a_backfill(project):
     assert sorted(line[0] for line in seen(project)) == ["2026-01-01T03:00:00Z", "2026-01-02T03:00:00Z"]
     assert not backfill_driver.lock_path(app.config, made.backfill.id).exists()
     app.close()
+
+
+def test_ctrl_c_stops_driving_and_leaves_the_backfill_to_resume(project):
+    app = project.app()
+    add_schedule(project, app, tz="UTC")
+    app.close()
+    argv = [sys.executable, "-m", "featherflow"] + project.args() + [
+        "backfill", "nightly", "--from", "2026-01-01", "--to", "2026-01-04"]
+    driver = subprocess.Popen(argv, cwd=project.root, env=project.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    first = driver.stdout.readline()
+    while "started" not in first:
+        first = driver.stdout.readline()
+        assert first, driver.stderr.read()
+    driver.send_signal(signal.SIGINT)
+    out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130 and "backfill resume 1" in err, (out, err)
+    app = project.app()
+    assert app.store.backfills.get(1).state == rows.RUNNING
+    app.close()
+    done = project.sh("backfill", "resume", "1")
+    assert done.code == 0 and "backfill 1 success: 4/4 done (4 success)" in done.out, (done.out, done.err)
+    assert sorted(line[0] for line in seen(project)) == [f"2026-01-0{d}T03:00:00Z" for d in range(1, 5)]
 
 
 @pytest.mark.slow

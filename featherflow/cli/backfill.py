@@ -17,6 +17,13 @@ ACTIONS = ("list", "show", "cancel", "resume")
 def cmd_backfill(app, args) -> int:
     what, rest = args.what, args.rest
     if what in ACTIONS:
+        given = [name for name, value in (("--from", args.start), ("--to", args.end), ("--flow", args.flow),
+                                          ("--cron", args.cron), ("--tz", args.tz), ("--dry-run", args.dry_run),
+                                          ("--reverse", args.reverse), ("--reprocess", args.reprocess != "none"),
+                                          ("--max-runs", args.max_runs != 1)) if value]
+        if given:
+            raise errors.UsageError(f"`backfill {what}` takes no {', '.join(given)} (they go with "
+                                    "`backfill SCHEDULE --from WHEN --to WHEN`)")
         if what == "list":
             if rest:
                 raise errors.UsageError(f"`backfill list` takes no argument (got {rest!r})")
