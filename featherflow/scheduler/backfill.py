@@ -107,14 +107,10 @@ def plan(store: Optional[Store], schedule, start: datetime, end: datetime, repro
     """Every slot of the range and what happens to it (a schedule not yet recorded: all run)."""
     found = range_slots(schedule.cron, schedule.tz, start, end)
     holders = store.backfills.slot_holders(schedule.id, found) if store is not None and schedule.id else {}
-    states_of = {}
-    run_ids = [h[1] for h in holders.values() if h[1] is not None]
-    for run_id in run_ids:
-        states_of[run_id] = store.runs.get_run(run_id).state
     planned = []
     for slot_at in found:
-        slot_state, run_id = holders.get(slot_at, (None, None))
-        action, reason = action_for(reprocess, slot_state, run_id, states_of.get(run_id))
+        slot_state, run_id, run_state = holders.get(slot_at, (None, None, None))
+        action, reason = action_for(reprocess, slot_state, run_id, run_state)
         planned.append(Planned(slot_at, action, run_id, reason))
     return planned
 
@@ -251,13 +247,13 @@ def as_json(store: Store, backfill: rows.Backfill, with_slots: bool = False) -> 
 
 
 def progress_text(counts: dict) -> str:
-    """`3/10 done (2 success, 1 left), 1 running, 6 to go`."""
+    """`3/10 done (2 success, 1 left), 1 started, 6 to go` (started: its run has not ended yet)."""
     total = sum(counts.get(k, 0) for k in (rows.PENDING, rows.LAUNCHED, rows.DONE))
     outcomes = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())
                          if k not in (rows.PENDING, rows.LAUNCHED, rows.DONE) and n)
     text = f"{counts.get(rows.DONE, 0)}/{total} done" + (f" ({outcomes})" if outcomes else "")
     if counts.get(rows.LAUNCHED):
-        text += f", {counts[rows.LAUNCHED]} running"
+        text += f", {counts[rows.LAUNCHED]} started"
     if counts.get(rows.PENDING):
         text += f", {counts[rows.PENDING]} to go"
     return text

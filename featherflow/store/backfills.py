@@ -96,24 +96,24 @@ class BackfillStore:
     # -- what the slots of a range hold already --
 
     def slot_holders(self, schedule_id: int, slot_times: Sequence[datetime]) -> Dict[datetime, Tuple]:
-        """{slot: (slot state or None, run id or None)} for the slots that already have a slot
-        row or a run of the schedule (a run's slot row may have been trimmed)."""
+        """{slot: (slot state or None, run id or None, run state or None)} for the slots that
+        already have a slot row or a run of the schedule (a run's slot row may have been trimmed)."""
         found: Dict[datetime, Tuple] = {}
-        texts = {clock.to_text(t): clock.as_utc(t) for t in slot_times}
-        keys = list(texts)
+        keys = [clock.to_text(t) for t in slot_times]
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
-            rows = (ScheduleSlot.select(ScheduleSlot.slot_at, ScheduleSlot.state, ScheduleSlot.run)
+            rows = (ScheduleSlot.select(ScheduleSlot.slot_at, ScheduleSlot.state, ScheduleSlot.run, FlowRun.state)
+                    .join(FlowRun, JOIN.LEFT_OUTER, on=(ScheduleSlot.run == FlowRun.id))
                     .where(ScheduleSlot.schedule == schedule_id, ScheduleSlot.slot_at.in_(chunk)).tuples())
-            for slot_at, state, run_id in rows:
-                found[clock.from_text(slot_at)] = (state, run_id)
-            runs = (FlowRun.select(FlowRun.scheduled_at, FlowRun.id)
+            for slot_at, state, run_id, run_state in rows:
+                found[clock.from_text(slot_at)] = (state, run_id, run_state)
+            runs = (FlowRun.select(FlowRun.scheduled_at, FlowRun.id, FlowRun.state)
                     .where(FlowRun.schedule == schedule_id, FlowRun.scheduled_at.in_(chunk))
                     .order_by(FlowRun.id).tuples())
-            for scheduled_at, run_id in runs:
+            for scheduled_at, run_id, run_state in runs:
                 at = clock.from_text(scheduled_at)
-                state, held = found.get(at, (None, None))
-                found[at] = (state or "fired", held or run_id)
+                state, held, held_state = found.get(at, (None, None, None))
+                found[at] = (state or "fired", held or run_id, held_state or run_state)
         return found
 
     # -- backfills --
@@ -220,7 +220,7 @@ class BackfillStore:
             row = BackfillSlot.select(BackfillSlot.state).where(BackfillSlot.id == slot_id).first()
             if row is None or row.state != PENDING or not self._running(backfill_id):
                 return None
-            state, holder = self.slot_holders(schedule_id, [slot_at]).get(clock.as_utc(slot_at), (None, None))
+            state, holder, _ = self.slot_holders(schedule_id, [slot_at]).get(clock.as_utc(slot_at), (None, None, None))
             if holder is not None or state == "fired":
                 BackfillSlot.update(state=DONE, outcome=LEFT, run=holder, reason=(
                     f"run {holder} filled it meanwhile" if holder else "fired meanwhile (its run was deleted)")
@@ -254,11 +254,12 @@ class BackfillStore:
                 return None
             run = FlowRun.select(FlowRun.state, FlowRun.resumes).where(FlowRun.id == slot.run_id).first()
             base = slot.resumes if relaunch else (run.resumes if run else None)
+            if relaunch and run is not None and run.resumes != base:
+                return None  # resumed meanwhile: the step follows that run now
             if run is None or run.state not in allowed or run.resumes != base:
-                if not relaunch:
-                    BackfillSlot.update(state=DONE, outcome=LEFT, reason=(
-                        f"its run is {run.state} now" if run else "its run was deleted")).where(
-                        BackfillSlot.id == slot_id).execute()
+                BackfillSlot.update(state=DONE, outcome=LEFT if run else "deleted", reason=(
+                    f"its run is {run.state} now" if run else "its run was deleted")).where(
+                    BackfillSlot.id == slot_id).execute()
                 return None
             BackfillSlot.update(state=LAUNCHED, resumes=base, tries=BackfillSlot.tries + 1, launcher_pid=pid,
                                 launcher_start=pid_start, launcher_boot=boot_id).where(
