@@ -517,3 +517,28 @@ def test_a_notification_of_a_backfill_run_carries_its_trigger_and_backfill_id(pr
     assert (doc["trigger"], doc["backfill_id"], doc["scheduled_at"]) == (
         "backfill", made.backfill.id, "2030-01-01T03:00:00Z")
     app.close()
+
+
+def test_an_interrupted_backfill_run_is_resumed_once(project):
+    """A reboot interrupts a backfill's run: the driver resumes it once (as the scheduler does
+    for its own), waits for that resume, and ends the slot when it does not take."""
+    app = project.app()
+    add_schedule(project, app, tz="UTC")
+    made = backfill.create(app.config, app.store, backfill.Request(
+        schedule="nightly", start="2030-01-01", end="2030-01-01"), NOW)
+    spawn = FakeSpawn()
+    driver = backfill_driver.Driver(app.config, app.store, spawn=spawn)
+    driver.step(made.backfill.id, NOW)
+    [run] = app.store.runs.list_runs()
+    app.store.runs.transition_run(run.id, states.RUNNING)
+    app.store.runs.transition_run(run.id, states.INTERRUPTED, reason="the machine restarted while it ran")
+    assert driver.step(made.backfill.id, NOW) == [f"slot 2030-01-01 03:00:00 UTC: run {run.id} was interrupted; "
+                                                  "resuming it once"]
+    assert spawn.calls[-1] == ["_start-run", str(run.id), "--resume"]
+    assert driver.step(made.backfill.id, NOW) == [] and len(spawn.calls) == 2  # its resume is starting
+    [slot] = app.store.backfills.slots(made.backfill.id)
+    app.store.backfills.set_launcher(slot.id, 2 ** 22 + 1, None, None)  # that process died without resuming it
+    assert driver.step(made.backfill.id, NOW) == [f"slot 2030-01-01 03:00:00 UTC: run {run.id} interrupted"]
+    b = app.store.backfills.get(made.backfill.id)
+    assert (b.state, b.counts.get("interrupted")) == (rows.FAILED, 1) and len(spawn.calls) == 2
+    app.close()

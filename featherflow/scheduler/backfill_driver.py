@@ -171,10 +171,18 @@ class Driver:
         if slot.run_state in (states.QUEUED, states.RUNNING):
             return 1
         if slot.run_state == states.INTERRUPTED and not slot.run_auto_resumed:
-            if store.schedules.claim_auto_resume(slot.run_id):  # once, as the scheduler does
-                self._spawn_logged(["_start-run", str(slot.run_id), "--resume"], store.runs.get_run(slot.run_id))
+            # Resumed once, as the scheduler does (the claim is the run's auto_resumed flag); its
+            # launcher is recorded so that the slot waits for it to take the run.
+            store.backfills.set_launcher(slot.id, self.pid, *self.identity)
+            if store.schedules.claim_auto_resume(slot.run_id):
+                pid = self._spawn_logged(["_start-run", str(slot.run_id), "--resume"], store.runs.get_run(slot.run_id))
+                if pid:
+                    store.backfills.set_launcher(slot.id, pid, proc.start_time(pid), proc.boot_id())
                 said.append(f"slot {when}: run {slot.run_id} was interrupted; resuming it once")
                 return 1
+        if slot.run_state == states.INTERRUPTED and proc.is_alive(slot.launcher_pid, slot.launcher_start,
+                                                                  slot.launcher_boot):
+            return 1  # its resume is starting
         store.backfills.finish_slot(backfill.id, slot.id, slot.run_state, None, now)
         said.append(f"slot {when}: run {slot.run_id} {slot.run_state}")
         return 0
