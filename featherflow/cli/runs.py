@@ -62,12 +62,14 @@ def cmd_runs_list(app, args) -> int:
         except ValueError as exc:
             raise errors.UsageError(f"--since: {exc}") from None
     store = reading(app)
-    runs = store.runs.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit)
+    runs = store.runs.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit,
+                                trigger=args.trigger)
     now = clock.now()
     if args.json:
         print(json.dumps([views.run_json(r, now) for r in runs], indent=2, ensure_ascii=False))
     elif not runs:
-        filters = [("--flow", args.flow), ("--state", args.state), ("--since", args.since)]
+        filters = [("--flow", args.flow), ("--state", args.state), ("--since", args.since),
+                   ("--trigger", args.trigger)]
         print(views.no_runs([(k, v) for k, v in filters if v], store.runs.run_count()))
     else:
         print("\n".join(views.runs_table(runs, now)))
@@ -241,6 +243,7 @@ def _add_history(runs_sub) -> None:
     p = command("list", cmd_runs_list, "list runs, newest first", runs_sub)
     p.add_argument("--flow", metavar="FLOW", help="only this flow")
     p.add_argument("--state", choices=states.RUN_STATES, help="only runs in this state")
+    p.add_argument("--trigger", choices=states.TRIGGERS, help="only runs started this way (manual, schedule, backfill)")
     p.add_argument("--since", metavar="WHEN", help="only runs created since: an age (2h, 7d) or a local time (2026-11-01 03:00)")
     p.add_argument("--limit", type=positive, default=20, metavar="N", help="at most N runs (default: 20)")
     p.add_argument("--json", action="store_true", help="print JSON (stable; see the README)")
