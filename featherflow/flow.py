@@ -23,12 +23,16 @@ ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ARG_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 BUILTIN_PLACEHOLDERS = ("run_id", "flow", "scheduled_at")
+# {{ tasks.ID.outputs.KEY }}: an output of an upstream task, put in when the task starts.
+OUTPUT_REF_RE = re.compile(r"tasks\.([A-Za-z0-9_-]{1,64})\.outputs\.([A-Za-z_][A-Za-z0-9_]*)")
+# When a task with dependencies runs (run_if); the default is today's behaviour.
+RUN_IF = ("all_success", "all_done", "any_failed", "none_failed")
 MAX_FLOW_BYTES = 1024 * 1024  # the cap on a flow file's size (check_size)
 
 FLOW_KEYS = ("name", "description", "version", "tasks", "max_parallel", "params")
 TASK_KEYS = (
     "id", "script", "description", "depends_on", "args", "env",
-    "retries", "retry_delay", "retry_backoff", "timeout",
+    "retries", "retry_delay", "retry_backoff", "timeout", "run_if", "cleanup",
 )
 
 Args = Union[Tuple[str, ...], Dict[str, Any]]
@@ -46,6 +50,26 @@ class Task:
     retry_delay: float = 0.0
     retry_backoff: float = 1.0
     timeout: Optional[float] = None
+    run_if: str = "all_success"
+    cleanup: bool = False
+
+    @property
+    def rule(self) -> str:
+        """When the task runs, in one word: its run_if, or `cleanup`."""
+        return "cleanup" if self.cleanup else self.run_if
+
+    def output_refs(self) -> List[Tuple[str, str]]:
+        """The (task, key) of every {{ tasks.ID.outputs.KEY }} in its args and env values."""
+        values = list(self.args.values()) if isinstance(self.args, dict) else list(self.args)
+        values += list(self.env.values())
+        refs = []
+        for value in values:
+            if isinstance(value, str):
+                for ref in placeholders(value):
+                    found = OUTPUT_REF_RE.fullmatch(ref)
+                    if found and found.groups() not in refs:
+                        refs.append(found.groups())
+        return refs
 
 
 @dataclass(frozen=True)
@@ -71,6 +95,13 @@ class Flow:
     @property
     def edges(self) -> Dict[str, Tuple[str, ...]]:
         return {t.id: t.depends_on for t in self.tasks}
+
+    @property
+    def run_edges(self) -> Dict[str, Tuple[str, ...]]:
+        """The edges a run follows: a cleanup task without `depends_on` waits for every
+        task that is not a cleanup task (it runs at the end of the run)."""
+        work = tuple(t.id for t in self.tasks if not t.cleanup)
+        return {t.id: work if t.cleanup and not t.depends_on else t.depends_on for t in self.tasks}
 
     @property
     def declares_params(self) -> bool:
@@ -185,6 +216,8 @@ def validate(
 class _Validator:
     def __init__(self):
         self.errors: List[str] = []
+        self.refs: List[Tuple[str, str]] = []  # (path, task id) of the current task's output refs
+        self.task_refs: Dict[str, List[Tuple[str, str]]] = {}
 
     def err(self, path: str, message: str) -> None:
         self.errors.append(f"{path}: {message}" if path else message)
@@ -303,13 +336,34 @@ class _Validator:
         if cycle:
             self.err("tasks", f"dependency cycle: {' -> '.join(cycle)}")
             return None
+        self.upstream_refs(tasks)
+        if self.errors:
+            return None
         return tuple(tasks)
+
+    def upstream_refs(self, tasks) -> None:
+        """An output placeholder names an ancestor of its task: only an upstream task has
+        ended (successfully or not) when the task starts."""
+        if not any(self.task_refs.values()):
+            return
+        edges = Flow(name="", tasks=tuple(tasks)).run_edges
+        for task in tasks:
+            refs = self.task_refs.get(task.id)
+            if not refs:
+                continue
+            above = graph.ancestors(edges, task.id)
+            for where, ref_id in refs:
+                if ref_id not in above:
+                    valid = ", ".join(t for t in edges if t in above) or "none: it has no dependencies"
+                    self.err(where, f"{{{{ tasks.{ref_id}.outputs.* }}}}: task {ref_id!r} is not upstream of "
+                                    f"task {task.id!r} (valid: the tasks it depends on, directly or not: {valid})")
 
     def task(self, item, path, params, tasks_dir) -> Optional[Task]:
         if not isinstance(item, dict):
             self.err(path, f"must be an object with 'id' and 'script', not {_json_type(item)}")
             return None
         before = len(self.errors)
+        self.refs = []
         self.unknown_keys(item, TASK_KEYS, path)
         task_id = item.get("id")
         if task_id is None:
@@ -352,14 +406,34 @@ class _Validator:
         if timeout is not None and self.typed(timeout, (int, float), f"{path}.timeout", "a number of seconds > 0"):
             if timeout <= 0:
                 self.err(f"{path}.timeout", f"must be > 0, not {timeout}")
+        run_if, cleanup = self.rule(item, path, deps)
         if len(self.errors) > before:
             return None
+        self.task_refs[task_id] = self.refs
         return Task(
             id=task_id, script=script, description=description, depends_on=tuple(deps),
             args=args, env={k: str(v) for k, v in env.items()}, retries=retries,
             retry_delay=float(delay), retry_backoff=float(backoff),
-            timeout=float(timeout) if timeout is not None else None,
+            timeout=float(timeout) if timeout is not None else None, run_if=run_if, cleanup=cleanup,
         )
+
+    def rule(self, item, path, deps) -> Tuple[str, bool]:
+        """`run_if` and `cleanup`: when a task runs, given how its dependencies ended."""
+        run_if, cleanup = item.get("run_if"), item.get("cleanup", False)
+        self.typed(cleanup, bool, f"{path}.cleanup", "true or false")
+        if run_if is None:
+            return "all_success", cleanup is True
+        if not self.typed(run_if, str, f"{path}.run_if", "a string"):
+            return "all_success", cleanup is True
+        if run_if not in RUN_IF:
+            self.err(f"{path}.run_if", f"unknown rule {run_if!r} (valid: {', '.join(RUN_IF)})")
+        elif cleanup is True:
+            self.err(f"{path}.run_if", "a cleanup task runs whatever happened: leave out run_if "
+                                       "(valid: run_if or \"cleanup\": true, not both)")
+        elif not (isinstance(deps, list) and deps):
+            self.err(f"{path}.run_if", "needs depends_on: a task without dependencies always runs "
+                                       "(valid: run_if on a task that has depends_on)")
+        return run_if, cleanup is True
 
     def script(self, script, path, tasks_dir) -> None:
         if not script or script.startswith(("/", "~")) or ".." in Path(script).parts:
@@ -403,13 +477,18 @@ class _Validator:
         for ref in placeholders(value):
             if ref in BUILTIN_PLACEHOLDERS:
                 continue
+            found = OUTPUT_REF_RE.fullmatch(ref)
+            if found:
+                self.refs.append((path, found.group(1)))
+                continue
             if ref.startswith("params."):
                 if ref[len("params."):] not in params:
                     known = ", ".join(params) or "none declared in 'params'"
                     self.err(path, f"unknown param in {{{{ {ref} }}}} (known: {known})")
                 continue
             valid = ", ".join(f"{{{{ {b} }}}}" for b in BUILTIN_PLACEHOLDERS)
-            self.err(path, f"unknown placeholder {{{{ {ref} }}}} (valid: {{{{ params.NAME }}}}, {valid})")
+            self.err(path, f"unknown placeholder {{{{ {ref} }}}} (valid: {{{{ params.NAME }}}}, "
+                           f"{{{{ tasks.ID.outputs.KEY }}}}, {valid})")
 
 
 def _inside(path: Path, directory: Path) -> bool:

@@ -75,6 +75,18 @@ def descendants(edges: Edges, roots: Iterable[str]) -> Set[str]:
     return seen
 
 
+def ancestors(edges: Edges, node: str) -> Set[str]:
+    """Every node upstream of `node` (not including it)."""
+    seen: Set[str] = set()
+    todo = list(edges.get(node, ()))
+    while todo:
+        dep = todo.pop()
+        if dep not in seen:
+            seen.add(dep)
+            todo.extend(edges.get(dep, ()))
+    return seen
+
+
 def levels(edges: Edges) -> Dict[str, int]:
     """Longest distance from a root: the column a task is drawn in."""
     level: Dict[str, int] = {}
