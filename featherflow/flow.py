@@ -192,7 +192,25 @@ def list_names(flows_dir: Path) -> List[str]:
 def task_order(snapshot: str) -> List[str]:
     """Task ids of a stored definition (a run's snapshot) in dependency order."""
     data = json.loads(snapshot)
-    return graph.topological_order({t["id"]: t.get("depends_on", []) for t in data["tasks"]})
+    edges = {t["id"]: t.get("depends_on", []) for t in data["tasks"]}
+    work = [t["id"] for t in data["tasks"] if t.get("cleanup") is not True]
+    for t in data["tasks"]:  # a cleanup task without dependencies runs last (Flow.run_edges)
+        if t.get("cleanup") is True and not t.get("depends_on"):
+            edges[t["id"]] = work
+    return graph.topological_order(edges)
+
+
+def task_rules(snapshot: str) -> Dict[str, str]:
+    """{task: rule} of the tasks of a stored definition that have one (run_if other than
+    all_success, or `cleanup`): what `runs show` and the dashboard show beside a task."""
+    data = json.loads(snapshot)
+    rules = {}
+    for task in data.get("tasks", []):
+        if task.get("cleanup") is True:
+            rules[task["id"]] = "cleanup"
+        elif task.get("run_if", "all_success") != "all_success":
+            rules[task["id"]] = str(task["run_if"])
+    return rules
 
 
 def placeholders(value: str) -> List[str]:

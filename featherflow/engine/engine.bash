@@ -95,7 +95,7 @@ RUNNING=0 CANCELLED=0 FAILED=0 BROKEN=0 TOTAL=${#T_ID[@]} TOOK=
 # STOPPING: running tasks are being stopped and nothing starts (a cancel, until the
 # cleanup tasks start: SWEPT; a second signal stops those too). FAILED counts the
 # tasks that failed for good and FAILED_IDS names them; cleanup tasks apart (CLEANUP_FAILED).
-STOPPING=0 SWEPT=0 FAILED_IDS= CLEANUP_FAILED=
+STOPPING=0 SWEPT=0 FAILED_IDS='' CLEANUP_FAILED=''
 
 # What may start: T_LEFT[i] counts the dependencies of task i that have not
 # ended yet, T_BAD[i] those that failed (or were upstream_failed), T_SKIPS[i] those
@@ -356,7 +356,7 @@ settle() {  # index outcome
         skipped) T_SKIPS[d]=$((T_SKIPS[d] + 1)) ;;
       esac
       [[ ${T_STATE[d]} == pending ]] || continue
-      verdict= rule=${T_RULE[d]}
+      verdict='' rule=${T_RULE[d]}
       case $rule in
         all_success | none_failed)
           if ((T_BAD[d])); then
@@ -413,7 +413,7 @@ done
 # A task whose dependencies were all kept is decided now: any_failed has nothing to
 # run for (skipped), every other rule starts it. (After the counts: a skip is told below.)
 for ((i = 0; i < TOTAL; i++)); do
-  ((T_LEFT[i] == 0)) && [[ ${T_STATE[i]} == pending ]] || continue
+  if ((T_LEFT[i] > 0)) || [[ ${T_STATE[i]} != pending ]]; then continue; fi
   if [[ ${T_RULE[i]} == any_failed ]]; then
     T_STATE[i]=skipped
     MARKS+=("${T_ID[i]}:${T_ATTEMPT[i]}:skipped::no dependency failed (run_if any_failed)")
