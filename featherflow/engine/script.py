@@ -165,6 +165,8 @@ def task_command(task: flowmod.Task, spec: RunSpec, flow_name: str) -> List[str]
 def render(flow: flowmod.Flow, spec: RunSpec) -> str:
     """The run's whole script: header, settings, one function per task, the engine."""
     edges = flow.run_edges  # built once: a flow's edges and children are walked once per render
+    if spec.keep:
+        edges = resume_edges(flow, edges, set(spec.keep))
     order = graph.topological_order(edges)
     index = {task_id: i for i, task_id in enumerate(order)}
     down = graph.children(edges)
@@ -183,6 +185,20 @@ def render(flow: flowmod.Flow, spec: RunSpec) -> str:
     out.append("")
     out.append(engine().rstrip("\n"))
     return "\n".join(out) + "\n"
+
+
+def resume_edges(flow: flowmod.Flow, edges: Dict[str, tuple], keep: set) -> Dict[str, tuple]:
+    """A resume runs its cleanup tasks after the tasks it runs again: each cleanup task
+    also waits for every re-run task that is not a cleanup task nor below it."""
+    work = [t.id for t in flow.tasks if not t.cleanup and t.id not in keep]
+    out = dict(edges)
+    for task in flow.tasks:
+        if task.cleanup and task.id not in keep:
+            below = graph.descendants(edges, [task.id])
+            extra = [t for t in work if t not in below and t not in edges[task.id]]
+            out[task.id] = tuple(edges[task.id]) + tuple(extra)
+    # Work below two cleanup tasks could make a cycle of the waits: then only the flow's own edges.
+    return edges if graph.find_cycle(out) else out
 
 
 def header(flow: flowmod.Flow, spec: RunSpec) -> str:
