@@ -43,6 +43,8 @@ def parse(data: bytes) -> dict:
     """
     if len(data) > MAX_BYTES:
         raise OutputError(f"outputs file is {len(data)} bytes, over the cap of {MAX_BYTES} bytes (64 KiB)")
+    if b"\0" in data:
+        raise OutputError("outputs file has a NUL byte (no argument or variable can hold one)")
     lines = data.decode("utf-8", "surrogateescape").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
