@@ -98,10 +98,11 @@ def cmd_runs_show(app, args) -> int:
     if args.json:
         data = views.run_json(run, now)
         data["tasks"] = [
-            {"id": task_id, "rule": rules.get(task_id, "all_success"),
+            {"id": task_id,
              "state": ([a.state for a in attempts if a.task_id == task_id] or ["-"])[-1],
              "attempts": [views.attempt_json(a, str(paths.log_path(run, a.task_id, a.attempt)), now)
-                          for a in attempts if a.task_id == task_id]}
+                          for a in attempts if a.task_id == task_id],
+             "rule": rules.get(task_id, "all_success")}
             for task_id in order]
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
