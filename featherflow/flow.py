@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from featherflow import graph
+from featherflow.rules import OUTPUT_REF_RE, check_rule, upstream_problems
 from featherflow.errors import UsageError, ValidationError
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -23,10 +24,6 @@ ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ARG_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 BUILTIN_PLACEHOLDERS = ("run_id", "flow", "scheduled_at")
-# {{ tasks.ID.outputs.KEY }}: an output of an upstream task, put in when the task starts.
-OUTPUT_REF_RE = re.compile(r"tasks\.([A-Za-z0-9_-]{1,64})\.outputs\.([A-Za-z_][A-Za-z0-9_]*)")
-# When a task with dependencies runs (run_if); the default is today's behaviour.
-RUN_IF = ("all_success", "all_done", "any_failed", "none_failed")
 MAX_FLOW_BYTES = 1024 * 1024  # the cap on a flow file's size (check_size)
 
 FLOW_KEYS = ("name", "description", "version", "tasks", "max_parallel", "params")
@@ -200,19 +197,6 @@ def task_order(snapshot: str) -> List[str]:
     return graph.topological_order(edges)
 
 
-def task_rules(snapshot: str) -> Dict[str, str]:
-    """{task: rule} of the tasks of a stored definition that have one (run_if other than
-    all_success, or `cleanup`): what `runs show` and the dashboard show beside a task."""
-    data = json.loads(snapshot)
-    rules = {}
-    for task in data.get("tasks", []):
-        if task.get("cleanup") is True:
-            rules[task["id"]] = "cleanup"
-        elif task.get("run_if", "all_success") != "all_success":
-            rules[task["id"]] = str(task["run_if"])
-    return rules
-
-
 def placeholders(value: str) -> List[str]:
     return PLACEHOLDER_RE.findall(value)
 
@@ -354,27 +338,11 @@ class _Validator:
         if cycle:
             self.err("tasks", f"dependency cycle: {' -> '.join(cycle)}")
             return None
-        self.upstream_refs(tasks)
+        if any(self.task_refs.values()):
+            self.errors += upstream_problems(Flow(name="", tasks=tuple(tasks)).run_edges, self.task_refs)
         if self.errors:
             return None
         return tuple(tasks)
-
-    def upstream_refs(self, tasks) -> None:
-        """An output placeholder names an ancestor of its task: only an upstream task has
-        ended (successfully or not) when the task starts."""
-        if not any(self.task_refs.values()):
-            return
-        edges = Flow(name="", tasks=tuple(tasks)).run_edges
-        for task in tasks:
-            refs = self.task_refs.get(task.id)
-            if not refs:
-                continue
-            above = graph.ancestors(edges, task.id)
-            for where, ref_id in refs:
-                if ref_id not in above:
-                    valid = ", ".join(t for t in edges if t in above) or "none: it has no dependencies"
-                    self.err(where, f"{{{{ tasks.{ref_id}.outputs.* }}}}: task {ref_id!r} is not upstream of "
-                                    f"task {task.id!r} (valid: the tasks it depends on, directly or not: {valid})")
 
     def task(self, item, path, params, tasks_dir) -> Optional[Task]:
         if not isinstance(item, dict):
@@ -424,7 +392,8 @@ class _Validator:
         if timeout is not None and self.typed(timeout, (int, float), f"{path}.timeout", "a number of seconds > 0"):
             if timeout <= 0:
                 self.err(f"{path}.timeout", f"must be > 0, not {timeout}")
-        run_if, cleanup = self.rule(item, path, deps)
+        run_if, cleanup, problems = check_rule(item, path, deps)
+        self.errors += problems
         if len(self.errors) > before:
             return None
         self.task_refs[task_id] = self.refs
@@ -434,24 +403,6 @@ class _Validator:
             retry_delay=float(delay), retry_backoff=float(backoff),
             timeout=float(timeout) if timeout is not None else None, run_if=run_if, cleanup=cleanup,
         )
-
-    def rule(self, item, path, deps) -> Tuple[str, bool]:
-        """`run_if` and `cleanup`: when a task runs, given how its dependencies ended."""
-        run_if, cleanup = item.get("run_if"), item.get("cleanup", False)
-        self.typed(cleanup, bool, f"{path}.cleanup", "true or false")
-        if run_if is None:
-            return "all_success", cleanup is True
-        if not self.typed(run_if, str, f"{path}.run_if", "a string"):
-            return "all_success", cleanup is True
-        if run_if not in RUN_IF:
-            self.err(f"{path}.run_if", f"unknown rule {run_if!r} (valid: {', '.join(RUN_IF)})")
-        elif cleanup is True:
-            self.err(f"{path}.run_if", "a cleanup task runs whatever happened: leave out run_if "
-                                       "(valid: run_if or \"cleanup\": true, not both)")
-        elif not (isinstance(deps, list) and deps):
-            self.err(f"{path}.run_if", "needs depends_on: a task without dependencies always runs "
-                                       "(valid: run_if on a task that has depends_on)")
-        return run_if, cleanup is True
 
     def script(self, script, path, tasks_dir) -> None:
         if not script or script.startswith(("/", "~")) or ".." in Path(script).parts:

@@ -89,11 +89,11 @@ def cmd_runs_show(app, args) -> int:
     from featherflow import clock, paths  # lazy: not for --help
     from featherflow.cli import format as views  # lazy: not for --help
 
-    from featherflow import flow as flowmod  # lazy: not for --help
+    from featherflow.rules import task_rules  # lazy: not for --help
 
     _, run, attempts, order = _run_and_attempts(app, args.run_id)
     order += sorted({a.task_id for a in attempts} - set(order))
-    rules = flowmod.task_rules(run.snapshot)
+    rules = task_rules(run.snapshot)
     now = clock.now()
     if args.json:
         data = views.run_json(run, now)

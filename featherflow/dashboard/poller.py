@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import peewee
 
 from featherflow import clock, flow as flowmod, paths, proc, states
+from featherflow.rules import task_rules
 from featherflow.dashboard.keys import ViewState
 from featherflow.scheduler.slots import next_slot
 from featherflow.store.readonly import Reader
@@ -306,7 +307,7 @@ def _detail(run, attempts, make_run) -> RunDetail:
     latest = {a.task_id: a for a in attempts}  # ordered by attempt number
     try:
         order = flowmod.task_order(run.snapshot)
-        rules = flowmod.task_rules(run.snapshot)
+        rules = task_rules(run.snapshot)
     except Exception:  # a definition we cannot read still shows its attempts
         order, rules = [], {}
     order += sorted(set(latest) - set(order))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List
 
-from featherflow import errors, flow as flowmod, graph, states
+from featherflow import errors, flow as flowmod, graph, rules, states
 
 KILL_GRACE = 10  # seconds between TERM and KILL when a task is stopped
 LOG_TAIL = 20  # lines of a failed task's log shown on the terminal
@@ -100,7 +100,7 @@ def template(value: str, spec: RunSpec, flow_name: str) -> list:
         text(value[at:match.start()])
         at = match.end()
         ref = match.group(1)
-        output = flowmod.OUTPUT_REF_RE.fullmatch(ref)
+        output = rules.OUTPUT_REF_RE.fullmatch(ref)
         if output:
             parts.append(list(output.groups()))
         elif ref.startswith("params."):
