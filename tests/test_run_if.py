@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from featherflow import flow as flowmod, states
+from featherflow import errors, flow as flowmod, states
 from featherflow.errors import ValidationError
 from helpers import wait_for
 
@@ -180,7 +180,7 @@ def test_cancel_runs_the_cleanup_tasks_and_the_run_stays_cancelled(project, tmp_
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130 or proc.returncode > 0, stdout
+    assert proc.returncode == errors.EXIT_CANCELLED, stdout
     run, latest = last_run(project)
     assert run.state == "cancelled", stdout
     assert latest["work"].state == "cancelled" and latest["after"].state == "cancelled"
@@ -254,3 +254,30 @@ def test_the_dashboard_detail_shows_the_rule_and_counts_skipped_as_done(project,
     assert [(t.task_id, t.state, t.rule) for t in detail.tasks] == [("a", "success", ""),
                                                                     ("alert", "skipped", "any_failed")]
     assert poller._COUNT_OF[states.SKIPPED] == poller.DONE
+
+
+@pytest.mark.slow
+def test_a_second_signal_stops_the_cleanup_tasks(project, tmp_path):
+    """The bound on a cancel's cleanup, besides its own timeout: a second SIGTERM stops it."""
+    work_started, clean_started = tmp_path / "work", tmp_path / "clean"
+    project.write_task("hang.sh", 'touch "$1"\nsleep 30\n')
+    project.write_flow({"name": "f", "tasks": [
+        {"id": "work", "script": "hang.sh", "args": [str(work_started)]},
+        {"id": "clean", "script": "hang.sh", "args": [str(clean_started)], "cleanup": True}]})
+    proc = subprocess.Popen([sys.executable, "-m", "featherflow"] + project.args() + ["run", "f"],
+                            cwd=project.root, env=project.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for(lambda: work_started.exists() or proc.poll() is not None, "the work to start")
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: clean_started.exists() or proc.poll() is not None, "the cleanup to start")
+        proc.send_signal(signal.SIGTERM)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == errors.EXIT_CANCELLED, stdout
+    run, latest = last_run(project)
+    assert run.state == "cancelled", stdout
+    assert (latest["work"].state, latest["clean"].state) == ("cancelled", "cancelled")
+    assert "stopping 1 cleanup task(s)" in stdout
