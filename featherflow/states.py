@@ -13,7 +13,7 @@ import time
 
 from featherflow.errors import ConflictError
 
-SCHEMA_VERSION = 5  # the number of the newest migration
+SCHEMA_VERSION = 6  # the number of the newest migration
 
 # The scheduler writes its heartbeat every tick, and a tick comes at least every
 # HEARTBEAT_EVERY seconds. A scheduler whose heartbeat is older than HEARTBEAT_STALE
@@ -24,17 +24,17 @@ HEARTBEAT_STALE = 150.0
 
 QUEUED, RUNNING, SUCCESS, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "success", "failed", "cancelled", "interrupted")
-PENDING, UPSTREAM_FAILED = "pending", "upstream_failed"
+PENDING, UPSTREAM_FAILED, SKIPPED = "pending", "upstream_failed", "skipped"
 
 # What started a run (flow_run.trigger, FEATHERFLOW_TRIGGER): by hand, a schedule's slot, a backfill's slot.
 TRIGGERS = ("manual", "schedule", "backfill")
 
 RUN_STATES = (QUEUED, RUNNING, SUCCESS, FAILED, CANCELLED, INTERRUPTED)
-ATTEMPT_STATES = (PENDING, RUNNING, SUCCESS, FAILED, UPSTREAM_FAILED, CANCELLED, INTERRUPTED)
+ATTEMPT_STATES = (PENDING, RUNNING, SUCCESS, FAILED, UPSTREAM_FAILED, SKIPPED, CANCELLED, INTERRUPTED)
 RUN_FINISHED = (SUCCESS, FAILED, CANCELLED, INTERRUPTED)
 RESUMABLE = (FAILED, INTERRUPTED)
 RERUNNABLE = (SUCCESS, CANCELLED)  # a backfill's --reprocess all runs these again (rerun=True)
-ATTEMPT_FINISHED = (SUCCESS, FAILED, UPSTREAM_FAILED, CANCELLED, INTERRUPTED)
+ATTEMPT_FINISHED = (SUCCESS, FAILED, UPSTREAM_FAILED, SKIPPED, CANCELLED, INTERRUPTED)
 
 RUN_MOVES = {
     QUEUED: (RUNNING, FAILED, CANCELLED, INTERRUPTED),
@@ -45,7 +45,7 @@ RUN_MOVES = {
     CANCELLED: (),
 }
 ATTEMPT_MOVES = {
-    PENDING: (RUNNING, UPSTREAM_FAILED, CANCELLED),
+    PENDING: (RUNNING, UPSTREAM_FAILED, SKIPPED, CANCELLED),  # skipped: its run_if said no
     RUNNING: (SUCCESS, FAILED, CANCELLED, INTERRUPTED),
 }
 
@@ -146,8 +146,11 @@ def _require_running_run(cur, run_id):
 
 
 def apply_attempt(cur, run_id, task_id, attempt, new, now=None, exit_code=None,
-                  reason=None) -> str:
+                  reason=None, outputs=None) -> str:
     """Move attempt `attempt` of `task_id` to `new`; returns its previous state.
+
+    `outputs` (the stored text of the task's outputs) is kept with a success, in the
+    same transaction: a success is never recorded without what it produced.
 
     An attempt that does not exist yet is created (a retry, or a resume) when
     it is the next number for that task, the previous one has finished, and it
@@ -192,7 +195,7 @@ def apply_attempt(cur, run_id, task_id, attempt, new, now=None, exit_code=None,
             (new, now, run_id, task_id, attempt))
     else:
         cur.execute(
-            "UPDATE task_attempt SET state = ?, ended_at = ?, exit_code = ?, reason = ? "
+            "UPDATE task_attempt SET state = ?, ended_at = ?, exit_code = ?, reason = ?, outputs = ? "
             "WHERE run_id = ? AND task_id = ? AND attempt = ?",
-            (new, now, exit_code, reason, run_id, task_id, attempt))
+            (new, now, exit_code, reason, outputs if new == SUCCESS else None, run_id, task_id, attempt))
     return old

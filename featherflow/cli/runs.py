@@ -91,8 +91,11 @@ def cmd_runs_show(app, args) -> int:
     from featherflow import clock, paths  # lazy: not for --help
     from featherflow.cli import format as views  # lazy: not for --help
 
+    from featherflow.rules import task_rules  # lazy: not for --help
+
     _, run, attempts, order = _run_and_attempts(app, args.run_id)
     order += sorted({a.task_id for a in attempts} - set(order))
+    rules = task_rules(run.snapshot)
     now = clock.now()
     if args.json:
         data = views.run_json(run, now)
@@ -100,12 +103,13 @@ def cmd_runs_show(app, args) -> int:
             {"id": task_id,
              "state": ([a.state for a in attempts if a.task_id == task_id] or ["-"])[-1],
              "attempts": [views.attempt_json(a, str(paths.log_path(run, a.task_id, a.attempt)), now)
-                          for a in attempts if a.task_id == task_id]}
+                          for a in attempts if a.task_id == task_id],
+             "rule": rules.get(task_id, "all_success")}
             for task_id in order]
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
     log_of = lambda task_id, n: paths.log_path(run, task_id, n)  # noqa: E731
-    print("\n".join(views.run_detail(run, order, attempts, log_of, now)))
+    print("\n".join(views.run_detail(run, order, attempts, log_of, now, rules)))
     return 0
 
 

@@ -134,7 +134,7 @@ def prepare(config: Config, store: Optional[Store], name: str, params: Dict, max
     parallel = max_parallel or flow.max_parallel or default_parallel()
     if parallel < 1:
         raise UsageError(f"--max-parallel must be >= 1, not {parallel}")
-    order = graph.topological_order(flow.edges)
+    order = graph.topological_order(flow.run_edges)
     if dry_run:
         path = Path(config.output_dir) / "dry-run" / flow.name / "run.sh"
         spec = run_spec(config, 0, "dry-run", trigger, merged, parallel, path.parent, scheduled_at or "",

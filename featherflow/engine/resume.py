@@ -1,8 +1,9 @@
 """Resume a failed or interrupted run: decide what it keeps and what runs again, then reopen it.
 
-The tasks that succeeded are kept (their outputs are in the run's temp dir);
-every other task and everything downstream of one runs again, in the same run,
-with the next attempt numbers. The definition is the one the run started
+The tasks that succeeded are kept (their files are in the run's temp dir, their
+outputs in the database); every other task and everything downstream of one runs
+again, in the same run, with the next attempt numbers, and so does every cleanup
+task (after the tasks it follows). The definition is the one the run started
 with, unless the flow file changed and --force takes the current one.
 """
 
@@ -60,14 +61,18 @@ def plan_resume(store: Store, run_id: int, force: bool = False, from_task: Optio
             definition = f"the definition run {run_id} started with (--force; {what})"
     flowmod.validate(flow.source, tasks_dir=Path(run.tasks_dir), source=f"run {run_id}")
     latest = store.runs.latest_attempts(run_id)
-    order = graph.topological_order(flow.edges)
+    edges = flow.run_edges
+    order = graph.topological_order(edges)
     rerun: Set[str] = {t for t in order if every or t not in latest or latest[t].state != states.SUCCESS}
     if from_task is not None:
-        if from_task not in flow.edges:
+        if from_task not in edges:
             raise UsageError(f"--from: unknown task {from_task!r} (known: {', '.join(order)})")
         rerun.add(from_task)
-        rerun |= graph.descendants(flow.edges, [from_task])
-    rerun |= graph.descendants(flow.edges, rerun)
+        rerun |= graph.descendants(edges, [from_task])
+    rerun |= graph.descendants(edges, rerun)
+    if rerun:  # the cleanup tasks clean up after the tasks that run again: they run again too
+        cleanup = {t.id for t in flow.tasks if t.cleanup}
+        rerun |= cleanup | graph.descendants(edges, cleanup)
     # Nothing to re-run (killed after its last task, before recording its own
     # end): the resume runs no task and records the run's success.
     return ResumePlan(run, flow, [t for t in order if t not in rerun], [t for t in order if t in rerun],

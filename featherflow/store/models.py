@@ -76,6 +76,7 @@ class TaskAttempt(BaseModel):
     ended_at = DateTimeField(null=True)
     exit_code = IntegerField(null=True)
     reason = TextField(null=True)
+    outputs = TextField(null=True)  # migration 0006: JSON {KEY: VALUE} of a successful attempt
 
 
 class ScheduleSlot(BaseModel):
