@@ -84,6 +84,59 @@ else
 fi
 duration() { printf -v TOOK '%d.%02ds' $(($1 / 1000)) $(($1 % 1000 / 10)); }
 
+# The log cap (featherflow/logcap.py), when MAX_LOG_BYTES > 0: one watcher per run, a
+# subshell reading "+LOG" (an attempt started) and "-LOG" (it ended) on fd 5. About once a
+# second it stats the running attempts' logs (one `stat` for all) and has logcap.py punch
+# the middle out of a log that grew past the cap; an ended log over the cap is compacted
+# (head, one marker line, tail). Tasks write straight into their logs, never through it;
+# "." ends it, and the run's end waits for it: a finished run's logs are exact.
+LOGCAP=
+logcap_watch() {
+  trap '' INT TERM HUP  # a Ctrl-C cancels the run; the watcher still compacts its logs
+  local -A live=() ended=() last=()
+  local line next=0 slack=$((MAX_LOG_BYTES / 8 > 65536 ? MAX_LOG_BYTES / 8 : 65536))
+  while :; do
+    if read -r -t 1 line; then
+      case $line in
+        +*) live[${line:1}]=0 ;;
+        -*) unset "live[${line:1}]" && ended[${line:1}]=1 ;;
+        *) break ;;
+      esac
+      now_ms
+      ((NOW_MS < next)) && continue
+    elif (($? <= 128)); then
+      break  # the script is gone: compact what ended, leave the rest to the readers
+    fi
+    now_ms
+    next=$((NOW_MS + 1000))
+    logcap_check
+  done
+  live=()
+  logcap_check
+}
+logcap_check() {  # uses logcap_watch's live, ended and last
+  local line size path stats=() cuts=() ends=()
+  ((${#live[@]} + ${#ended[@]})) || return 0
+  mapfile -t stats < <(stat -c '%s %n' -- "${!live[@]}" "${!ended[@]}" 2>/dev/null)
+  for line in "${stats[@]}"; do
+    size=${line%% *} path=${line#* }
+    if [[ -n ${ended[$path]:-} ]]; then
+      ((size > MAX_LOG_BYTES || ${last[$path]:-0})) && ends+=("$path")
+    elif ((size > MAX_LOG_BYTES + slack && size > ${last[$path]:-0} + slack)); then
+      cuts+=("$path")
+      last[$path]=$size
+    fi
+  done
+  ((${#cuts[@]})) && "$FF_PYTHON" -I -S "$FF_LOGCAP" cut "$MAX_LOG_BYTES" "${cuts[@]}"
+  ((${#ends[@]})) && "$FF_PYTHON" -I -S "$FF_LOGCAP" end "$MAX_LOG_BYTES" "${ends[@]}"
+  for path in "${!ended[@]}"; do unset "last[$path]"; done
+  ended=()
+}
+logcap_note() {  # +LOG | -LOG
+  [[ -n $LOGCAP ]] && printf '%s\n' "$1" >&5 2>/dev/null
+  return 0
+}
+
 declare -A PID_TASK=() PID_TIMER=()  # running tasks and retry timers, by pid
 TICK=5 TICKER=  # a timer that bounds how long a task's end can go unnoticed (see collect)
 GRACE=  # the timer after which stopped tasks that are still there are killed
@@ -199,8 +252,9 @@ launch() {  # index
   (
     export FEATHERFLOW_TASK_ID="${T_ID[i]}" FEATHERFLOW_ATTEMPT="$n"
     "task_$i"
-  ) >"$LOG_DIR/${T_ID[i]}.$n.log" 2>&1 </dev/null 6<&- 7>&- 8>&- 9>&- &
+  ) >>"$LOG_DIR/${T_ID[i]}.$n.log" 2>&1 </dev/null 5>&- 6<&- 7>&- 8>&- 9>&- &
   PID_TASK[$!]=$i
+  logcap_note "+$LOG_DIR/${T_ID[i]}.$n.log"
   T_STATE[i]=running
   RUNNING=$((RUNNING + 1))
   say "start   ${T_ID[i]} (attempt $n)"
@@ -211,6 +265,7 @@ launch() {  # index
 finished() {  # pid exit-code
   local pid=$1 rc=$2 i=${PID_TASK[$1]} n took reason d
   n=${T_ATTEMPT[i]}
+  logcap_note "-$LOG_DIR/${T_ID[i]}.$n.log"
   unset "PID_TASK[$pid]"
   RUNNING=$((RUNNING - 1))
   now_ms
@@ -322,6 +377,10 @@ for ((i = 0; i < TOTAL; i++)); do
   if ((T_WAIT[i] == 0)) && [[ ${T_STATE[i]} == pending ]]; then ready "$i"; fi
 done
 
+if ((MAX_LOG_BYTES > 0)); then
+  exec 5> >(logcap_watch 6<&- 7>&- 8>&- 9>&-)
+  LOGCAP=$!
+fi
 while :; do
   starts=()
   if ((!CANCELLED && !BROKEN)); then
@@ -357,6 +416,11 @@ while :; do
 done
 [[ -n $TICKER ]] && kill "$TICKER" 2>/dev/null
 [[ -n $GRACE ]] && kill "$GRACE" 2>/dev/null
+if [[ -n $LOGCAP ]]; then  # the last logs are compacted before the run's end is recorded
+  logcap_note .
+  exec 5>&-
+  wait "$LOGCAP"
+fi
 
 trap '' INT TERM HUP  # the outcome is decided: record it
 # A failed run keeps its temp dir: what the kept tasks left there is needed by
