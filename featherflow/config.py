@@ -23,8 +23,20 @@ class Config:
     config_dir: Path
     db_path: Path
     log_dir: Path
-    # the cap on one attempt's log when its flow sets none (0: no cap); FEATHERFLOW_MAX_LOG_BYTES
-    max_log_bytes: int = logcap.DEFAULT_MAX_LOG_BYTES
+    max_log_text: str = ""  # FEATHERFLOW_MAX_LOG_BYTES as given: read by max_log_bytes, when a run starts
+
+    @property
+    def max_log_bytes(self) -> int:
+        """The cap on one attempt's log when its flow sets none (0: no cap; unset: 10 MiB).
+        A bad value fails the commands that start runs, not every command."""
+        text = self.max_log_text.strip()
+        if not text:
+            return logcap.DEFAULT_MAX_LOG_BYTES
+        value = 0 if text.lower() in ("null", "none") else logcap.parse_size(text)
+        if value is None:
+            raise UsageError(f"FEATHERFLOW_MAX_LOG_BYTES={self.max_log_text!r} is not a log cap "
+                             f"(valid: {logcap.SIZE_HELP})")
+        return value
 
 
 def resolve(
@@ -53,19 +65,8 @@ def resolve(
         config_dir=conf,
         db_path=absolute(db or env.get("FEATHERFLOW_DB") or str(conf / DB_NAME)),
         log_dir=absolute(log_dir) if log_dir else conf / "logs",
-        max_log_bytes=max_log_bytes(env),
+        max_log_text=env.get("FEATHERFLOW_MAX_LOG_BYTES", ""),
     )
-
-
-def max_log_bytes(env: Mapping[str, str]) -> int:
-    """FEATHERFLOW_MAX_LOG_BYTES: the default cap on one attempt's log (unset: 10 MiB)."""
-    text = env.get("FEATHERFLOW_MAX_LOG_BYTES")
-    if text is None or text.strip() == "":
-        return logcap.DEFAULT_MAX_LOG_BYTES
-    value = 0 if text.strip().lower() in ("null", "none") else logcap.parse_size(text)
-    if value is None:
-        raise UsageError(f"FEATHERFLOW_MAX_LOG_BYTES={text!r} is not a log cap (valid: {logcap.SIZE_HELP})")
-    return value
 
 
 def ensure_private_dir(path: Path) -> None:

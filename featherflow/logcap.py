@@ -218,8 +218,8 @@ def read(path: str) -> bytes:
         fd = handle.fileno()
         size = os.fstat(fd).st_size
         hole = _hole(fd, size)
-        if hole is None:
-            return handle.read()
+        if hole is None:  # (lseek moved the handle's offset: read by position)
+            return _pread(fd, size, 0)
         return (_pread(fd, hole[0], 0) + b"[featherflow: %d bytes cut here so far]\n" % (hole[1] - hole[0])
                 + _pread(fd, size - hole[1], hole[1]))
 

@@ -86,17 +86,19 @@ duration() { printf -v TOOK '%d.%02ds' $(($1 / 1000)) $(($1 % 1000 / 10)); }
 
 # The log cap (featherflow/logcap.py), when MAX_LOG_BYTES > 0: one watcher per run, a
 # subshell reading "+LOG" (an attempt started) and "-LOG" (it ended) on fd 5. About once a
-# second it stats the running attempts' logs (one `stat` for all) and has logcap.py punch
-# the middle out of a log that grew past the cap; an ended log over the cap is compacted
-# (head, one marker line, tail). Tasks write straight into their logs, never through it;
-# "." ends it, and the run's end waits for it: a finished run's logs are exact.
+# second (4 times a second while a log grows by more than an eighth of the cap, 64 KiB at
+# least, between two looks) it stats the running attempts' logs, one `stat` for all, and has
+# logcap.py punch the middle out of a log that is past the cap by that much; an ended log
+# over the cap is compacted (head, one marker line, tail). Tasks write straight into their
+# logs, never through it; "." ends it, and the run's end waits for it: a finished run's
+# logs are exact.
 LOGCAP=
 logcap_watch() {
   trap '' INT TERM HUP  # a Ctrl-C cancels the run; the watcher still compacts its logs
-  local -A live=() ended=() last=()
-  local line next=0 slack=$((MAX_LOG_BYTES / 8 > 65536 ? MAX_LOG_BYTES / 8 : 65536))
+  local -A live=() ended=() last=() seen=()
+  local line next=0 quick=0 slack=$((MAX_LOG_BYTES / 8 > 65536 ? MAX_LOG_BYTES / 8 : 65536))
   while :; do
-    if read -r -t 1 line; then
+    if read -r -t "$((quick ? 0 : 1)).$((quick ? 25 : 0))" line; then
       case $line in
         +*) live[${line:1}]=0 ;;
         -*) unset "live[${line:1}]" && ended[${line:1}]=1 ;;
@@ -107,29 +109,34 @@ logcap_watch() {
     elif (($? <= 128)); then
       break  # the script is gone: compact what ended, leave the rest to the readers
     fi
-    now_ms
-    next=$((NOW_MS + 1000))
     logcap_check
+    now_ms
+    next=$((NOW_MS + (quick ? 250 : 1000)))
   done
   live=()
   logcap_check
 }
-logcap_check() {  # uses logcap_watch's live, ended and last
+logcap_check() {  # uses logcap_watch's live, ended, last, seen, slack and quick
   local line size path stats=() cuts=() ends=()
+  quick=0
   ((${#live[@]} + ${#ended[@]})) || return 0
   mapfile -t stats < <(stat -c '%s %n' -- "${!live[@]}" "${!ended[@]}" 2>/dev/null)
   for line in "${stats[@]}"; do
     size=${line%% *} path=${line#* }
     if [[ -n ${ended[$path]:-} ]]; then
       ((size > MAX_LOG_BYTES || ${last[$path]:-0})) && ends+=("$path")
-    elif ((size > MAX_LOG_BYTES + slack && size > ${last[$path]:-0} + slack)); then
-      cuts+=("$path")
-      last[$path]=$size
+    else
+      ((size > ${seen[$path]:-0} + slack)) && quick=1
+      seen[$path]=$size
+      if ((size > MAX_LOG_BYTES + slack && size > ${last[$path]:-0} + slack)); then
+        cuts+=("$path")
+        last[$path]=$size
+      fi
     fi
   done
   ((${#cuts[@]})) && "$FF_PYTHON" -I -S "$FF_LOGCAP" cut "$MAX_LOG_BYTES" "${cuts[@]}"
   ((${#ends[@]})) && "$FF_PYTHON" -I -S "$FF_LOGCAP" end "$MAX_LOG_BYTES" "${ends[@]}"
-  for path in "${!ended[@]}"; do unset "last[$path]"; done
+  for path in "${!ended[@]}"; do unset "last[$path]" "seen[$path]"; done
   ended=()
 }
 logcap_note() {  # +LOG | -LOG
