@@ -42,10 +42,11 @@ say() { printf '%(%H:%M:%S)T  %s\n' -1 "$*" >&9; }
 # the next call. Repeating a transition is harmless, so a call whose answer was
 # lost is simply made again; if a fresh co-process cannot answer either, every
 # later call starts a _mark of its own. Fds 6 and 7 are closed in every child,
-# so that the co-process sees the end of its input when we are gone.
+# so that the co-process sees the end of its input when we are gone (and fd 5,
+# the log cap's watcher's input, below, for the same reason).
 MARKD_UP=0 MARKD_OFF=0 MARKER=
 start_marker() {
-  coproc MARKD { exec "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --wait "$LOCK_WAIT" --serve 8>&- 9>&-; }
+  coproc MARKD { exec "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --wait "$LOCK_WAIT" --serve 5>&- 8>&- 9>&-; }
   MARKER=$MARKD_PID  # bash unsets MARKD_PID once the co-process is gone
   exec 6<&"${MARKD[0]}" 7>&"${MARKD[1]}"
   MARKD_UP=1
@@ -177,7 +178,7 @@ stop_tasks() {
   signal_tasks TERM
   for pid in "${!PID_TIMER[@]}"; do kill "$pid" 2>/dev/null; done
   if ((RUNNING)) && [[ -z $GRACE ]]; then
-    sleep "$KILL_GRACE" >/dev/null 2>&1 6<&- 7>&- 8>&- 9>&- &
+    sleep "$KILL_GRACE" >/dev/null 2>&1 5>&- 6<&- 7>&- 8>&- 9>&- &
     GRACE=$!
   fi
 }
@@ -324,7 +325,7 @@ finished() {  # pid exit-code
     if ((delays[used] > 0)); then  # a timer; the main loop starts the task when it ends
       local secs
       printf -v secs '%d.%03d' $((delays[used] / 1000)) $((delays[used] % 1000))
-      sleep "$secs" >/dev/null 2>&1 6<&- 7>&- 8>&- 9>&- &
+      sleep "$secs" >/dev/null 2>&1 5>&- 6<&- 7>&- 8>&- 9>&- &
       PID_TIMER[$!]=$i
       T_STATE[i]=retry_wait
       say "retry   ${T_ID[i]} (attempt $n) in ${secs}s"
@@ -414,7 +415,7 @@ while :; do
   # just as the TICK timer would: no timer process beside it.
   if ((RUNNING + ${#PID_TIMER[@]} > 1)) && [[ -z $TICKER ]] &&
     ! { ((MARKD_UP)) && kill -0 "$MARKER" 2>/dev/null; }; then
-    sleep "$TICK" >/dev/null 2>&1 6<&- 7>&- 8>&- 9>&- &
+    sleep "$TICK" >/dev/null 2>&1 5>&- 6<&- 7>&- 8>&- 9>&- &
     TICKER=$!
   fi
   wait -n -p pid
