@@ -87,12 +87,12 @@ duration() { printf -v TOOK '%d.%02ds' $(($1 / 1000)) $(($1 % 1000 / 10)); }
 
 # The log cap (featherflow/logcap.py), when MAX_LOG_BYTES > 0: one watcher per run, a
 # subshell reading "+LOG" (an attempt started) and "-LOG" (it ended) on fd 5. About once a
-# second (4 times a second while a log grows by more than an eighth of the cap, 64 KiB at
-# least, between two looks) it stats the running attempts' logs, one `stat` for all, and has
-# logcap.py punch the middle out of a log that is past the cap by that much; an ended log
-# over the cap is compacted (head, one marker line, tail). Tasks write straight into their
-# logs, never through it; "." ends it, and the run's end waits for it: a finished run's
-# logs are exact.
+# second (a quarter second after an attempt starts, and 4 times a second while a log grows
+# by more than an eighth of the cap, 64 KiB at least, between two looks) it stats the
+# running attempts' logs, one `stat` for all, and has logcap.py punch the middle out of a
+# log that is past the cap by that much; an ended log over the cap is compacted (head, one
+# marker line, tail). Tasks write straight into their logs, never through it; "." ends it,
+# and the run's end waits for it: a finished run's logs are exact.
 LOGCAP=
 logcap_watch() {
   trap '' INT TERM HUP  # a Ctrl-C cancels the run; the watcher still compacts its logs
@@ -106,6 +106,9 @@ logcap_watch() {
         *) break ;;
       esac
       now_ms
+      if [[ $line == +* ]] && ((next <= NOW_MS || next > NOW_MS + 250)); then
+        next=$((NOW_MS + 250)) quick=1  # a new attempt is looked at a quarter second in
+      fi
       ((NOW_MS < next)) && continue
     elif (($? <= 128)); then
       break  # the script is gone: compact what ended, leave the rest to the readers
