@@ -130,6 +130,8 @@ def main(argv=None) -> int:
             peak = f"{statistics.median(f['peak']) / 1e6:.1f} MB" if f["peak"] else "-"
             print(f"| {kind} | {statistics.median(f['task']):.3f} | {statistics.median(f['run']):.3f} | "
                   f"{int(statistics.median(f['size']))} | {statistics.median(f['disk']) / 1e6:.1f} MB | {peak} |")
+        for kind in sorted(figures):
+            print(f"{kind} task s, round by round: {' '.join(f'{t:.3f}' for t in figures[kind]['task'])}")
         task_ratio = statistics.median(figures["capped"]["task"]) / statistics.median(figures["uncapped"]["task"])
         print(f"capped / uncapped task time: {task_ratio:.2f}")
     finally:
