@@ -11,9 +11,9 @@ but not in the task's.
 
     python bench/bench_logcap.py [--repeat 7] [--size-mib 100] [--cap 1MiB] [--slow] [--dir DIR]
 
---slow adds a flow whose task prints the same amount at about 25 MiB/s (a Python
-task writing 256 KiB every 10 ms), so that the watcher cuts while it prints; the
-peak blocks on disk are sampled every 20 ms.
+--slow adds a task that prints the same amount at about 25 MiB/s (a Python task
+writing 256 KiB every 10 ms), capped and uncapped, so that the watcher cuts while
+it prints; the peak blocks on disk are sampled every 20 ms.
 """
 
 import argparse
@@ -50,7 +50,8 @@ def setup(base: Path, size: int, cap: str) -> None:
     (base / "tasks").mkdir()
     (base / "tasks" / "big.sh").write_text(BIG.format(size=size))
     (base / "tasks" / "slow.py").write_text(SLOW.format(chunks=size // (256 * 1024)))
-    for name, value, task in (("capped", cap, "big.sh"), ("uncapped", 0, "big.sh"), ("slow", cap, "slow.py")):
+    for name, value, task in (("capped", cap, "big.sh"), ("uncapped", 0, "big.sh"), ("slow", cap, "slow.py"),
+                              ("slow-uncapped", 0, "slow.py")):
         flow = {"name": name, "max_log_bytes": value, "tasks": [{"id": "big", "script": task}]}
         (base / "flows" / f"{name}.json").write_text(json.dumps(flow))
 
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
         setup(base, size, args.cap)
         env = child_env(base)
         cli = console_script() + ["-f", str(base / "flows"), "-t", str(base / "tasks"), "-o", str(base / "out")]
-        kinds = ["capped", "uncapped", "plain"] + (["slow"] if args.slow else [])
+        kinds = ["capped", "uncapped", "plain"] + (["slow", "slow-uncapped"] if args.slow else [])
         figures = {kind: {"run": [], "task": [], "size": [], "disk": [], "peak": []} for kind in kinds}
         floor_log = base / "plain.log"
         for _ in range(args.repeat):
@@ -134,6 +135,10 @@ def main(argv=None) -> int:
             print(f"{kind} task s, round by round: {' '.join(f'{t:.3f}' for t in figures[kind]['task'])}")
         task_ratio = statistics.median(figures["capped"]["task"]) / statistics.median(figures["uncapped"]["task"])
         print(f"capped / uncapped task time: {task_ratio:.2f}")
+        if args.slow:
+            slow_ratio = (statistics.median(figures["slow"]["task"])
+                          / statistics.median(figures["slow-uncapped"]["task"]))
+            print(f"slow capped / slow uncapped task time: {slow_ratio:.2f}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0
