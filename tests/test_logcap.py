@@ -4,11 +4,12 @@ Unit tests cut files written here; the end-to-end ones run real tasks that print
 100 MiB and read the logs the run left, and what the disk held while it ran.
 """
 
-import json
 import os
 import re
+import signal
+import subprocess
+import sys
 import threading
-import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -16,6 +17,7 @@ from hypothesis import given, settings, strategies as st
 from featherflow import config as configmod, flow as flowmod, logcap
 from featherflow.engine import script
 from featherflow.errors import UsageError, ValidationError
+from helpers import alive, wait_for
 
 MARKER = re.compile(rb"\[featherflow: (\d+) bytes cut here; max_log_bytes=(\d+)\]\n")
 MiB = 1024 * 1024
@@ -311,3 +313,70 @@ def test_zero_means_no_cap_and_the_environment_sets_the_default(project, monkeyp
     assert len(capped) == 1
     data = capped[0].read_bytes()
     assert data.count(b"max_log_bytes=65536]") == 1 and len(data) <= 65536 + 100
+
+
+FOREVER = """\
+import os, sys, time
+open(sys.argv[1], "w").write(str(os.getpid()))
+line = b"z" * 1023 + b"\\n"
+os.write(1, b"first line\\n")
+while True:
+    os.write(1, line * 256)
+    time.sleep(0.01)
+"""
+
+
+def start_run(project, name):
+    """`featherflow run` as a child we can signal: it execs bash, so its pid is the script's."""
+    return subprocess.Popen([sys.executable, "-m", "featherflow"] + project.args() + ["run", name],
+                            cwd=project.root, env=project.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def script_processes(project):
+    """Live processes running one of the project's run.sh (the script and its watcher)."""
+    needle = str(project.output / "runs")
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and alive(int(p), needle)]
+
+
+@pytest.mark.slow
+def test_a_cancelled_run_still_compacts_its_logs(project, tmp_path):
+    project.write_task("forever.py", FOREVER)
+    project.write_flow({"name": "f", "max_log_bytes": MiB, "tasks": [
+        {"id": "big", "script": "forever.py", "args": [str(tmp_path / "pid")]}]})
+    proc = start_run(project, "f")
+    try:
+        def punched():
+            found = list(project.output.glob("runs/*/logs/big.1.log"))
+            st = found and os.stat(found[0])
+            return bool(st) and st.st_size > 4 * MiB and st.st_blocks * 512 < 3 * MiB
+        wait_for(punched, "the watcher to cut the log while the task prints", WAIT)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 5, out + err
+    data = log_of(project).read_bytes()
+    assert data.startswith(b"first line\n") and data.count(b"bytes cut here;") == 1 and b"\0" not in data
+    assert len(data) <= MiB + 100 and data.endswith(b"z\n")
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_script_ends_its_watcher(project, tmp_path):
+    project.write_task("forever.py", FOREVER.replace("0.01", "0.5").replace("line * 256", "b'.\\n'"))
+    project.write_flow({"name": "f", "tasks": [
+        {"id": "big", "script": "forever.py", "args": [str(tmp_path / "pid")]}]})
+    proc = start_run(project, "f")
+    try:
+        wait_for(lambda: (tmp_path / "pid").exists() and len(script_processes(project)) == 2,
+                 "the task, the script and its watcher", WAIT)
+        proc.kill()
+        proc.wait(timeout=WAIT)
+        wait_for(lambda: script_processes(project) == [], "the watcher to end with its script", 10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        task = int((tmp_path / "pid").read_text() or 0) if (tmp_path / "pid").exists() else 0
+        if task and alive(task):
+            os.kill(task, signal.SIGKILL)
