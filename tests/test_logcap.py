@@ -210,6 +210,20 @@ def test_a_follower_skips_the_hole_and_survives_the_compaction(tmp_path):
     assert logcap.read_from(path, position)[0] == b"late line\n"
 
 
+def test_the_dashboard_tail_shows_no_zeros_from_the_hole(tmp_path):
+    from featherflow.dashboard.poller import LogTail
+
+    path, cap = str(tmp_path / "a.log"), 64 * 1024
+    write(path, lines(100))
+    tail = LogTail(tmp_path / "a.log")
+    tail.poll()
+    write(path, lines(20000, 100))
+    logcap.cut(path, cap, False)
+    shown, _, _, error = tail.poll()
+    assert error is None and shown and not any("\0" in line for line in shown)
+    assert shown[-1] == lines(1, 20099).decode().rstrip("\n")
+
+
 # -- end to end ------------------------------------------------------------------------------
 
 BIG = """\
