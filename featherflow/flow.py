@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from featherflow import graph
+from featherflow import graph, logcap
 from featherflow.rules import OUTPUT_REF_RE, check_rule, upstream_problems
 from featherflow.errors import UsageError, ValidationError
 
@@ -26,7 +26,7 @@ PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 BUILTIN_PLACEHOLDERS = ("run_id", "flow", "scheduled_at")
 MAX_FLOW_BYTES = 1024 * 1024  # the cap on a flow file's size (check_size)
 
-FLOW_KEYS = ("name", "description", "version", "tasks", "max_parallel", "params")
+FLOW_KEYS = ("name", "description", "version", "tasks", "max_parallel", "params", "max_log_bytes")
 TASK_KEYS = (
     "id", "script", "description", "depends_on", "args", "env",
     "retries", "retry_delay", "retry_backoff", "timeout", "run_if", "cleanup",
@@ -77,6 +77,7 @@ class Flow:
     version: str = ""
     max_parallel: Optional[int] = None
     params: Dict[str, Any] = field(default_factory=dict)
+    max_log_bytes: Optional[int] = None  # bytes; 0: no cap; None: the global default (logcap.py)
     source: Dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # id -> task, built once: looking each task up by a walk of `tasks` made
     # rendering a 5,000-task flow quadratic.
@@ -282,6 +283,11 @@ class _Validator:
         if max_parallel is not None and self.typed(max_parallel, int, "max_parallel", "a whole number >= 1"):
             if max_parallel < 1:
                 self.err("max_parallel", f"must be >= 1, not {max_parallel}")
+        max_log_bytes = None
+        if "max_log_bytes" in data:
+            max_log_bytes = logcap.parse_size(data["max_log_bytes"])
+            if max_log_bytes is None:
+                self.err("max_log_bytes", f"is {json.dumps(data['max_log_bytes'])} (valid: {logcap.SIZE_HELP})")
         params = data.get("params", {})
         if self.typed(params, dict, "params", "an object of default values"):
             for key in params:
@@ -294,7 +300,7 @@ class _Validator:
             return None
         return Flow(
             name=name, tasks=tasks, description=description, version=str(version),
-            max_parallel=max_parallel, params=dict(params), source=data,
+            max_parallel=max_parallel, params=dict(params), max_log_bytes=max_log_bytes, source=data,
         )
 
     def tasks(self, raw, params, tasks_dir) -> Optional[Tuple[Task, ...]]:

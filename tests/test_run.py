@@ -319,7 +319,8 @@ for _ in range(20):
     sys.stdout.buffer.write(chunk)
     sys.stderr.buffer.write(chunk)
 """)
-    project.write_flow({"name": "f", "tasks": [{"id": "loud", "script": "loud.py"}]})
+    # No cap (0): every byte reaches the log (the default 10 MiB cap: tests/test_logcap.py).
+    project.write_flow({"name": "f", "max_log_bytes": 0, "tasks": [{"id": "loud", "script": "loud.py"}]})
     result = project.sh("run", "f")
     assert result.code == 0, result.out + result.err
     run, _ = only_run(project)

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 
-from featherflow import errors, proc, states
+from featherflow import errors, logcap, proc, states
 from featherflow.cli.common import command, for_terminal, group, positive, reading, reconciled
 
 
@@ -138,9 +138,8 @@ def cmd_runs_logs(app, args) -> int:
             print(f"==> {task_id} (attempt {attempt.attempt}, {attempt.state}) {path} <==")
         if args.follow:
             return _follow(store, run, attempt, path)
-        try:
-            with open(path, "r", errors="replace", newline="") as f:  # a task's \r stays \r
-                sys.stdout.write(for_terminal(f.read()))
+        try:  # a capped log whose attempt still runs has a hole: one line says what was cut
+            sys.stdout.write(for_terminal(logcap.read(str(path)).decode("utf-8", "replace")))
         except FileNotFoundError:
             print(f"(no log: attempt {attempt.attempt} is {attempt.state})")
         sys.stdout.flush()
@@ -152,7 +151,9 @@ def _follow(store, run, attempt, path) -> int:
     that never started, or a run whose process died, would never end it)."""
     from featherflow.engine import reconcile  # lazy: peewee
 
-    position = 0
+    import codecs  # lazy: only --follow decodes piece by piece
+
+    position, decoder = 0, codecs.getincrementaldecoder("utf-8")("replace")
     while True:
         current = store.runs.get_run(run.id)
         if (current.state in (states.QUEUED, states.RUNNING)
@@ -162,11 +163,9 @@ def _follow(store, run, attempt, path) -> int:
         state = next(a.state for a in store.runs.attempts(run.id)
                      if a.task_id == attempt.task_id and a.attempt == attempt.attempt)
         over = state in states.ATTEMPT_FINISHED or current.state in states.RUN_FINISHED
-        try:
-            with open(path, "r", errors="replace", newline="") as f:
-                f.seek(position)
-                chunk = f.read()
-                position = f.tell()
+        try:  # a capped log: the hole is skipped, and a compacted one read from its new end
+            data, position = logcap.read_from(str(path), position)
+            chunk = decoder.decode(data)
         except FileNotFoundError:
             chunk = ""
         if chunk:

@@ -162,7 +162,7 @@ class LogTail:
         except OSError as exc:
             return (), 0, 0, f"cannot read the log: {exc.strerror}"
         self.position += len(chunk)
-        data = self.partial + chunk
+        data = self.partial + chunk.replace(b"\0", b"")  # a capped log's hole reads as zeros
         *complete, self.partial = data.split(b"\n")
         for raw in complete:
             self.lines.append(raw.rstrip(b"\r").decode("utf-8", "replace"))

@@ -44,10 +44,11 @@ say() { printf '%(%H:%M:%S)T  %s\n' -1 "$*" >&9; }
 # the next call. Repeating a transition is harmless, so a call whose answer was
 # lost is simply made again; if a fresh co-process cannot answer either, every
 # later call starts a _mark of its own. Fds 6 and 7 are closed in every child,
-# so that the co-process sees the end of its input when we are gone.
+# so that the co-process sees the end of its input when we are gone (and fd 5,
+# the log cap's watcher's input, below, for the same reason).
 MARKD_UP=0 MARKD_OFF=0 MARKER=
 start_marker() {
-  coproc MARKD { exec "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --wait "$LOCK_WAIT" --outputs "$OUT_DIR" --serve 8>&- 9>&-; }
+  coproc MARKD { exec "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --wait "$LOCK_WAIT" --outputs "$OUT_DIR" --serve 5>&- 8>&- 9>&-; }
   MARKER=$MARKD_PID  # bash unsets MARKD_PID once the co-process is gone
   exec 6<&"${MARKD[0]}" 7>&"${MARKD[1]}"
   MARKD_UP=1
@@ -85,6 +86,69 @@ else
   now_ms() { local t=${EPOCHREALTIME/[.,]/}; NOW_MS=$((10#$t / 1000)); }
 fi
 duration() { printf -v TOOK '%d.%02ds' $(($1 / 1000)) $(($1 % 1000 / 10)); }
+
+# The log cap (featherflow/logcap.py), when MAX_LOG_BYTES > 0: one watcher per run, a
+# subshell reading "+LOG" (an attempt started) and "-LOG" (it ended) on fd 5. About once a
+# second (a quarter second after an attempt starts, and 4 times a second while a log grows
+# by more than an eighth of the cap, 64 KiB at least, between two looks) it stats the
+# running attempts' logs, one `stat` for all, and has logcap.py punch the middle out of a
+# log that is past the cap by that much; an ended log over the cap is compacted (head, one
+# marker line, tail). Tasks write straight into their logs, never through it; "." ends it,
+# and the run's end waits for it: a finished run's logs are exact.
+LOGCAP=
+logcap_watch() {
+  trap '' INT TERM HUP  # a Ctrl-C cancels the run; the watcher still compacts its logs
+  local -A live=() ended=() last=() seen=()
+  local line next=0 quick=0 slack=$((MAX_LOG_BYTES / 8 > 65536 ? MAX_LOG_BYTES / 8 : 65536))
+  while :; do
+    if read -r -t "$((quick ? 0 : 1)).$((quick ? 25 : 0))" line; then
+      case $line in
+        +*) live[${line:1}]=0 ;;
+        -*) unset "live[${line:1}]" && ended[${line:1}]=1 ;;
+        *) break ;;
+      esac
+      now_ms
+      if [[ $line == +* ]] && ((next <= NOW_MS || next > NOW_MS + 250)); then
+        next=$((NOW_MS + 250)) quick=1  # a new attempt is looked at a quarter second in
+      fi
+      ((NOW_MS < next)) && continue
+    elif (($? <= 128)); then
+      break  # the script is gone: compact what ended, leave the rest to the readers
+    fi
+    logcap_check
+    now_ms
+    next=$((NOW_MS + (quick ? 250 : 1000)))
+  done
+  live=()
+  logcap_check
+}
+logcap_check() {  # uses logcap_watch's live, ended, last, seen, slack and quick
+  local line size path stats=() cuts=() ends=()
+  quick=0
+  ((${#live[@]} + ${#ended[@]})) || return 0
+  mapfile -t stats < <(stat -c '%s %n' -- "${!live[@]}" "${!ended[@]}" 2>/dev/null)
+  for line in "${stats[@]}"; do
+    size=${line%% *} path=${line#* }
+    if [[ -n ${ended[$path]:-} ]]; then
+      ((size > MAX_LOG_BYTES || ${last[$path]:-0})) && ends+=("$path")
+    else
+      ((size > ${seen[$path]:-0} + slack)) && quick=1
+      seen[$path]=$size
+      if ((size > MAX_LOG_BYTES + slack && size > ${last[$path]:-0} + slack)); then
+        cuts+=("$path")
+        last[$path]=$size
+      fi
+    fi
+  done
+  ((${#cuts[@]})) && "$FF_PYTHON" -I -S "$FF_LOGCAP" cut "$MAX_LOG_BYTES" "${cuts[@]}"
+  ((${#ends[@]})) && "$FF_PYTHON" -I -S "$FF_LOGCAP" end "$MAX_LOG_BYTES" "${ends[@]}"
+  for path in "${!ended[@]}"; do unset "last[$path]" "seen[$path]"; done
+  ended=()
+}
+logcap_note() {  # +LOG | -LOG
+  [[ -n $LOGCAP ]] && printf '%s\n' "$1" >&5 2>/dev/null
+  return 0
+}
 
 declare -A PID_TASK=() PID_TIMER=()  # running tasks and retry timers, by pid
 TICK=5 TICKER=  # a timer that bounds how long a task's end can go unnoticed (see collect)
@@ -125,7 +189,7 @@ stop_tasks() {
   signal_tasks TERM
   for pid in "${!PID_TIMER[@]}"; do kill "$pid" 2>/dev/null; done
   if ((RUNNING)) && [[ -z $GRACE ]]; then
-    sleep "$KILL_GRACE" >/dev/null 2>&1 6<&- 7>&- 8>&- 9>&- &
+    sleep "$KILL_GRACE" >/dev/null 2>&1 5>&- 6<&- 7>&- 8>&- 9>&- &
     GRACE=$!
   fi
 }
@@ -250,8 +314,9 @@ launch() {  # index
       export FEATHERFLOW_RUN_STATE FEATHERFLOW_FAILED_TASKS="${FAILED_IDS# }"
     fi
     "task_$i"
-  ) >"$LOG_DIR/${T_ID[i]}.$n.log" 2>&1 </dev/null 6<&- 7>&- 8>&- 9>&- &
+  ) >>"$LOG_DIR/${T_ID[i]}.$n.log" 2>&1 </dev/null 5>&- 6<&- 7>&- 8>&- 9>&- &
   PID_TASK[$!]=$i
+  logcap_note "+$LOG_DIR/${T_ID[i]}.$n.log"
   T_STATE[i]=running
   RUNNING=$((RUNNING + 1))
   say "start   ${T_ID[i]} (attempt $n)"
@@ -262,6 +327,7 @@ launch() {  # index
 finished() {  # pid exit-code
   local pid=$1 rc=$2 i=${PID_TASK[$1]} n took reason d
   n=${T_ATTEMPT[i]}
+  logcap_note "-$LOG_DIR/${T_ID[i]}.$n.log"
   unset "PID_TASK[$pid]"
   RUNNING=$((RUNNING - 1))
   now_ms
@@ -319,7 +385,7 @@ finished() {  # pid exit-code
     if ((delays[used] > 0)); then  # a timer; the main loop starts the task when it ends
       local secs
       printf -v secs '%d.%03d' $((delays[used] / 1000)) $((delays[used] % 1000))
-      sleep "$secs" >/dev/null 2>&1 6<&- 7>&- 8>&- 9>&- &
+      sleep "$secs" >/dev/null 2>&1 5>&- 6<&- 7>&- 8>&- 9>&- &
       PID_TIMER[$!]=$i
       T_STATE[i]=retry_wait
       say "retry   ${T_ID[i]} (attempt $n) in ${secs}s"
@@ -424,6 +490,10 @@ for ((i = 0; i < TOTAL; i++)); do
   fi
 done
 
+if ((MAX_LOG_BYTES > 0)); then
+  exec 5> >(logcap_watch 6<&- 7>&- 8>&- 9>&-)
+  LOGCAP=$!
+fi
 while :; do
   starts=()
   if ((CANCELLED && !SWEPT && !BROKEN && RUNNING == 0)); then sweep; fi
@@ -455,7 +525,7 @@ while :; do
   # just as the TICK timer would: no timer process beside it.
   if ((RUNNING + ${#PID_TIMER[@]} > 1)) && [[ -z $TICKER ]] &&
     ! { ((MARKD_UP)) && kill -0 "$MARKER" 2>/dev/null; }; then
-    sleep "$TICK" >/dev/null 2>&1 6<&- 7>&- 8>&- 9>&- &
+    sleep "$TICK" >/dev/null 2>&1 5>&- 6<&- 7>&- 8>&- 9>&- &
     TICKER=$!
   fi
   wait -n -p pid
@@ -464,6 +534,11 @@ while :; do
 done
 [[ -n $TICKER ]] && kill "$TICKER" 2>/dev/null
 [[ -n $GRACE ]] && kill "$GRACE" 2>/dev/null
+if [[ -n $LOGCAP ]]; then  # the last logs are compacted before the run's end is recorded
+  logcap_note .
+  exec 5>&-
+  wait "$LOGCAP"
+fi
 
 trap '' INT TERM HUP  # the outcome is decided: record it
 # A failed run keeps its temp dir: what the kept tasks left there is needed by

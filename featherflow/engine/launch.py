@@ -171,7 +171,7 @@ def run_spec(config: Config, run_id, uid, trigger, params, parallel, directory, 
         tasks_dir=str(config.tasks_dir), run_dir=str(directory), scheduled_at=scheduled_at,
         output_dir=str(config.output_dir),
         attempts=attempts, keep=tuple(keep), keep_tmp=keep_tmp, dry_run=dry_run, lock_wait=lock_wait,
-        kill_grace=kill_grace)
+        kill_grace=kill_grace, max_log_bytes=config.max_log_bytes)
 
 
 def script_for(config: Config, run: Run, flow, attempts, keep, keep_tmp, lock_wait=script.LOCK_WAIT,

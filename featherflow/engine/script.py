@@ -57,6 +57,7 @@ class RunSpec:
     dry_run: bool = False
     lock_wait: float = LOCK_WAIT
     kill_grace: float = KILL_GRACE
+    max_log_bytes: int = 0  # the cap on each attempt's log unless the flow sets one; 0: none
 
 
 # Bash's reserved words: harmless as arguments, but quoted anyway so that
@@ -219,6 +220,8 @@ def settings(flow: flowmod.Flow, spec: RunSpec) -> List[str]:
         ("FF_OUTPUTS", str(Path(spec.mark).with_name("outputs.py"))),
         ("RUN_ID", spec.run_id), ("RUN_DIR", spec.run_dir), ("MAX_PARALLEL", spec.max_parallel),
         ("KILL_GRACE", _seconds(spec.kill_grace)), ("LOCK_WAIT", _seconds(spec.lock_wait)),
+        ("MAX_LOG_BYTES", spec.max_log_bytes if flow.max_log_bytes is None else flow.max_log_bytes),
+        ("FF_LOGCAP", str(Path(spec.mark).with_name("logcap.py"))),
         ("KEEP_TMP", int(spec.keep_tmp)), ("LOG_TAIL_LINES", LOG_TAIL), ("LOG_TAIL_WIDTH", LOG_TAIL_WIDTH),
         # Named once on the first line: a flow without a `params` block takes any.
         ("UNDECLARED", ", ".join(_name(p) for p in flow.undeclared(spec.params))),
