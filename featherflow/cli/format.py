@@ -10,7 +10,7 @@ import shlex
 from datetime import datetime, timedelta, timezone
 from typing import Dict, List, Optional, Tuple
 
-from featherflow import clock
+from featherflow.report import attempt_json, elapsed, run_json  # noqa: F401 (the CLI's --json)
 from featherflow.store.records import Attempt, Run
 from featherflow.text import duration, escape as safe, fit, local
 
@@ -18,13 +18,6 @@ from featherflow.text import duration, escape as safe, fit, local
 def human_seconds(seconds: Optional[float]) -> str:
     """A duration for the CLI's tables: tenths of a second under a minute."""
     return duration(seconds, tenths=True)
-
-
-def elapsed(start: Optional[datetime], end: Optional[datetime], now: datetime) -> Optional[float]:
-    """Seconds from `start` to `end` (or to `now` while it lasts); None before it started."""
-    if start is None:
-        return None
-    return max(0.0, (clock.as_utc(end or now) - clock.as_utc(start)).total_seconds())
 
 
 def parse_age(text: str) -> timedelta:
@@ -49,34 +42,6 @@ def parse_since(text: str, now: datetime) -> datetime:
             continue
         return moment.astimezone(timezone.utc)
     raise ValueError(f"{text!r} is not a time (valid: an age like 2h or 7d, or YYYY-MM-DD[ HH:MM[:SS]] local time)")
-
-
-def run_json(run: Run, now: datetime) -> Dict:
-    """The stable JSON form of a run (README, "JSON output")."""
-    return {
-        "id": run.id, "uid": run.uid, "flow": run.flow_name, "state": run.state,
-        "trigger": run.trigger, "params": run.params, "schedule_id": run.schedule_id,
-        "scheduled_at": clock.iso(run.scheduled_at), "created_at": clock.iso(run.created_at),
-        "started_at": clock.iso(run.started_at), "ended_at": clock.iso(run.ended_at),
-        "duration_seconds": _round(elapsed(run.started_at, run.ended_at, now)),
-        "reason": run.reason, "failed_tasks": run.failed_tasks, "resumes": run.resumes,
-        "flows_dir": run.flows_dir, "tasks_dir": run.tasks_dir, "output_dir": run.output_dir,
-        "max_parallel": run.max_parallel, "pid": run.pid,
-    }
-
-
-def attempt_json(attempt: Attempt, log: str, now: datetime) -> Dict:
-    return {
-        "attempt": attempt.attempt, "state": attempt.state, "exit_code": attempt.exit_code,
-        "reason": attempt.reason, "started_at": clock.iso(attempt.started_at),
-        "ended_at": clock.iso(attempt.ended_at),
-        "duration_seconds": _round(elapsed(attempt.started_at, attempt.ended_at, now)),
-        "log": log,
-    }
-
-
-def _round(value: Optional[float]) -> Optional[float]:
-    return None if value is None else round(value, 3)
 
 
 def runs_table(runs: List[Run], now: datetime, width: int = 80) -> List[str]:

@@ -86,22 +86,15 @@ def _run_and_attempts(app, run_id: int):
 
 
 def cmd_runs_show(app, args) -> int:
-    from featherflow import clock, paths  # lazy: not for --help
+    from featherflow import clock, paths, report  # lazy: not for --help
     from featherflow.cli import format as views  # lazy: not for --help
 
     _, run, attempts, order = _run_and_attempts(app, args.run_id)
-    order += sorted({a.task_id for a in attempts} - set(order))
     now = clock.now()
     if args.json:
-        data = views.run_json(run, now)
-        data["tasks"] = [
-            {"id": task_id,
-             "state": ([a.state for a in attempts if a.task_id == task_id] or ["-"])[-1],
-             "attempts": [views.attempt_json(a, str(paths.log_path(run, a.task_id, a.attempt)), now)
-                          for a in attempts if a.task_id == task_id]}
-            for task_id in order]
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(json.dumps(report.run_document(run, order, attempts, now), indent=2, ensure_ascii=False))
         return 0
+    order += sorted({a.task_id for a in attempts} - set(order))
     log_of = lambda task_id, n: paths.log_path(run, task_id, n)  # noqa: E731
     print("\n".join(views.run_detail(run, order, attempts, log_of, now)))
     return 0

@@ -10,7 +10,7 @@ import json
 from datetime import datetime
 from typing import Dict, List, Optional
 
-from featherflow import clock, config as configmod, flow as flowmod
+from featherflow import clock, config as configmod, flow as flowmod, report
 from featherflow.config import Config
 from featherflow.engine import limits
 from featherflow.engine import launch
@@ -71,15 +71,8 @@ def in_zone(moment: Optional[datetime], tz: str) -> str:
 
 def schedule_json(store: Store, schedule, now: datetime, limit: int = 1) -> Dict:
     """The stable JSON form of a schedule, with its next fire time and latest `limit` slots."""
-    recent = store.schedules.recent_slots(schedule.id, limit)
-    data = {key: getattr(schedule, key) for key in (
-        "name", "flow_name", "cron", "tz", "params", "catchup", "overlap", "on_interrupt", "enabled",
-        "description", "flows_dir", "tasks_dir", "output_dir")}
-    data.update(id=schedule.id, created_at=clock.iso(schedule.created_at), updated_at=clock.iso(schedule.updated_at),
-                next_at=clock.iso(next_fire(store, schedule, now)))
-    data["slots"] = [{"slot_at": clock.iso(s.slot_at), "state": s.state, "reason": s.reason, "run_id": s.run_id,
-                      "run_state": s.run_state} for s in recent]
-    return data
+    return report.schedule_document(schedule, store.schedules.recent_slots(schedule.id, limit),
+                                    next_fire(store, schedule, now))
 
 
 def _outcome(slot) -> str:
