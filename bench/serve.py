@@ -5,7 +5,7 @@
 1. Generates a database with RUNS finished runs (3 attempts each), 3 running ones,
    5 schedules with 200 slots each and a scheduler row (bench_dashboard.generate:
    rows by executemany in one transaction).
-2. Starts the real `featherflow serve --port 0` on it and reads its RSS (VmRSS) once
+2. Starts the real `featherflow serve --port 0` on it and reads its RSS (VmRSS; and PSS) once
    it has answered one request and sat idle for 2 s.
 3. Times one request of each page and document over a fresh connection, against a
    baseline in the same rounds: /static/style.css (a request that reads nothing:
@@ -35,6 +35,15 @@ from bench_dashboard import generate  # noqa: E402
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return int(next(line.split()[1] for line in f if line.startswith("VmRSS")))
+
+
+def pss_kb(pid: int) -> int:
+    """PSS: shared libraries counted by share (the fair "what this process adds")."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return int(next(line.split()[1] for line in f if line.startswith("Pss:")))
+    except (OSError, StopIteration):
+        return 0
 
 
 def fetch(port: int, path: str) -> float:
@@ -73,7 +82,8 @@ def main() -> int:
             fetch(port, "/healthz")
             time.sleep(2)
             idle = rss_kb(server.pid)
-            print(f"idle RSS of featherflow serve: {idle / 1024:.1f} MB (target < 25 MB)")
+            print(f"idle RSS of featherflow serve: {idle / 1024:.1f} MB (target < 25 MB); "
+                  f"PSS {pss_kb(server.pid) / 1024:.1f} MB")
             newest = args.runs + 3
             cases = ["/static/style.css", "/", "/runs", f"/runs/{newest}", f"/runs/{args.runs}",
                      f"/runs/{args.runs}/logs/extract/1", "/schedules/sched-0", "/api/runs", f"/api/runs/{newest}",

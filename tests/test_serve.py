@@ -396,3 +396,34 @@ def test_headless_chromium_renders_the_home_and_run_pages_at_phone_width(start, 
     keep = os.environ.get("FEATHERFLOW_SCREENSHOT_DIR")
     if keep:
         shutil.copy(shot, Path(keep) / "serve-home-360.png")
+
+
+def test_the_token_of_a_login_never_reaches_the_log(start, store, caplog):
+    s = start(token="s" * 32)
+    with caplog.at_level("INFO", logger="featherflow.web.server"):
+        assert s.get("/login?token=" + "s" * 32)[0] == 303
+        assert s.get("/login?token=wrong-guess&x=1")[0] == 401
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "/login?token=***" in text and "s" * 32 not in text and "wrong-guess" not in text
+
+
+def test_idle_connections_beyond_the_limit_are_closed_not_queued(project, store):
+    import socket
+
+    srv = web.Server(("127.0.0.1", 0), web.Site(project.db), None, max_clients=2)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    idle = [socket.create_connection(srv.server_address, timeout=10) for _ in range(2)]
+    try:
+        wait_for(lambda: srv.slots._value == 0, "both slots taken by the idle clients")
+        extra = socket.create_connection(srv.server_address, timeout=10)
+        assert extra.recv(1) == b""  # closed at once
+        extra.close()
+    finally:
+        for sock in idle:
+            sock.close()
+        wait_for(lambda: srv.slots._value == 2, "the slots given back")
+        s = Served(srv)
+        assert s.get("/healthz")[0] == 503  # answers again
+        srv.shutdown()
+        srv.server_close()
+        srv.site.close()

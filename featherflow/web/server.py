@@ -48,6 +48,8 @@ ROUTES = [(re.compile(pattern + r"\Z"), name) for pattern, name in (
     (r"/static/style\.css", "css"))]
 LOOPBACK_HOSTS = re.compile(r"(localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\])(:\d{1,5})?\Z")
 CHUNK = 64 * 1024
+SECRET_IN_URL = re.compile(r"(token=)[^&\s\"]*")  # a /login URL in the log keeps its token out
+MAX_CLIENTS = 16  # requests answered at once; more are closed at once, not queued on threads
 
 
 def stylesheet() -> bytes:
@@ -75,7 +77,7 @@ class Handler(BaseHTTPRequestHandler):
     # -- plumbing ------------------------------------------------------------------
 
     def log_message(self, fmt, *args):  # to the logger, not stderr: the library never prints
-        log.info("%s %s", self.address_string(), fmt % args)
+        log.info("%s %s", self.address_string(), SECRET_IN_URL.sub(r"\1***", fmt % args))
 
     def _send(self, status: int, body: bytes, kind: str, extra=None) -> None:
         self.send_response(status)
@@ -234,12 +236,28 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, site: Site, token: Optional[str], now: Callable[[], datetime] = clock.now):
+    def __init__(self, address, site: Site, token: Optional[str], now: Callable[[], datetime] = clock.now,
+                 max_clients: int = MAX_CLIENTS):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.site, self.token, self.now = site, token, now
         self.css = stylesheet()
+        self.slots = threading.BoundedSemaphore(max_clients)
         super().__init__(address, Handler)
+
+    def process_request(self, request, client_address):
+        """A thread per request, but at most `max_clients` at once: a flood of idle
+        connections cannot pile up threads (each waits up to Handler.timeout)."""
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
 
 def open_server(db_path: Path, host: str, port: int, token: Optional[str], **site_options) -> Server:
