@@ -166,15 +166,18 @@ def test_the_page_and_the_dashboard_show_the_same_runs_from_one_snapshot(start, 
 def test_healthz_is_503_while_the_scheduler_is_down_and_200_with_a_fresh_heartbeat(start, history, project):
     app = project.app()  # a connection of its own: the fixture's saw the database before the CLI wrote
     store = app.store
-    assert start().json("/healthz") == (503, {"healthy": False, "reason": "scheduler never started, and 1 "
-                                              "schedule(s) are enabled: none will fire"})
+    down = start()
+    assert down.json("/healthz") == (503, {"healthy": False, "reason": "scheduler never started, and 1 "
+                                           "schedule(s) are enabled: none will fire"})
+    home = down.get("/")[2]
+    assert '<p class="health bad">PROBLEM: scheduler never started' in home and "fix: featherflow scheduler start" in home
     t0 = clock.now()
     me = os.getpid()
     store.schedules.scheduler_started(me, proc.start_time(me), proc.boot_id(), t0, is_alive=lambda row: False)
     fresh = start(now=lambda: t0 + timedelta(seconds=30))
     status, doc = fresh.json("/healthz")
     assert status == 200 and doc["healthy"] and "heartbeat 30s ago" in doc["reason"]
-    assert "healthy: scheduler running" in fresh.get("/")[2]
+    assert '<p class="health ok">ok: scheduler running (pid' in fresh.get("/")[2]
     stale = start(now=lambda: t0 + timedelta(seconds=states.HEARTBEAT_STALE + 60))
     status, doc = stale.json("/healthz")
     assert status == 503 and "hung" in doc["reason"]
@@ -427,3 +430,27 @@ def test_idle_connections_beyond_the_limit_are_closed_not_queued(project, store)
         srv.shutdown()
         srv.server_close()
         srv.site.close()
+
+
+@pytest.mark.parametrize("bad", ["70000", "-1", "http"])
+def test_a_bad_port_is_a_usage_error(project, bad):
+    done = project.cli("serve", "--port", bad)
+    assert done.code == 2 and "valid: 0 to 65535" in done.err
+
+
+def test_a_port_in_use_is_refused_with_exit_2(project, store):
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        done = project.cli("serve", "--port", busy.getsockname()[1])
+    finally:
+        busy.close()
+    assert done.code == 2 and "cannot listen on 127.0.0.1:" in done.err
+
+
+def test_without_a_database_serve_says_so_with_exit_4(project):
+    done = project.cli("serve", "--port", "0")
+    assert done.code == 4 and "no database" in done.err

@@ -4,9 +4,18 @@ Like the dashboard it never opens app.store (that would create or migrate the
 database) and never reconciles (that writes).
 """
 
+import argparse
+
 from featherflow.cli.common import command
 
 DEFAULT_PORT = 8787
+
+
+def port(value: str) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    if not value.isdigit() or int(value) > 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port (valid: 0 to 65535)")
+    return int(value)
 
 
 def cmd_serve(app, args) -> int:
@@ -49,7 +58,7 @@ def add_commands(sub) -> None:
                 "is configured)", sub)
     p.add_argument("--bind", default="127.0.0.1", metavar="ADDRESS",
                    help="address to listen on (default: 127.0.0.1; any other needs a token, see --new-token)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="PORT",
+    p.add_argument("--port", type=port, default=DEFAULT_PORT, metavar="PORT",
                    help=f"TCP port (default: {DEFAULT_PORT}; 0 picks a free one)")
     p.add_argument("--token-file", metavar="PATH",
                    help="the token every request must carry, when the file exists (default: <config dir>/serve.token)")

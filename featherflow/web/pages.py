@@ -81,12 +81,14 @@ def problem(snap: Snapshot) -> str:
 # -- home -----------------------------------------------------------------------
 
 def home(snap: Snapshot, health, failures, extras: Dict, now: datetime) -> str:
-    verdict = "ok" if health.ok else "bad"
+    # doctor's verdict (a stopped scheduler is fine while no schedule is enabled); /healthz is stricter
+    finding = health.finding
+    good = finding.status != "problem" if finding is not None else health.ok
     parts = [problem(snap),
-             f'<section id="scheduler"><h2>Scheduler</h2><p class="health {verdict}">'
-             f'{"healthy" if health.ok else "not healthy"}: {e(health.reason)}</p>']
-    if health.finding is not None and health.finding.fix and not health.ok:
-        parts.append(f'<p class="fix">fix: {e(health.finding.fix)}</p>')
+             f'<section id="scheduler"><h2>Scheduler</h2><p class="health {"ok" if good else "bad"}">'
+             f'{"ok" if good else "PROBLEM"}: {e(health.reason)}</p>']
+    if finding is not None and finding.fix and not good:
+        parts.append(f'<p class="fix">fix: {e(finding.fix)}</p>')
     if snap.scheduler is not None:
         parts.append(f"<p>pid {e(snap.scheduler.pid)}, started {when(snap.scheduler.started_at)}, "
                      f"last heartbeat {when(snap.scheduler.heartbeat_at)}</p>")
