@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from featherflow import clock, errors, proc, scaffold, states
+from featherflow import errors, proc, scaffold, states
 from featherflow.host import (
     OK, PROBLEM, PRUNE, WARNING, Finding, check_clock, check_scheduler, check_filesystem, check_free_space, clock_synchronised,
     free_spaces, read_mountinfo)

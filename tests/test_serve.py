@@ -287,7 +287,7 @@ def test_traversal_attempts_are_404_and_nothing_outside_is_opened(start, history
         f"/runs/{rid}/logs/extract/1/../../../../etc/passwd", "/static/../../etc/passwd",
         f"/runs/{rid}/logs/load/1", f"/runs/{rid}/logs/load/1/raw",  # the symlink to the secret
         f"/runs/{rid}/logs/extract/1", f"/runs/{rid}/logs/extract/1/raw",  # the symlink to the fifo
-        f"/runs/{rid}/logs/extract/9", f"/runs/-1/logs/extract/1", "/runs/1e3", "/schedules/..", "/schedules/%2e%2e",
+        f"/runs/{rid}/logs/extract/9", "/runs/-1/logs/extract/1", "/runs/1e3", "/schedules/..", "/schedules/%2e%2e",
         "/runs/99999999999999999999999",
     ]
     for path in attempts:

@@ -1,4 +1,4 @@
-"""Turn runs and attempts into text for a terminal and into stable JSON.
+"""Turn runs and attempts into text for a terminal (their JSON is report.py's).
 
 Pure functions: times are stored in UTC and shown in local time here;
 anything that came from a task (ids, log lines) is made safe for a terminal.
@@ -10,7 +10,7 @@ import shlex
 from datetime import datetime, timedelta, timezone
 from typing import Dict, List, Optional, Tuple
 
-from featherflow.report import attempt_json, elapsed, run_json  # noqa: F401 (the CLI's --json)
+from featherflow.report import elapsed
 from featherflow.store.records import Attempt, Run
 from featherflow.text import duration, escape as safe, fit, local
 

@@ -52,7 +52,7 @@ def _resume(app, run_id, args) -> int:
 
 
 def cmd_runs_list(app, args) -> int:
-    from featherflow import clock  # lazy: not for --help
+    from featherflow import clock, report  # lazy: not for --help
     from featherflow.cli import format as views  # lazy: not for --help
 
     since = None
@@ -65,7 +65,7 @@ def cmd_runs_list(app, args) -> int:
     runs = store.runs.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit)
     now = clock.now()
     if args.json:
-        print(json.dumps([views.run_json(r, now) for r in runs], indent=2, ensure_ascii=False))
+        print(json.dumps([report.run_json(r, now) for r in runs], indent=2, ensure_ascii=False))
     elif not runs:
         filters = [("--flow", args.flow), ("--state", args.state), ("--since", args.since)]
         print(views.no_runs([(k, v) for k, v in filters if v], store.runs.run_count()))

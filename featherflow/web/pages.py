@@ -7,6 +7,7 @@ it works without JavaScript.
 """
 
 import html
+import json
 from datetime import datetime
 from typing import Dict, Iterable, List, Optional, Sequence
 from urllib.parse import quote
@@ -198,7 +199,7 @@ def run_page(snap: Snapshot, run, attempts, order: List[str], depends: Dict[str,
             f"<dt>started</dt><dd>{when(run.started_at)}</dd>",
             f"<dt>ended</dt><dd>{when(run.ended_at)}</dd>",
             f"<dt>took</dt><dd>{took(run.started_at, run.ended_at, now)}</dd>",
-            f"<dt>params</dt><dd><code>{e(run.params)}</code></dd>",
+            f"<dt>params</dt><dd><code>{e(json.dumps(run.params, sort_keys=True, ensure_ascii=False))}</code></dd>",
             f"<dt>resumed</dt><dd>{e(run.resumes)} time(s)</dd>",
             "</dl>"]
     body = (problem(snap) + "".join(head) + "<h2>Tasks</h2>"

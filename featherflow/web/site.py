@@ -7,6 +7,7 @@ No transaction is held between requests: each read is one short transaction, and
 request thread closes its connection when it is answered (Site.done).
 """
 
+import json
 import os
 import stat
 import threading
@@ -200,8 +201,6 @@ def order_of(run) -> List[str]:
 
 def depends_of(run) -> Dict[str, List[str]]:
     """{task: its upstream tasks} from the run's stored definition (the graph)."""
-    import json
-
     try:
         return {t["id"]: list(t.get("depends_on", [])) for t in json.loads(run.snapshot)["tasks"]}
     except Exception:
