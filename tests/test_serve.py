@@ -454,3 +454,18 @@ def test_a_port_in_use_is_refused_with_exit_2(project, store):
 def test_without_a_database_serve_says_so_with_exit_4(project):
     done = project.cli("serve", "--port", "0")
     assert done.code == 4 and "no database" in done.err
+
+
+def test_a_logs_dir_that_is_a_symlink_out_of_its_run_is_404(start, store, project, tmp_path):
+    run = fake_run(store, "etl", ["a"], outcomes={"a": ["failed"]}, state=states.FAILED, output=project.output)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "a.1.log").write_text(SECRET)
+    logs = paths.log_path(run, "a", 1).parent
+    logs.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(outside, logs)
+    s = start()
+    for path in (f"/runs/{run.id}/logs/a/1", f"/runs/{run.id}/logs/a/1/raw"):
+        status, _, body = s.get(path)
+        assert status == 404 and SECRET not in body, path
+    assert SECRET not in s.get("/")[2]  # nor in the recent failures' lines

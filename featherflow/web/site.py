@@ -183,11 +183,12 @@ class Site:
     @staticmethod
     def log_path(run, task_id: str, attempt: int) -> Path:
         """The attempt's log, checked before anything opens it: its real path (symlinks
-        resolved) must be the file of that name directly inside the run's real log dir."""
+        resolved) must be the file of that name in `logs/` of the run's real directory, so a
+        symlink in place of the log, or of the logs dir, pointing elsewhere is refused."""
         path = paths.log_path(run, task_id, attempt)
-        real_dir = os.path.realpath(path.parent)
+        real_run = os.path.realpath(paths.run_dir(run))
         real = os.path.realpath(path)
-        if real != os.path.join(real_dir, path.name) or os.path.islink(path):
+        if real != os.path.join(real_run, "logs", path.name):
             raise NotFound(f"the log of {task_id} attempt {attempt} is not a file in its run's log dir")
         return Path(real)
 
