@@ -61,7 +61,7 @@ def start(project):
 
     def _start(token=None, now=clock.now, alive=proc.is_alive):
         srv = web.Server(("127.0.0.1", 0), web.Site(project.db, alive=alive), token, now=now)
-        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
         running.append(srv)
         return Served(srv)
 
@@ -414,7 +414,7 @@ def test_idle_connections_beyond_the_limit_are_closed_not_queued(project, store)
     import socket
 
     srv = web.Server(("127.0.0.1", 0), web.Site(project.db), None, max_clients=2)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
     idle = [socket.create_connection(srv.server_address, timeout=10) for _ in range(2)]
     try:
         wait_for(lambda: srv.slots._value == 0, "both slots taken by the idle clients")
