@@ -469,3 +469,18 @@ def test_a_logs_dir_that_is_a_symlink_out_of_its_run_is_404(start, store, projec
         status, _, body = s.get(path)
         assert status == 404 and SECRET not in body, path
     assert SECRET not in s.get("/")[2]  # nor in the recent failures' lines
+
+
+def test_pools_and_backfills_are_shown_where_the_database_has_them(start, history, project):
+    s = start()
+    assert 'id="pool"' not in s.get("/")[2] and 'id="backfill"' not in s.get("/")[2]
+    import sqlite3
+
+    con = sqlite3.connect(project.db)
+    with con:  # what another version's migration adds (issues 15 and 16): shown as it is
+        con.execute("CREATE TABLE pool (id INTEGER PRIMARY KEY, name TEXT, slots INTEGER)")
+        con.execute("INSERT INTO pool (name, slots) VALUES (?, 2)", (HOSTILE,))
+    con.close()
+    body = s.get("/")[2]
+    assert 'id="pool"' in body and "<h2>Pools</h2>" in body and "&lt;script&gt;" in body and "<script>" not in body
+    assert 'id="backfill"' not in body
