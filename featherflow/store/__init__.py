@@ -4,11 +4,12 @@ plain records (records.py), never a peewee row.
 
 `Store` is one database: `store.runs` (runs and attempts) and `store.schedules`
 (schedules, slots, the scheduler's row) and `store.outbox` (notification channels,
-events and deliveries), composed over one connection.
+events and deliveries) and `store.backfills` (backfills and their slots), composed over one connection.
 """
 
 from peewee import SqliteDatabase
 
+from featherflow.store.backfills import BackfillStore
 from featherflow.store.outbox import OutboxStore
 from featherflow.store.runs import RunStore
 from featherflow.store.schedules import ScheduleStore
@@ -20,6 +21,7 @@ class Store:
         self.runs = RunStore(db)
         self.schedules = ScheduleStore(db, self.runs)
         self.outbox = OutboxStore(db)
+        self.backfills = BackfillStore(db, self.runs)
 
     def close(self) -> None:
         self.db.close()
