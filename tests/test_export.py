@@ -400,3 +400,28 @@ def test_the_argo_wrapper_runs_the_script_and_splits_its_outputs(tmp_path):
     proc = subprocess.run(["bash", "-c", wrapper, "featherflow-task", str(tmp_path / "tasks/produce.py")],
                           env=env, capture_output=True, timeout=60)
     assert proc.returncode == 3 and not (outputs / "plain").exists()
+
+
+def test_cli_exports_a_validated_flow_with_run_if_cleanup_and_outputs(project, tmp_path):
+    """The same mappings from a flow file that `featherflow validate` accepts (issue 16's fields)."""
+    project.write_task("t.sh", "echo hi\n", executable=False)
+    project.write_flow({"name": "rich", "tasks": [
+        {"id": "a", "script": "t.sh"},
+        {"id": "b", "script": "t.sh", "depends_on": ["a"], "run_if": "all_done",
+         "args": ["{{ tasks.a.outputs.K }}"]},
+        {"id": "c", "script": "t.sh", "depends_on": ["a"], "run_if": "any_failed"},
+        {"id": "z", "script": "t.sh", "cleanup": True}]})
+    assert project.cli("validate", "rich").code == 0
+    result = project.cli("export", "rich", "--to", "airflow", "--out", tmp_path / "o")
+    assert result.code == 0, result.err
+    text = (tmp_path / "o/rich.py").read_text()
+    ast.parse(text)
+    assert 'trigger_rule="all_done"' in text and 'trigger_rule="one_failed"' in text
+    assert 'tasks["z"].as_teardown(on_failure_fail_dagrun=True)' in text
+    assert '{{ ff_output(ti, \\"a\\", \\"K\\") }}' in text and "featherflow_failed" in text
+    argo_run = project.cli("export", "rich", "--to", "argo", "--image", "i:1", "--out", tmp_path / "o")
+    assert argo_run.code == 0, argo_run.err
+    doc = parse_yaml((tmp_path / "o/rich.yaml").read_text())
+    tasks = {t["name"]: t for t in doc["spec"]["templates"][0]["dag"]["tasks"]}
+    assert tasks["c"]["depends"] == "a.Failed || a.Errored"
+    assert tasks["z"]["depends"].startswith("(a.Succeeded || a.Failed")
