@@ -16,8 +16,8 @@ while tasks run for minutes, no Python waits in memory for nothing; the
 script starts another co-process when it next needs one.
 
 This is on the path of every task, so it is kept to the standard library: the
-generated script runs it as `python -I -S .../featherflow/mark.py`, which skips
-site-packages, peewee and argparse. All transitions of one call commit in one
+generated script runs it as `python -I -S .../featherflow/_mark.py` (LAUNCHER, which
+imports this module), which skips site-packages, peewee and argparse. All transitions of one call commit in one
 BEGIN IMMEDIATE transaction, so a task's end and its dependents' start cost a
 single process start and a single fsync.
 
@@ -262,9 +262,13 @@ def lines(fd, idle, burst=BURST):
             yield line
 
 
-if __name__ == "__main__":
-    # Started as a file with `python -I -S`: the package's parent is not on sys.path.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# What the generated script runs: a few lines that import this module (from its cached
+# bytecode) instead of this file, which `python FILE` would compile on every start (~4 ms).
+LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_mark.py")
+
+
+def script() -> None:
+    """A `_mark` process of its own (started through LAUNCHER, or this file): its exit code."""
     # A Ctrl-C at the terminal (or a TERM/HUP sent to the whole process group)
     # reaches us too: a mark that is under way finishes (it takes milliseconds)
     # and the script, which traps these signals, cancels the run.
@@ -274,3 +278,9 @@ if __name__ == "__main__":
     for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
         _signal.signal(sig, _signal.SIG_IGN)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    # Started as a file with `python -I -S`: the package's parent is not on sys.path.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script()

@@ -334,6 +334,23 @@ def test_help_and_run_import_only_the_command_modules_they_need():
         assert result.stderr.strip() == loaded, argv
         assert "usage: featherflow" in result.stdout
 
+
+def test_a_run_on_a_current_database_loads_only_what_it_needs(flows):
+    """`featherflow run` reads user_version and goes on: no migration file is loaded, and
+    neither the schedules' nor the outbox's queries nor subprocess (it becomes bash)."""
+    assert flows.cli("runs", "list").code == 0  # the database exists and is current
+    unwanted = ("featherflow.store.schedules", "featherflow.store.outbox", "subprocess", "playhouse.migrate",
+                "featherflow.migrations.0001_initial", "featherflow.cli.flows", "featherflow.cli.schedules")
+    code = ("import sys; from featherflow.engine import launch; from featherflow.cli import main\n"
+            "def instead(store, prepared):\n"
+            f"    print(sorted(m for m in {unwanted!r} if m in sys.modules)); sys.stdout.flush(); raise SystemExit(0)\n"
+            "launch.exec_script = instead\n"
+            "main.main(sys.argv[1:])")
+    result = subprocess.run([sys.executable, "-c", code, *flows.args(), "run", "alpha"], env=flows.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
 # -- the installed console script ---------------------------------------------------------------
 
 def test_installed_console_script(flows):

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "featherflow"
 
-KERNEL = {"errors", "config", "clock", "states", "proc", "graph", "flow", "mark", "text", "paths", "host",
+KERNEL = {"errors", "config", "clock", "states", "proc", "graph", "flow", "mark", "_mark", "text", "paths", "host",
           "params", "__init__", "__main__"}
 TOP = {"api", "scaffold", "doctor"}
 # A module may import from its own rank and below; `__main__` only starts the CLI.

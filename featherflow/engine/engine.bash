@@ -25,7 +25,8 @@ start_failed() {
     printf '%s\n' "$1" >"$RUN_DIR/start-failed"
   exit "$EXIT_DATABASE"
 }
-if ! START_ERR=$(mkdir -p -- "$LOG_DIR" 2>&1); then
+# (`featherflow run` made LOG_DIR and TMP_DIR already: no mkdir process then.)
+if [[ ! -d $LOG_DIR ]] && ! START_ERR=$(mkdir -p -- "$LOG_DIR" 2>&1); then
   start_failed "could not start: cannot create $LOG_DIR: ${START_ERR##*: }"
 fi
 exec 2>>"$RUN_DIR/run.log"
@@ -306,7 +307,7 @@ if ((rc)); then
   ((rc == EXIT_CONFLICT)) && exit "$EXIT_CONFLICT"
   exit "$EXIT_DATABASE"
 fi
-if ! mkdir -p -- "$TMP_DIR"; then
+if [[ ! -d $TMP_DIR ]] && ! mkdir -p -- "$TMP_DIR"; then
   say "error: cannot create the run's temp dir $TMP_DIR; no task ran"
   mark --run "failed:cannot create its temp dir" 2>&8
   exit "$EXIT_FAILED"
@@ -332,6 +333,8 @@ while :; do
       [[ ${T_STATE[i]} == pending ]] && starts+=("$i")
     done
   fi
+  # Nothing starts and nothing runs: the run ends, and its end records MARKS (one commit).
+  if ((!${#starts[@]} && !RUNNING && !${#PID_TIMER[@]})); then break; fi
   if flush "${starts[@]}"; then
     for i in "${starts[@]}"; do
       if ((CANCELLED)); then  # the signal came after their start was recorded

@@ -4,22 +4,36 @@ plain records (records.py), never a peewee row.
 
 `Store` is one database: `store.runs` (runs and attempts) and `store.schedules`
 (schedules, slots, the scheduler's row) and `store.outbox` (notification channels,
-events and deliveries), composed over one connection.
+events and deliveries), composed over one connection. The schedules' and the outbox's
+queries are imported when first used: `featherflow run` needs neither (some 10 ms).
 """
 
 from peewee import SqliteDatabase
 
-from featherflow.store.outbox import OutboxStore
 from featherflow.store.runs import RunStore
-from featherflow.store.schedules import ScheduleStore
 
 
 class Store:
     def __init__(self, db: SqliteDatabase):
         self.db = db
         self.runs = RunStore(db)
-        self.schedules = ScheduleStore(db, self.runs)
-        self.outbox = OutboxStore(db)
+        self._schedules = self._outbox = None
+
+    @property
+    def schedules(self):
+        if self._schedules is None:
+            from featherflow.store.schedules import ScheduleStore  # lazy: not on a run's path
+
+            self._schedules = ScheduleStore(self.db, self.runs)
+        return self._schedules
+
+    @property
+    def outbox(self):
+        if self._outbox is None:
+            from featherflow.store.outbox import OutboxStore  # lazy: not on a run's path
+
+            self._outbox = OutboxStore(self.db)
+        return self._outbox
 
     def close(self) -> None:
         self.db.close()

@@ -87,13 +87,17 @@ def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool 
     db = SqliteDatabase(str(path), pragmas=PRAGMAS, timeout=BUSY_TIMEOUT)
     db.bind(MODELS, bind_refs=False, bind_backrefs=False)
     try:
-        if migrate:  # before connecting: journal_mode=wal would rewrite a newer file's header
+        db.connect()  # its pragmas write nothing to the file
+        # The common case, a current database already in WAL mode, costs one read of
+        # user_version: no migration file is loaded, no pragma that could write is run.
+        current = migrate and schema_version(db) == states.SCHEMA_VERSION and _in_wal_mode(path)
+        if migrate and not current:  # before journal_mode=wal, which would rewrite a newer file's header
             version, tables = _peek(path)
             _refuse_newer(version, len(migration_modules()), path)
             _refuse_foreign(version, tables, path)
-        db.connect()
-        _use_wal(db)
-        if migrate:
+        if not current:
+            _use_wal(db)
+        if migrate and not current:
             apply_migrations(db, path)
     except DatabaseError:
         db.close()
@@ -215,6 +219,15 @@ def _tighten(path: Path) -> None:
             os.chmod(path, 0o600)
         except OSError:
             pass
+
+
+def _in_wal_mode(path: Path) -> bool:
+    """Whether the file's header says WAL (its read and write versions, bytes 18 and 19, are 2)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(20)[18:20] == b"\x02\x02"
+    except OSError:
+        return False
 
 
 def _check_header(path: Path) -> None:
