@@ -6,16 +6,15 @@ plain records (records.py), never a peewee row.
 (schedules, slots, the scheduler's row) and `store.outbox` (notification channels,
 events and deliveries), composed over one connection. The schedules' and the outbox's
 queries are imported when first used: `featherflow run` needs neither (some 10 ms).
+Importing the package (for records.py, quick.py) loads no peewee: a Store's queries do.
 """
-
-from peewee import SqliteDatabase
-
-from featherflow.store.runs import RunStore
 
 
 class Store:
-    def __init__(self, db: SqliteDatabase):
-        self.db = db
+    def __init__(self, db):
+        from featherflow.store.runs import RunStore  # lazy: peewee (see above)
+
+        self.db = db  # a peewee SqliteDatabase
         self.runs = RunStore(db)
         self._schedules = self._outbox = None
 
