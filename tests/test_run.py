@@ -432,8 +432,7 @@ def test_temp_dir_is_private_removed_or_kept(project):
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc")
 def test_no_task_inherits_the_database_files(project, tmp_path):
-    """`featherflow run` execs bash with its connection still open (closing it would cost a
-    WAL checkpoint): SQLite's files are close-on-exec, so neither bash nor a task holds one."""
+    """Neither the script's bash nor a task holds a database file open."""
     out = tmp_path / "fds"
     project.write_task("t.sh", f'for fd in /proc/self/fd/* /proc/$PPID/fd/*; do readlink "$fd"; done >{out}\n')
     project.write_flow({"name": "f", "tasks": [{"id": "t", "script": "t.sh"}]})

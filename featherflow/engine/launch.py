@@ -249,15 +249,16 @@ def bash() -> str:
 def exec_script(store: Optional[Store], prepared: Prepared) -> None:
     """Replace this process with bash running the script (the CLI path).
 
-    `store` is left open, with no transaction: SQLite opens every file close-on-exec,
-    so bash inherits none of them, and the exec drops the connection as a crash
-    would, committed and safe. Closing it would checkpoint the WAL and delete it
-    (two fsyncs), for the run's `_mark` to create it again (two more) a moment later.
-    If the exec fails, `store` records why.
+    `store` is closed first (bash must not inherit the database's file); it
+    reopens by itself only if the exec fails, to record why. (Leaving it open for
+    the exec to drop, which would spare the WAL checkpoint of the close, was tried:
+    with the scheduler's connection open meanwhile it damaged the database.)
     """
     shell = bash()
     sys.stdout.flush()
     sys.stderr.flush()
+    if store is not None:
+        store.close()
     # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal survives exec:
     # without this, every task would too (`producer | head` in a task would
     # fail with "Broken pipe" instead of ending quietly).

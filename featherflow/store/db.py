@@ -82,7 +82,7 @@ def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool 
         except OSError as exc:
             raise DatabaseError(f"cannot create {path.parent}: {exc.strerror}") from None
     _create_private(path)
-    _check_header(path)
+    wal = _check_header(path)  # before connecting: closing a file of ours drops SQLite's locks on it
     _tighten(path)
     db = SqliteDatabase(str(path), pragmas=PRAGMAS, timeout=BUSY_TIMEOUT)
     db.bind(MODELS, bind_refs=False, bind_backrefs=False)
@@ -90,7 +90,7 @@ def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool 
         db.connect()  # its pragmas write nothing to the file
         # The common case, a current database already in WAL mode, costs one read of
         # user_version: no migration file is loaded, no pragma that could write is run.
-        current = migrate and schema_version(db) == states.SCHEMA_VERSION and _in_wal_mode(path)
+        current = migrate and wal and schema_version(db) == states.SCHEMA_VERSION
         if migrate and not current:  # before journal_mode=wal, which would rewrite a newer file's header
             version, tables = _peek(path)
             _refuse_newer(version, len(migration_modules()), path)
@@ -221,26 +221,25 @@ def _tighten(path: Path) -> None:
             pass
 
 
-def _in_wal_mode(path: Path) -> bool:
-    """Whether the file's header says WAL (its read and write versions, bytes 18 and 19, are 2)."""
+def _check_header(path: Path) -> bool:
+    """Refuse a file that is not SQLite before SQLite touches it; whether its header says
+    WAL (read and write versions, bytes 18 and 19, are 2).
+
+    Never call this while this process has the file open through SQLite: closing any
+    descriptor of a file drops every POSIX lock the process holds on it, SQLite's too.
+    """
     try:
         with open(path, "rb") as f:
-            return f.read(20)[18:20] == b"\x02\x02"
-    except OSError:
-        return False
-
-
-def _check_header(path: Path) -> None:
-    """Refuse a file that is not SQLite before SQLite touches it."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_HEADER))
+            head = f.read(20)
     except OSError as exc:
         raise DatabaseError(f"cannot read {path}: {exc.strerror}") from None
+    wal = head[18:20] == b"\x02\x02"
+    head = head[:len(SQLITE_HEADER)]
     if head and head != SQLITE_HEADER:
         raise DatabaseError(
             f"{path} is not a SQLite database (not created by Featherflow?); "
             "move it aside or point --db / FEATHERFLOW_DB elsewhere — it was not changed")
+    return wal
 
 
 READ_ONLY_TIMEOUT = 2  # seconds; a reader in WAL mode waits only while the WAL index is rebuilt

@@ -32,13 +32,14 @@ def list_runs(path: Path, private_dir: Optional[Path] = None, flow: Optional[str
     try:
         if path.stat().st_mode & 0o077 or not _private(private_dir, path) or filesystem_state(path):
             return None  # opening it the usual way makes it private, or says what is wrong
-        with open(path, "rb") as f:
-            if f.read(20)[18:20] != b"\x02\x02":  # not in WAL mode (or not SQLite)
-                return None
+        # (The file is never opened here but by SQLite: closing a descriptor of it would drop
+        # the POSIX locks of every other connection this process has to it.)
         conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=2, isolation_level=None)
     except (OSError, sqlite3.Error):
         return None
     try:
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":  # a read: it changes nothing
+            return None
         conn.execute("BEGIN")  # one snapshot for every SELECT below
         if conn.execute("PRAGMA user_version").fetchone()[0] != states.SCHEMA_VERSION:
             return None
