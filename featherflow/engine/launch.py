@@ -250,9 +250,9 @@ def exec_script(store: Optional[Store], prepared: Prepared) -> None:
     """Replace this process with bash running the script (the CLI path).
 
     `store` is closed first (bash must not inherit the database's file); it
-    reopens by itself only if the exec fails, to record why. (Leaving it open for
-    the exec to drop, which would spare the WAL checkpoint of the close, was tried:
-    with the scheduler's connection open meanwhile it damaged the database.)
+    reopens by itself only if the exec fails, to record why. (Leaving it to the exec
+    to drop would spare the close's WAL checkpoint; it was tried together with a POSIX
+    lock bug that damaged a database, and taken out untested on its own.)
     """
     shell = bash()
     sys.stdout.flush()
