@@ -61,16 +61,24 @@ def cmd_runs_list(app, args) -> int:
             since = views.parse_since(args.since, clock.now())
         except ValueError as exc:
             raise errors.UsageError(f"--since: {exc}") from None
-    store = reading(app)
-    runs = store.runs.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit,
-                                trigger=args.trigger)
+    from featherflow.store import quick  # lazy: not for --help
+
+    # The common case without peewee (quick.py says when); else the usual store.
+    listed = quick.list_runs(app.config.db_path, app.config.config_dir, flow=args.flow, state=args.state,
+                             since=since, limit=args.limit, trigger=args.trigger)
+    if listed is None:
+        store = reading(app)
+        runs = store.runs.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit,
+                                    trigger=args.trigger)
+        listed = runs, None if runs else store.runs.run_count()
+    runs, total = listed
     now = clock.now()
     if args.json:
         print(json.dumps([report.run_json(r, now) for r in runs], indent=2, ensure_ascii=False))
     elif not runs:
         filters = [("--flow", args.flow), ("--state", args.state), ("--since", args.since),
                    ("--trigger", args.trigger)]
-        print(views.no_runs([(k, v) for k, v in filters if v], store.runs.run_count()))
+        print(views.no_runs([(k, v) for k, v in filters if v], total))
     else:
         print("\n".join(views.runs_table(runs, now)))
     return 0

@@ -4,24 +4,43 @@ plain records (records.py), never a peewee row.
 
 `Store` is one database: `store.runs` (runs and attempts) and `store.schedules`
 (schedules, slots, the scheduler's row) and `store.outbox` (notification channels,
-events and deliveries) and `store.backfills` (backfills and their slots), composed over one connection.
+events and deliveries) and `store.backfills` (backfills and their slots), composed over one connection. The schedules' and the outbox's
+queries are imported when first used: `featherflow run` needs neither (some 10 ms).
+Importing the package (for records.py, quick.py) loads no peewee: a Store's queries do.
 """
-
-from peewee import SqliteDatabase
-
-from featherflow.store.backfills import BackfillStore
-from featherflow.store.outbox import OutboxStore
-from featherflow.store.runs import RunStore
-from featherflow.store.schedules import ScheduleStore
 
 
 class Store:
-    def __init__(self, db: SqliteDatabase):
-        self.db = db
+    def __init__(self, db):
+        from featherflow.store.runs import RunStore  # lazy: peewee (see above)
+
+        self.db = db  # a peewee SqliteDatabase
         self.runs = RunStore(db)
-        self.schedules = ScheduleStore(db, self.runs)
-        self.outbox = OutboxStore(db)
-        self.backfills = BackfillStore(db, self.runs)
+        self._schedules = self._outbox = self._backfills = None
+
+    @property
+    def schedules(self):
+        if self._schedules is None:
+            from featherflow.store.schedules import ScheduleStore  # lazy: not on a run's path
+
+            self._schedules = ScheduleStore(self.db, self.runs)
+        return self._schedules
+
+    @property
+    def outbox(self):
+        if self._outbox is None:
+            from featherflow.store.outbox import OutboxStore  # lazy: not on a run's path
+
+            self._outbox = OutboxStore(self.db)
+        return self._outbox
+
+    @property
+    def backfills(self):
+        if self._backfills is None:
+            from featherflow.store.backfills import BackfillStore  # lazy: not on a run's path
+
+            self._backfills = BackfillStore(self.db, self.runs)
+        return self._backfills
 
     def close(self) -> None:
         self.db.close()
