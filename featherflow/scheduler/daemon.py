@@ -7,7 +7,8 @@ daemon can be SIGKILLed or unplugged at any moment and a restart continues:
 
     tick(now): adopt queued runs whose launcher died -> reconcile orphans ->
                auto-resume interrupted scheduled runs (once) -> for each
-               schedule: decide (policy.decide), record, launch.
+               schedule: decide (policy.decide), record, launch -> once a day,
+               the retention policy (housekeeping.py).
 
 Runs are launched as `python -m featherflow ... _start-run RUN_ID` in their own
 session and never waited on (only reaped), so they outlive the daemon. Signal
@@ -38,7 +39,7 @@ from featherflow.engine import limits
 from featherflow.engine import launch, reconcile
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
 from featherflow.notify import deliver
-from featherflow.scheduler import lock, policy, slots
+from featherflow.scheduler import housekeeping, lock, policy, slots
 from featherflow.store import Store
 from featherflow.store.records import NewRun
 
@@ -69,6 +70,7 @@ class TickReport:
     waiting: int = 0
     skipped: int = 0
     launched: int = 0
+    pruned: int = 0  # runs the daily retention deleted
 
 
 class Scheduler:
@@ -186,6 +188,11 @@ class Scheduler:
             except Exception:  # one broken schedule must not stop the others
                 log.exception("schedule %s: tick failed", schedule.name)
         deliver.heartbeats(store, now)
+        try:  # once a day; never in the way of the slots (they were fired above)
+            pruned = housekeeping.daily_retention(store, self.config.db_path, now)
+            report.pruned = len(pruned.runs) if pruned else 0
+        except Exception:
+            log.exception("retention failed; trying again next tick")
         if store.outbox.has_due(now):
             self.deliver()
         if time.monotonic() - self._trimmed > 3600:

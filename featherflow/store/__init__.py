@@ -3,13 +3,14 @@ queries and transactions on runs, attempts, schedules and slots. Other layers ge
 plain records (records.py), never a peewee row.
 
 `Store` is one database: `store.runs` (runs and attempts) and `store.schedules`
-(schedules, slots, the scheduler's row) and `store.outbox` (notification channels,
-events and deliveries), composed over one connection.
+(schedules, slots, the scheduler's row), `store.outbox` (notification channels,
+events and deliveries) and `store.rules` (the retention policy), composed over one connection.
 """
 
 from peewee import SqliteDatabase
 
 from featherflow.store.outbox import OutboxStore
+from featherflow.store.rules import RuleStore
 from featherflow.store.runs import RunStore
 from featherflow.store.schedules import ScheduleStore
 
@@ -20,6 +21,7 @@ class Store:
         self.runs = RunStore(db)
         self.schedules = ScheduleStore(db, self.runs)
         self.outbox = OutboxStore(db)
+        self.rules = RuleStore(db)  # the retention policy (store/retention.py applies it)
 
     def close(self) -> None:
         self.db.close()

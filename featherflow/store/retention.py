@@ -1,4 +1,5 @@
-"""`runs prune`: delete old runs, their attempts and their files, and keep the database small.
+"""`runs prune` and the retention policy: delete old runs, their attempts and their files,
+and keep the database small.
 
 Order matters for a crash at any point: database rows first (one transaction
 per chunk), then the run directories, then run directories this database no
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from featherflow import states
+from featherflow.errors import UsageError
 from featherflow.paths import run_dir
+from featherflow.store.rules import GLOBAL, Rule, effective
 
 RUN_DIR_RE = re.compile(r"(\d+)-([0-9a-f]{8})")
 
@@ -55,8 +58,47 @@ def prune(store, db_path: Path, now: datetime, older_than: Optional[timedelta] =
     """Delete the runs `select` chooses; `output_dir` (the current one) is also
     searched for leftover run dirs, even when no run of this database uses it."""
 
-    report = PruneReport(db_bytes_before=_size(db_path))
     doomed = select(store.runs.list_runs(flow=flow, limit=None), now, older_than, keep_last)
+    events_before = now - older_than if older_than is not None else None
+    return _delete(store, db_path, doomed, events_before, dry_run, output_dir)
+
+
+def apply_policy(store, db_path: Path, now: datetime, flow: Optional[str] = None,
+                 dry_run: bool = False, output_dir: Optional[Path] = None) -> PruneReport:
+    """Delete what the stored retention policy lets go (`runs prune --policy`, and the
+    scheduler once a day): for each flow with runs, the runs its rule (store/rules.py)
+    chooses. Queued and running runs are never chosen; failed and interrupted ones (the
+    ones a resume or a backfill may still want) are kept as long as the rule keeps any
+    run of their age. Run-less notification events go after the longest `older_than`
+    of the policy, once delivered."""
+    rules = store.rules.rules()
+    doomed = []
+    for name in [flow] if flow else store.rules.flow_names():
+        rule = effective(rules, name)
+        if rule is not None:
+            doomed += store.rules.candidates(name, rule, now)
+    ages = [r.older_than for r in rules.values() if r.active and r.older_than is not None]
+    return _delete(store, db_path, doomed, now - max(ages) if ages else None, dry_run, output_dir)
+
+
+def set_policy(store, now: datetime, flow: Optional[str], older_than: Optional[timedelta],
+               keep_last: Optional[int], off: bool = False) -> Rule:
+    """Store the global rule (`flow` None) or a flow's own one, replacing what was there."""
+    if off and (older_than is not None or keep_last is not None):
+        raise UsageError("--off takes no --older-than or --keep-last (valid: --off alone, or limits)")
+    if not off and older_than is None and keep_last is None:
+        raise UsageError("say what to keep: --older-than AGE and/or --keep-last N, or --off")
+    if keep_last is not None and keep_last < 0:
+        raise UsageError(f"--keep-last must be a whole number >= 0, not {keep_last}")
+    if older_than is not None and older_than <= timedelta(0):
+        raise UsageError("--older-than must be more than 0 (e.g. 30d)")
+    return store.rules.set_rule(flow or GLOBAL, older_than, keep_last, not off, now)
+
+
+def _delete(store, db_path: Path, doomed: list, events_before: Optional[datetime], dry_run: bool,
+            output_dir: Optional[Path]) -> PruneReport:
+    """Rows first, then their dirs, then leftover dirs of runs this database no longer has."""
+    report = PruneReport(db_bytes_before=_size(db_path))
     report.runs = [r.id for r in doomed]
     report.attempts = store.runs.attempt_count([r.id for r in doomed])
     dirs = [run_dir(r) for r in doomed]
@@ -68,11 +110,12 @@ def prune(store, db_path: Path, now: datetime, older_than: Optional[timedelta] =
         report.db_bytes_after = report.db_bytes_before
         return report
     store.runs.delete_runs(report.runs)  # their events and deliveries go with them (ON DELETE CASCADE)
-    if older_than is not None:
-        store.outbox.prune_events(now - older_than)
+    if events_before is not None:
+        store.outbox.prune_events(events_before)
     # A run resumed since it was chosen is not deleted (delete_runs checks the
     # state in its transaction): keep its files, and leave it out of the report.
-    kept = [r for r in doomed if r.id in store.runs.run_uids()]
+    known = store.runs.run_uids()
+    kept = [r for r in doomed if r.id in known]
     if kept:
         report.attempts -= store.runs.attempt_count([r.id for r in kept])
         report.files_bytes -= sum(_tree_size(run_dir(r)) for r in kept)
