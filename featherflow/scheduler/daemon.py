@@ -159,7 +159,12 @@ class Scheduler:
         store.schedules.scheduler_heartbeat(self.pid, now)
         # Adopt queued runs whose launcher died (between firing and launching, or before
         # the launched process took the run) *before* reconcile, which would call them orphans.
-        for run in store.runs.list_runs(state=states.QUEUED, limit=None):
+        queued = store.runs.list_runs(state=states.QUEUED, limit=None)
+        # Launch counts matter only while a run is queued: forget the others, or the map
+        # grows by one entry a run for the daemon's whole life (found by bench/soak.py).
+        waiting = {r.id for r in queued}
+        self._launches = {i: n for i, n in self._launches.items() if i in waiting}
+        for run in queued:
             if run.schedule_id is None or run.pid == self.pid or run.pid in self._children:
                 continue
             if proc.is_alive(run.pid, run.pid_start, run.boot_id):
