@@ -32,7 +32,7 @@ def daily_retention(store, db_path, now: datetime) -> Optional[retention.PruneRe
     """Apply the policy if it is due at `now`; the report of what went, or None if not due."""
     if not retention_due(store, now):
         return None
-    report = retention.apply_policy(store, db_path, now)
+    report = retention.apply_policy(store, db_path, now, vacuum=False)  # see apply_policy: no daily VACUUM
     store.rules.record_applied(now, len(report.runs), report.files_bytes)
     if report.runs or report.orphan_dirs:
         log.info("retention: deleted %s run(s) and %s byte(s) of their files", len(report.runs), report.files_bytes)

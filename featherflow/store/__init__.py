@@ -26,10 +26,11 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    def compact(self) -> None:
-        """Give space back after deletions: checkpoint the WAL; VACUUM when a quarter is free."""
+    def compact(self, vacuum: bool = True) -> None:
+        """Give space back after deletions: checkpoint the WAL; VACUUM when a quarter is free
+        (unless not `vacuum`: the free pages are then reused by the rows written next)."""
         pages = self.db.execute_sql("PRAGMA page_count").fetchone()[0]
         free = self.db.execute_sql("PRAGMA freelist_count").fetchone()[0]
-        if pages and free * 4 >= pages:
+        if vacuum and pages and free * 4 >= pages:
             self.db.execute_sql("VACUUM")
         self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")

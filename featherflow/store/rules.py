@@ -8,13 +8,13 @@ With no global rule, nothing is deleted by itself except flows with a rule of th
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from peewee import SqliteDatabase, fn
 
 from featherflow import clock, states
+from featherflow.store.db import chunks
 from featherflow.store.models import FlowRun, RetentionApplied, RetentionRule
-from featherflow.store.records import Run, as_run
 
 GLOBAL = "*"
 
@@ -31,6 +31,15 @@ class Rule:
     def active(self) -> bool:
         """Deletes something: on, with at least one limit."""
         return self.enabled and (self.older_than is not None or self.keep_last is not None)
+
+
+@dataclass(frozen=True)
+class Doomed:
+    """What deleting a run needs, and no more (a batch of these stays small): its id, and
+    what its directory is made of (paths.run_dir)."""
+    id: int
+    uid: str
+    output_dir: str
 
 
 @dataclass(frozen=True)
@@ -112,16 +121,18 @@ class RuleStore:
         """Every flow that has runs in the database."""
         return [name for (name,) in FlowRun.select(FlowRun.flow_name).distinct().tuples()]
 
-    def candidates(self, flow: str, rule: Rule, now: datetime) -> List[Run]:
-        """The finished runs of `flow` that `rule` lets go, oldest first: beyond its newest
-        `keep_last` runs (every state counted, as `runs prune` counts them) and ended (or,
-        never started, created) longer than `older_than` before `now`; with both limits a
-        run goes only when both say so. Read through the (flow_name, id) index, never by
-        loading the flow's whole history."""
+    def candidates(self, flow: str, rule: Rule, now: datetime, after: int = 0,
+                   limit: Optional[int] = None) -> List[Doomed]:
+        """The finished runs of `flow` that `rule` lets go, oldest first, with ids above `after`
+        (at most `limit`): beyond its newest `keep_last` runs (every state counted, as `runs
+        prune` counts them) and ended (or, never started, created) longer than `older_than`
+        before `now`; with both limits a run goes only when both say so. Read through the
+        (flow_name, id) index, a batch at a time, never by loading the flow's whole history."""
         if not rule.active:
             return []
-        query = FlowRun.select().where(FlowRun.flow_name == flow,
-                                       FlowRun.state.in_(list(states.RUN_FINISHED)))
+        query = (FlowRun.select(FlowRun.id, FlowRun.uid, FlowRun.output_dir)
+                 .where(FlowRun.flow_name == flow, FlowRun.id > after,
+                        FlowRun.state.in_(list(states.RUN_FINISHED))))
         if rule.keep_last is not None and rule.keep_last > 0:
             newest = (FlowRun.select(FlowRun.id).where(FlowRun.flow_name == flow).order_by(FlowRun.id.desc())
                       .offset(rule.keep_last - 1).limit(1).scalar())
@@ -131,4 +142,14 @@ class RuleStore:
         if rule.older_than is not None:
             cutoff = clock.to_text(now - rule.older_than)
             query = query.where(fn.COALESCE(FlowRun.ended_at, FlowRun.created_at) <= cutoff)
-        return [as_run(row) for row in query.order_by(FlowRun.id).dicts()]
+        query = query.order_by(FlowRun.id)
+        if limit:
+            query = query.limit(limit)
+        return [Doomed(*row) for row in query.tuples()]
+
+    def uids_of(self, ids: Sequence[int]) -> Dict[int, str]:
+        """{id: uid} of those of `ids` still in the database."""
+        found = {}
+        for chunk in chunks(list(ids)):
+            found.update(FlowRun.select(FlowRun.id, FlowRun.uid).where(FlowRun.id.in_(chunk)).tuples())
+        return found
