@@ -86,3 +86,30 @@ def test_the_daemon_forgets_the_runs_it_launched_once_they_started(project):
         assert len(scheduler._launches) <= 1
     finally:
         app.close()
+
+
+def test_the_daemon_trims_old_slot_rows_by_now_not_by_the_wall_clock(project, monkeypatch):
+    """What the soak found: slot rows were trimmed once an hour of the *wall clock*, so a daemon
+    ticked with `now` (the soak, a test) never trimmed again; now it is once an hour of `now`."""
+    from datetime import datetime, timedelta, timezone
+
+    from featherflow.scheduler import admin as schedule_admin
+    from featherflow.scheduler import daemon
+    from helpers import slot_count
+
+    project.write_task("ok.sh", "#!/bin/bash\n:\n")
+    project.write_flow({"name": "tick", "tasks": [{"id": "work", "script": "ok.sh"}]})
+    monkeypatch.setattr(daemon, "SLOTS_KEPT", 10)
+    app = project.app()
+    t0 = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    try:
+        schedule = schedule_admin.add_schedule(app.config, app.store, "tick", cron="* * * * *", tz="UTC",
+                                               overlap="allow", now=t0)
+        scheduler = daemon.Scheduler(app.config, app.store, launch=lambda run, resume: None, deliver=lambda: None)
+        for minute in range(1, 60):
+            scheduler.tick(t0 + timedelta(minutes=minute))
+        assert slot_count(app.store, schedule.id) == 59  # trimmed at the first tick only
+        scheduler.tick(t0 + timedelta(minutes=62))  # an hour of `now` after the first trim
+        assert slot_count(app.store, schedule.id) == 10
+    finally:
+        app.close()

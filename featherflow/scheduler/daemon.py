@@ -27,9 +27,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -48,6 +47,7 @@ log = logging.getLogger(__name__)
 LOG_NAME = "scheduler.log"
 FAULT_POINTS = ("before-slot-commit", "after-slot-commit", "after-launch")
 SLOTS_KEPT = 5000  # slot rows kept per schedule (the newest); trimmed hourly
+TRIM_EVERY = timedelta(hours=1)
 WAKE_MARGIN = 0.005  # wake this much after a slot, never a hair before it
 MAX_LAUNCHES = 3  # processes started for one run before it is marked failed
 
@@ -97,7 +97,7 @@ class Scheduler:
         self._resuming: Dict[int, int] = {}  # run id -> pid of the process resuming it
         self._launches: Dict[int, int] = {}  # run id -> processes started for it
         self._stop = False
-        self._trimmed = 0.0
+        self._trimmed: Optional[datetime] = None  # `now` of the latest slot trim
         self._last_tick: Optional[datetime] = None  # `now` of the latest tick (None: not ticked yet)
         self._flusher: Optional[subprocess.Popen] = None  # the `notify flush` child, while it runs
 
@@ -200,8 +200,8 @@ class Scheduler:
             log.exception("retention failed; trying again next tick")
         if store.outbox.has_due(now):
             self.deliver()
-        if time.monotonic() - self._trimmed > 3600:
-            self._trimmed = time.monotonic()
+        if self._trimmed is None or abs(now - self._trimmed) > TRIM_EVERY:  # by `now`, as every decision
+            self._trimmed = now
             for schedule in store.schedules.list_schedules():
                 store.schedules.trim_slots(schedule.id, SLOTS_KEPT)
         return report
