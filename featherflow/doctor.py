@@ -16,7 +16,7 @@ import os
 import shlex
 import sqlite3
 import stat
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -25,11 +25,15 @@ from featherflow.host import (
     OK, PROBLEM, PRUNE, WARNING, Finding, check_clock, check_scheduler, check_filesystem, check_free_space, clock_synchronised,
     free_spaces, read_mountinfo)
 from featherflow.store import db
-from featherflow.text import megabytes
+from featherflow.store.rules import GLOBAL, Rule, describe
+from featherflow.text import duration, megabytes
 
 
 WAL_WARN_BYTES = 64 * 1024 * 1024  # a WAL this big means a reader keeps it from being checkpointed
 LOGS_WARN_BYTES = 1024 ** 3
+HISTORY_WARN_RUNS = 10000  # with no retention policy, this much history is worth a warning
+HISTORY_WARN_BYTES = 256 * 1024 * 1024
+RETAIN = "featherflow retention set --older-than 30d --keep-last 100"
 def problems(findings: Iterable[Finding]) -> List[Finding]:
     return [f for f in findings if f.status == PROBLEM]
 
@@ -40,9 +44,11 @@ def diagnose(config, now: datetime) -> List[Finding]:
     findings = [check_filesystem(db_path, read_mountinfo())]
     con, finding = _connect(db_path)
     findings.append(finding)
+    history = None
     if con is not None:
         try:
             findings += _database_checks(con, db_path, now)
+            history = _history(con)
         finally:
             con.close()
     findings.append(check_wal_size(_size(Path(f"{db_path}-wal"))))
@@ -51,7 +57,11 @@ def diagnose(config, now: datetime) -> List[Finding]:
                                   scaffold.loose_paths(Path(config.flows_dir), Path(config.tasks_dir))))
     findings += check_free_space(free_spaces([db_path.parent, Path(config.output_dir)]))
     findings.append(check_clock(clock_synchronised(), now))
-    findings.append(check_logs(*log_usage(Path(config.output_dir) / "runs")))
+    logs = log_usage(Path(config.output_dir) / "runs")
+    findings.append(check_logs(*logs))
+    if history is not None:
+        findings.append(check_retention(history, logs[0], logs[1], _size(db_path) or 0,
+                                        _size(Path(f"{db_path}-wal")) or 0, now))
     return sorted(findings, key=lambda f: ORDER.index(f.name) if f.name in ORDER else len(ORDER))
 
 
@@ -59,7 +69,7 @@ def diagnose(config, now: datetime) -> List[Finding]:
 ORDER = ["database filesystem", "database integrity", "schema version", "database tables", "WAL size",
          "database permissions", "config dir permissions", "output dir permissions", "project permissions",
          "free disk space",
-         "clock", "scheduler", "stuck runs", "orphaned processes", "logs disk use"]
+         "clock", "scheduler", "stuck runs", "orphaned processes", "logs disk use", "retention"]
 
 
 # -- database ------------------------------------------------------------------
@@ -315,6 +325,49 @@ def check_logs(size: int, dirs: int, where: str) -> Finding:
     if size > LOGS_WARN_BYTES:
         return Finding("logs disk use", WARNING, detail, f"`{PRUNE}` deletes finished runs older than 30 days")
     return Finding("logs disk use", OK, detail, f"to free it: `{PRUNE}`" if dirs else "")
+
+
+def _history(con) -> Optional[Dict]:
+    """How many runs, since when, and the retention policy (None: cannot be read)."""
+    try:
+        runs, oldest = con.execute("SELECT COUNT(*), MIN(created_at) FROM flow_run").fetchone()
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'retention_rule'").fetchone():
+            return {"runs": runs, "oldest": _parse_time(oldest), "rules": None, "applied": None}
+        rows = con.execute("SELECT scope, older_than_seconds, keep_last, enabled FROM retention_rule").fetchall()
+        applied = con.execute("SELECT at FROM retention_applied WHERE id = 1").fetchone()
+    except sqlite3.Error:
+        return None
+    found = {scope: Rule(scope, None if age is None else timedelta(seconds=age), keep, bool(on))
+             for scope, age, keep, on in rows}
+    return {"runs": runs, "oldest": _parse_time(oldest), "rules": found,
+            "applied": _parse_time(applied[0]) if applied else None}
+
+
+def check_retention(history: Dict, log_bytes: int, log_dirs: int, db_bytes: int, wal_bytes: int,
+                    now: datetime) -> Finding:
+    """The space the history takes against the policy: a warning when nothing bounds a large
+    history, or when a policy is set but has not run for days (no scheduler to apply it)."""
+    name, rules = "retention", history["rules"] or {}
+    oldest = history["oldest"]
+    age = f", the oldest {duration((clock.as_utc(now) - oldest).total_seconds())} old" if oldest else ""
+    space = (f"logs {megabytes(log_bytes)} in {log_dirs} run dir(s); database {megabytes(db_bytes)} "
+             f"(+ WAL {megabytes(wal_bytes)}) for {history['runs']} run(s){age}")
+    own = [r for scope, r in rules.items() if scope != GLOBAL]
+    policy = f"policy: {describe(rules.get(GLOBAL))}" + (f" (+ {len(own)} flow rule(s))" if own else "")
+    applied = history["applied"]
+    since = (clock.as_utc(now) - applied).total_seconds() if applied else None
+    detail = f"{space}; {policy}; last applied {'never' if since is None else duration(since) + ' ago'}"
+    if not any(r.active for r in rules.values()):
+        if history["runs"] >= HISTORY_WARN_RUNS or log_bytes + db_bytes >= HISTORY_WARN_BYTES:
+            return Finding(name, WARNING, detail, f"`{RETAIN}` (the scheduler then prunes once a day)")
+        return Finding(name, OK, detail, f"to bound it: `{RETAIN}`")
+    # Overdue: not applied for two days, and the history holds runs older than a rule allows.
+    ages = [r.older_than for r in rules.values() if r.active and r.older_than is not None]
+    if (since is None or since > 2 * 86400) and oldest and ages and \
+            clock.as_utc(now) - oldest > min(ages) + timedelta(days=1):
+        return Finding(name, WARNING, detail, "the scheduler applies it once a day: is it running? "
+                       "`featherflow runs prune --policy` applies it now")
+    return Finding(name, OK, detail)
 
 
 # -- clock -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import time
 
 from featherflow.errors import ConflictError
 
-SCHEMA_VERSION = 6  # the number of the newest migration
+SCHEMA_VERSION = 7  # the number of the newest migration
 
 # The scheduler writes its heartbeat every tick, and a tick comes at least every
 # HEARTBEAT_EVERY seconds. A scheduler whose heartbeat is older than HEARTBEAT_STALE

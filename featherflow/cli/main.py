@@ -1,7 +1,7 @@
 """The `featherflow` command: build the parser from the command modules, run one, exit.
 
 The commands live in flows.py, runs.py, admin.py, schedules.py, backfill.py, notify.py,
-serve.py and export.py (what they share in common.py); COMMANDS below says which module holds which command, with its
+serve.py, export.py and retention.py (what they share in common.py); COMMANDS below says which module holds which command, with its
 help line, so that only the module of the command given is imported and builds its
 parser: `featherflow --help` imports none of them (a new command is one line there;
 tests/test_cli.py checks the table against the modules). This module is the one place
@@ -41,6 +41,7 @@ COMMANDS = (
     ("notify", "notify", "notifications: channels, test, log, flush"),
     ("serve", "serve", "a read-only status page and JSON API over HTTP (loopback unless a token is configured)"),
     ("export", "export", "write a flow as an Airflow DAG or an Argo CronWorkflow, listing what does not carry over"),
+    ("retention", "retention", "the retention policy: which finished runs the scheduler deletes daily"),
 )
 # The global options that take a value (global_options): a word after one is not a command.
 _VALUED = ("-f", "-t", "-o", "-l", "--flows-dir", "--tasks-dir", "--output-dir", "--log-level", "--log-dir",

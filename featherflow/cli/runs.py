@@ -196,6 +196,9 @@ def cmd_runs_prune(app, args) -> int:
     from featherflow.cli import format as views  # lazy: not for --help
     from featherflow.store import retention  # lazy: not for --help
 
+    if args.policy and (args.older_than or args.keep_last is not None):
+        raise errors.UsageError("--policy takes the limits from `featherflow retention show`; "
+                                "give either --policy or --older-than/--keep-last")
     try:
         older = views.parse_age(args.older_than) if args.older_than else None
     except ValueError as exc:
@@ -205,8 +208,12 @@ def cmd_runs_prune(app, args) -> int:
     if older is None and args.keep_last is None:
         older = views.parse_age("30d")
     now = clock.now()
-    report = retention.prune(reconciled(app), app.config.db_path, now, older, args.keep_last,
-                             args.flow, args.dry_run, output_dir=app.config.output_dir)
+    if args.policy:
+        report = retention.apply_policy(reconciled(app), app.config.db_path, now, args.flow, args.dry_run,
+                                        output_dir=app.config.output_dir)
+    else:
+        report = retention.prune(reconciled(app), app.config.db_path, now, older, args.keep_last,
+                                 args.flow, args.dry_run, output_dir=app.config.output_dir)
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {len(report.runs)} run(s), {report.attempts} attempt(s), "
           f"{text.size(report.files_bytes)} of scripts and logs")
@@ -276,4 +283,6 @@ def _add_history(runs_sub) -> None:
     p.add_argument("--older-than", metavar="AGE", help="runs that ended longer ago than AGE, e.g. 30d, 12h (default: 30d)")
     p.add_argument("--keep-last", type=int, metavar="N", help="always keep the newest N runs of each flow")
     p.add_argument("--flow", metavar="FLOW", help="only runs of this flow")
+    p.add_argument("--policy", action="store_true",
+                   help="delete what the retention policy says (`featherflow retention show`), now")
     p.add_argument("--dry-run", action="store_true", help="say what would be deleted; delete nothing")

@@ -8,7 +8,8 @@ daemon can be SIGKILLed or unplugged at any moment and a restart continues:
     tick(now): adopt queued runs whose launcher died -> reconcile orphans ->
                auto-resume interrupted scheduled runs (once) -> for each
                schedule: decide (policy.decide), record, launch -> one step
-               of each unfinished backfill (backfill_driver.py).
+               of each unfinished backfill (backfill_driver.py) -> once a day,
+               the retention policy (housekeeping.py).
 
 Runs are launched as `python -m featherflow ... _start-run RUN_ID` in their own
 session and never waited on (only reaped), so they outlive the daemon. Signal
@@ -27,9 +28,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -39,7 +39,7 @@ from featherflow.engine import limits
 from featherflow.engine import launch, reconcile
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
 from featherflow.notify import deliver
-from featherflow.scheduler import backfill_driver, lock, policy, slots
+from featherflow.scheduler import backfill_driver, housekeeping, lock, policy, slots
 from featherflow.store import Store
 from featherflow.store.records import NewRun
 
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 LOG_NAME = "scheduler.log"
 FAULT_POINTS = ("before-slot-commit", "after-slot-commit", "after-launch")
 SLOTS_KEPT = 5000  # slot rows kept per schedule (the newest); trimmed hourly
+TRIM_EVERY = timedelta(hours=1)
 WAKE_MARGIN = 0.005  # wake this much after a slot, never a hair before it
 MAX_LAUNCHES = 3  # processes started for one run before it is marked failed
 
@@ -71,6 +72,7 @@ class TickReport:
     skipped: int = 0
     launched: int = 0
     backfills: int = 0  # running backfills stepped
+    pruned: int = 0  # runs the daily retention deleted
 
 
 class Scheduler:
@@ -97,7 +99,7 @@ class Scheduler:
         self._resuming: Dict[int, int] = {}  # run id -> pid of the process resuming it
         self._launches: Dict[int, int] = {}  # run id -> processes started for it
         self._stop = False
-        self._trimmed = 0.0
+        self._trimmed: Optional[datetime] = None  # `now` of the latest slot trim
         self._last_tick: Optional[datetime] = None  # `now` of the latest tick (None: not ticked yet)
         self._flusher: Optional[subprocess.Popen] = None  # the `notify flush` child, while it runs
         self.backfills = backfill_driver.Driver(config, store)  # steps unfinished backfills each tick
@@ -160,7 +162,12 @@ class Scheduler:
         store.schedules.scheduler_heartbeat(self.pid, now)
         # Adopt queued runs whose launcher died (between firing and launching, or before
         # the launched process took the run) *before* reconcile, which would call them orphans.
-        for run in store.runs.list_runs(state=states.QUEUED, limit=None):
+        queued = store.runs.list_runs(state=states.QUEUED, limit=None)
+        # Launch counts matter only while a run is queued: forget the others, or the map
+        # grows by one entry a run for the daemon's whole life (found by bench/soak.py).
+        waiting = {r.id for r in queued}
+        self._launches = {i: n for i, n in self._launches.items() if i in waiting}
+        for run in queued:
             if run.schedule_id is None or run.pid == self.pid or run.pid in self._children:
                 continue
             if proc.is_alive(run.pid, run.pid_start, run.boot_id):
@@ -190,10 +197,15 @@ class Scheduler:
                 log.exception("schedule %s: tick failed", schedule.name)
         report.backfills = backfill_driver.tick(self.config, store, now, self.backfills)  # no one else drives
         deliver.heartbeats(store, now)
+        try:  # once a day; never in the way of the slots (they were fired above)
+            pruned = housekeeping.daily_retention(store, self.config.db_path, now)
+            report.pruned = len(pruned.runs) if pruned else 0
+        except Exception:
+            log.exception("retention failed; trying again next tick")
         if store.outbox.has_due(now):
             self.deliver()
-        if time.monotonic() - self._trimmed > 3600:
-            self._trimmed = time.monotonic()
+        if self._trimmed is None or abs(now - self._trimmed) > TRIM_EVERY:  # by `now`, as every decision
+            self._trimmed = now
             for schedule in store.schedules.list_schedules():
                 store.schedules.trim_slots(schedule.id, SLOTS_KEPT)
         return report

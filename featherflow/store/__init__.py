@@ -4,7 +4,7 @@ plain records (records.py), never a peewee row.
 
 `Store` is one database: `store.runs` (runs and attempts) and `store.schedules`
 (schedules, slots, the scheduler's row) and `store.outbox` (notification channels,
-events and deliveries) and `store.backfills` (backfills and their slots), composed over one connection. The schedules' and the outbox's
+events and deliveries) `store.backfills` (backfills and their slots) and `store.rules` (the retention policy), composed over one connection. The schedules' and the outbox's
 queries are imported when first used: `featherflow run` needs neither (some 10 ms).
 Importing the package (for records.py, quick.py) loads no peewee: a Store's queries do.
 """
@@ -16,7 +16,7 @@ class Store:
 
         self.db = db  # a peewee SqliteDatabase
         self.runs = RunStore(db)
-        self._schedules = self._outbox = self._backfills = None
+        self._schedules = self._outbox = self._backfills = self._rules = None
 
     @property
     def schedules(self):
@@ -42,13 +42,23 @@ class Store:
             self._backfills = BackfillStore(self.db, self.runs)
         return self._backfills
 
+    @property
+    def rules(self):
+        """The retention policy (store/retention.py applies it)."""
+        if self._rules is None:
+            from featherflow.store.rules import RuleStore  # lazy: not on a run's path
+
+            self._rules = RuleStore(self.db)
+        return self._rules
+
     def close(self) -> None:
         self.db.close()
 
-    def compact(self) -> None:
-        """Give space back after deletions: checkpoint the WAL; VACUUM when a quarter is free."""
+    def compact(self, vacuum: bool = True) -> None:
+        """Give space back after deletions: checkpoint the WAL; VACUUM when a quarter is free
+        (unless not `vacuum`: the free pages are then reused by the rows written next)."""
         pages = self.db.execute_sql("PRAGMA page_count").fetchone()[0]
         free = self.db.execute_sql("PRAGMA freelist_count").fetchone()[0]
-        if pages and free * 4 >= pages:
+        if vacuum and pages and free * 4 >= pages:
             self.db.execute_sql("VACUUM")
         self.db.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -201,5 +201,27 @@ class BackfillSlot(BaseModel):
         indexes = ((("backfill", "slot_at"), True),)
 
 
+class RetentionRule(BaseModel):
+    """A retention rule (migration 0007): `*` for the global one, else a flow's own."""
+    scope = CharField(primary_key=True)
+    older_than_seconds = IntegerField(null=True)
+    keep_last = IntegerField(null=True)
+    enabled = BooleanField(default=True)
+    updated_at = DateTimeField()
+
+    class Meta:
+        table_name = "retention_rule"
+
+
+class RetentionApplied(BaseModel):
+    id = IntegerField(primary_key=True)
+    at = DateTimeField()
+    runs = IntegerField(default=0)
+    bytes = IntegerField(default=0)
+
+    class Meta:
+        table_name = "retention_applied"
+
+
 MODELS = [Schedule, FlowRun, RunSnapshot, TaskAttempt, ScheduleSlot, SchedulerState,
-          Channel, Event, Delivery, DeliveryTry, Backfill, BackfillSlot]
+          Channel, Event, Delivery, DeliveryTry, Backfill, BackfillSlot, RetentionRule, RetentionApplied]
