@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from featherflow import errors, proc, scaffold, states
+from featherflow import clock, errors, proc, scaffold, states
 from featherflow.host import (
     OK, PROBLEM, PRUNE, WARNING, Finding, check_clock, check_scheduler, check_filesystem, check_free_space, clock_synchronised,
     free_spaces, read_mountinfo)
@@ -405,6 +405,10 @@ def uids_by_pid() -> Dict[int, str]:
 
 
 # -- small helpers --------------------------------------------------------------------
+
+def _parse_time(value) -> Optional[datetime]:
+    return clock.from_text(value if isinstance(value, datetime) else str(value) if value else None)
+
 
 def _lstat(path: Path):
     try:
