@@ -21,14 +21,18 @@ ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ARG_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# A pool's name: also a directory name beside the database (<db dir>/pools/NAME), so
+# never "." or "..".
+POOL_RE = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.-]{1,64}")
+POOL_VALID = "1-64 of A-Z a-z 0-9 _ . -, not . or .."
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 BUILTIN_PLACEHOLDERS = ("run_id", "flow", "scheduled_at")
 MAX_FLOW_BYTES = 1024 * 1024  # the cap on a flow file's size (check_size)
 
-FLOW_KEYS = ("name", "description", "version", "tasks", "max_parallel", "params")
+FLOW_KEYS = ("name", "description", "version", "tasks", "max_parallel", "params", "pool")
 TASK_KEYS = (
     "id", "script", "description", "depends_on", "args", "env",
-    "retries", "retry_delay", "retry_backoff", "timeout",
+    "retries", "retry_delay", "retry_backoff", "timeout", "pool",
 )
 
 Args = Union[Tuple[str, ...], Dict[str, Any]]
@@ -46,6 +50,7 @@ class Task:
     retry_delay: float = 0.0
     retry_backoff: float = 1.0
     timeout: Optional[float] = None
+    pool: Optional[str] = None  # its own, or the flow's default (Flow.pool)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Flow:
     version: str = ""
     max_parallel: Optional[int] = None
     params: Dict[str, Any] = field(default_factory=dict)
+    pool: Optional[str] = None  # the default pool of its tasks
     source: Dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # id -> task, built once: looking each task up by a walk of `tasks` made
     # rendering a 5,000-task flow quadratic.
@@ -85,6 +91,18 @@ class Flow:
     def snapshot(self) -> str:
         """The definition as canonical JSON: stored with a run, compared on resume."""
         return json.dumps(self.source, sort_keys=True, ensure_ascii=False)
+
+
+def pools_of(source: Dict[str, Any]) -> Dict[str, str]:
+    """Task id -> pool, read from a (validated) definition as stored with a run: a task's
+    own "pool" (null: none), else the flow's. Tasks without a pool are left out."""
+    default = source.get("pool")
+    found = {}
+    for task in source.get("tasks") or ():
+        pool = task.get("pool") if "pool" in task else default
+        if isinstance(pool, str):
+            found[task.get("id")] = pool
+    return found
 
 
 def check_flow_name(name: str) -> str:
@@ -254,15 +272,24 @@ class _Validator:
                     self.err(f"params.{key}", "invalid param name (valid: letters, digits, '_', not starting with a digit)")
         else:
             params = {}
-        tasks = self.tasks(data.get("tasks"), params, tasks_dir)
+        pool = self.pool(data.get("pool"), "pool")
+        tasks = self.tasks(data.get("tasks"), params, tasks_dir, pool)
         if tasks is None or len(self.errors) > before:
             return None
         return Flow(
             name=name, tasks=tasks, description=description, version=str(version),
-            max_parallel=max_parallel, params=dict(params), source=data,
+            max_parallel=max_parallel, params=dict(params), pool=pool, source=data,
         )
 
-    def tasks(self, raw, params, tasks_dir) -> Optional[Tuple[Task, ...]]:
+    def pool(self, value, path) -> Optional[str]:
+        """A pool name, or None (no pool)."""
+        if value is None:
+            return None
+        if self.typed(value, str, path, f"a pool name ({POOL_VALID})") and not POOL_RE.fullmatch(value):
+            self.err(path, f"invalid pool name {value!r} (valid: {POOL_VALID})")
+        return value if isinstance(value, str) else None
+
+    def tasks(self, raw, params, tasks_dir, pool=None) -> Optional[Tuple[Task, ...]]:
         if raw is None:
             self.err("tasks", "is required (a non-empty array of tasks)")
             return None
@@ -273,7 +300,7 @@ class _Validator:
             return None
         tasks, seen = [], {}
         for i, item in enumerate(raw):
-            task = self.task(item, f"tasks[{i}]", params, tasks_dir)
+            task = self.task(item, f"tasks[{i}]", params, tasks_dir, pool)
             if task is None:
                 continue
             if task.id in seen:
@@ -305,7 +332,7 @@ class _Validator:
             return None
         return tuple(tasks)
 
-    def task(self, item, path, params, tasks_dir) -> Optional[Task]:
+    def task(self, item, path, params, tasks_dir, flow_pool=None) -> Optional[Task]:
         if not isinstance(item, dict):
             self.err(path, f"must be an object with 'id' and 'script', not {_json_type(item)}")
             return None
@@ -352,13 +379,15 @@ class _Validator:
         if timeout is not None and self.typed(timeout, (int, float), f"{path}.timeout", "a number of seconds > 0"):
             if timeout <= 0:
                 self.err(f"{path}.timeout", f"must be > 0, not {timeout}")
+        # A task's own "pool" (null: none) wins over the flow's default.
+        pool = self.pool(item["pool"], f"{path}.pool") if "pool" in item else flow_pool
         if len(self.errors) > before:
             return None
         return Task(
             id=task_id, script=script, description=description, depends_on=tuple(deps),
             args=args, env={k: str(v) for k, v in env.items()}, retries=retries,
             retry_delay=float(delay), retry_backoff=float(backoff),
-            timeout=float(timeout) if timeout is not None else None,
+            timeout=float(timeout) if timeout is not None else None, pool=pool,
         )
 
     def script(self, script, path, tasks_dir) -> None:

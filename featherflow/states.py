@@ -13,7 +13,7 @@ import time
 
 from featherflow.errors import ConflictError
 
-SCHEMA_VERSION = 4  # the number of the newest migration
+SCHEMA_VERSION = 5  # the number of the newest migration
 
 # The scheduler writes its heartbeat every tick, and a tick comes at least every
 # HEARTBEAT_EVERY seconds. A scheduler whose heartbeat is older than HEARTBEAT_STALE
@@ -175,13 +175,16 @@ def apply_attempt(cur, run_id, task_id, attempt, new, now=None, exit_code=None,
         return PENDING
     old = row[0]
     if old == new:
+        if new == PENDING and reason is not None:  # why it waits (for a slot of a pool)
+            cur.execute("UPDATE task_attempt SET reason = ? WHERE run_id = ? AND task_id = ? AND attempt = ?",
+                        (reason, run_id, task_id, attempt))
         return old
     if new not in ATTEMPT_MOVES.get(old, ()):
         raise IllegalTransition(
             f"task {task_id!r} attempt {attempt} of run {run_id} cannot go from {old} to {new}")
     if new == RUNNING:
         cur.execute(
-            "UPDATE task_attempt SET state = ?, started_at = ? "
+            "UPDATE task_attempt SET state = ?, started_at = ?, reason = NULL "
             "WHERE run_id = ? AND task_id = ? AND attempt = ?",
             (new, now, run_id, task_id, attempt))
     else:

@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 from featherflow import __version__, errors
-from featherflow.cli import admin, flows, notify, runs, schedules
+from featherflow.cli import admin, flows, notify, pools, runs, schedules
 from featherflow.cli.common import for_terminal, global_options
 from featherflow.errors import FeatherflowError
 
@@ -100,6 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"featherflow {__version__}")
     global_options(parser, suppress=False)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (flows, runs, admin, schedules, notify):
+    for module in (flows, runs, admin, schedules, notify, pools):
         module.add_commands(sub)
     return parser

@@ -103,10 +103,16 @@ ready() {  # index
 }
 
 # Send a signal to every running task's process group.
+# A pool task's subshell is no group leader: it passes TERM on to its task, and
+# KILL, which it could not trap, is sent to it as USR1.
 signal_tasks() {  # signal
   local pid
   for pid in "${!PID_TASK[@]}"; do
-    kill "-$1" -- "-$pid" 2>/dev/null || kill "-$1" "$pid" 2>/dev/null
+    if [[ -n ${PID_POOL[$pid]:-} ]]; then
+      kill "-${1/#KILL/USR1}" "$pid" 2>/dev/null
+    else
+      kill "-$1" -- "-$pid" 2>/dev/null || kill "-$1" "$pid" 2>/dev/null
+    fi
   done
 }
 
@@ -137,12 +143,18 @@ broken() {
   stop_tasks
 }
 
-# Record MARKS, then the start of each task index given, in one _mark call (one
-# transaction). Returns non-zero if that failed: then the tasks given must not
+# Record MARKS, then the start of each task index given (for a pool task, that
+# it waits for a slot), in one _mark call (one transaction). Returns non-zero if that failed: then the tasks given must not
 # start, and the other marks are kept in LOST for a last try at the end.
 flush() {
   local i starting=()
-  for i; do starting+=("${T_ID[i]}:${T_ATTEMPT[i]}:running"); done
+  for i; do
+    if [[ -n ${T_POOL[i]:-} ]]; then  # it waits for a slot; its subshell records its start
+      starting+=("${T_ID[i]}:${T_ATTEMPT[i]}:pending::waiting for a slot of pool ${T_POOL[i]}")
+    else
+      starting+=("${T_ID[i]}:${T_ATTEMPT[i]}:running")
+    fi
+  done
   ((${#MARKS[@]} + ${#starting[@]})) || return 0
   if ((!BROKEN)) && mark "${MARKS[@]}" "${starting[@]}" 2>&8; then
     MARKS=()
@@ -196,28 +208,71 @@ launch() {  # index
   local i=$1 n=${T_ATTEMPT[$1]}
   now_ms
   START_MS[i]=$NOW_MS
-  (
-    export FEATHERFLOW_TASK_ID="${T_ID[i]}" FEATHERFLOW_ATTEMPT="$n"
-    "task_$i"
-  ) >"$LOG_DIR/${T_ID[i]}.$n.log" 2>&1 </dev/null 6<&- 7>&- 8>&- 9>&- &
+  if [[ -n ${T_POOL[i]:-} ]]; then  # its subshell waits for a slot, then runs it (see pool_task)
+    (pool_task "$i") >/dev/null </dev/null 6<&- 7>&- 8>&- &
+    PID_POOL[$!]=1
+  else
+    (
+      export FEATHERFLOW_TASK_ID="${T_ID[i]}" FEATHERFLOW_ATTEMPT="$n"
+      "task_$i"
+    ) >"$LOG_DIR/${T_ID[i]}.$n.log" 2>&1 </dev/null 6<&- 7>&- 8>&- 9>&- &
+  fi
   PID_TASK[$!]=$i
   T_STATE[i]=running
   RUNNING=$((RUNNING + 1))
-  say "start   ${T_ID[i]} (attempt $n)"
+  if [[ -n ${T_POOL[i]:-} ]]; then
+    say "wait    ${T_ID[i]} (attempt $n) for a slot of pool ${T_POOL[i]}"
+  else
+    say "start   ${T_ID[i]} (attempt $n)"
+  fi
   # A signal whose trap ran between the fork and the line above missed this task.
   if ((CANCELLED || BROKEN)); then stop_tasks; fi
 }
 
+# How an attempt ended: V_STATE (success, cancelled or failed) and V_REASON.
+verdict() {  # index exit-code took-ms stopped
+  V_REASON=
+  if (($2 == 0)); then
+    V_STATE=success
+  elif (($4)); then
+    V_STATE=cancelled V_REASON="run cancelled"
+    ((CANCELLED || !BROKEN)) || V_REASON="run stopped: a state change could not be recorded"
+  # timeout exits 124 (137 if it had to KILL); `took` is measured to 10 ms, hence the margin
+  elif ((T_TIMEOUT_MS[$1] > 0 && ($2 == 124 || $2 == 137) && $3 + 100 >= T_TIMEOUT_MS[$1])); then
+    V_STATE=failed V_REASON="timeout after ${T_TIMEOUT[$1]}s"
+  else
+    V_STATE=failed V_REASON="exit code $2"
+  fi
+}
+
 finished() {  # pid exit-code
-  local pid=$1 rc=$2 i=${PID_TASK[$1]} n took reason d
+  local pid=$1 rc=$2 i=${PID_TASK[$1]} n took d recorded=0
   n=${T_ATTEMPT[i]}
   unset "PID_TASK[$pid]"
   RUNNING=$((RUNNING - 1))
   now_ms
   took=$((NOW_MS - START_MS[i]))
+  if [[ -n ${PID_POOL[$pid]:-} ]]; then
+    unset "PID_POOL[$pid]"
+    pool_done "$i"
+    # What its subshell recorded (and measured from the slot on); no file: the task never started.
+    if ! read -r recorded took V_STATE V_REASON <"$RUN_DIR/pool-${T_ID[i]}.$n" 2>/dev/null; then
+      if ((rc == POOL_NOT_STARTED && (CANCELLED || BROKEN))); then
+        MARKS+=("${T_ID[i]}:$n:cancelled::run cancelled while it waited for a slot of pool ${T_POOL[i]}")
+        T_STATE[i]=cancelled
+        say "stopped ${T_ID[i]} (attempt $n) while it waited for a slot of pool ${T_POOL[i]}"
+      else  # its start could not be recorded, or it died: nothing runs untracked
+        T_STATE[i]=cancelled
+        broken
+      fi
+      return
+    fi
+  else
+    verdict "$i" "$rc" "$took" $((CANCELLED || BROKEN))
+  fi
   duration "$took"
-  if ((rc == 0)); then
-    MARKS+=("${T_ID[i]}:$n:success:0")
+  if [[ $V_STATE == success ]]; then
+    ((recorded)) || MARKS+=("${T_ID[i]}:$n:success:0")
     T_STATE[i]=success
     say "ok      ${T_ID[i]} (attempt $n) in $TOOK"
     for d in ${T_NEXT[i]}; do
@@ -226,24 +281,16 @@ finished() {  # pid exit-code
     done
     return
   fi
-  if ((CANCELLED || BROKEN)); then
+  if [[ $V_STATE == cancelled ]]; then
     kill -KILL -- "-$pid" 2>/dev/null  # nothing of a stopped task outlives it
-    reason="run cancelled"
-    ((CANCELLED)) || reason="run stopped: a state change could not be recorded"
-    MARKS+=("${T_ID[i]}:$n:cancelled:$rc:$reason")
+    ((recorded)) || MARKS+=("${T_ID[i]}:$n:cancelled:$rc:$V_REASON")
     T_STATE[i]=cancelled
     say "stopped ${T_ID[i]} (attempt $n) after $TOOK"
     return
   fi
-  # timeout exits 124 (137 if it had to KILL); `took` is measured to 10 ms, hence the margin
-  if ((T_TIMEOUT_MS[i] > 0 && (rc == 124 || rc == 137) && took + 100 >= T_TIMEOUT_MS[i])); then
-    reason="timeout after ${T_TIMEOUT[i]}s"
-    kill -KILL -- "-$pid" 2>/dev/null  # children that ignored TERM
-  else
-    reason="exit code $rc"
-  fi
-  MARKS+=("${T_ID[i]}:$n:failed:$rc:$reason")
-  say "FAILED  ${T_ID[i]} (attempt $n) after $TOOK: $reason"
+  [[ $V_REASON == timeout* ]] && kill -KILL -- "-$pid" 2>/dev/null  # children that ignored TERM
+  ((recorded)) || MARKS+=("${T_ID[i]}:$n:failed:$rc:$V_REASON")
+  say "FAILED  ${T_ID[i]} (attempt $n) after $TOOK: $V_REASON"
   # Each line cut to LOG_TAIL_WIDTH bytes (never inside a UTF-8 character): a task that
   # prints 10 kB lines must not flood the terminal. The log file keeps every byte.
   tail -n "$LOG_TAIL_LINES" -- "$LOG_DIR/${T_ID[i]}.$n.log" 2>/dev/null | tr -d '\000-\010\013-\037\177' |
@@ -275,6 +322,122 @@ finished() {  # pid exit-code
   T_STATE[i]=failed
   FAILED=$((FAILED + 1))
   skip_below "$i"
+}
+
+# Pools (README "Pools"): at most T_SLOTS[i] tasks of pool T_POOL[i] run at once,
+# across every run of the database. A slot is an exclusive `flock` on one of the
+# files $POOL_DIR/POOL/slot.0 .. slot.N-1, held by a subshell of this script that
+# waits for the task and records its start and end itself: the kernel frees the
+# slot when that subshell dies, and never before its task's end is recorded, so
+# two runs never show two of a pool's tasks running at once. The slot's fd is
+# closed in the task and in every other process the subshell starts, so a
+# daemonised grandchild of a task never keeps it. Waiting does not spin: one
+# `flock -n` per slot file, then a blocking `flock -w` on one of them (a freed
+# slot is taken at once), and round again. A TERM stops the wait (the run is
+# cancelled) or is passed on to the task's group; USR1 stands for the KILL
+# that a signal to this subshell would not pass on.
+declare -A PID_POOL=()  # the task pids that are such subshells
+# A run starts at most T_SLOTS of a pool's tasks at once (waiting or running):
+# more could not run anyway, and the places of MAX_PARALLEL go to other tasks.
+# POOL_BUSY counts them by pool; POOL_LATER holds the ready ones held back.
+declare -A POOL_BUSY=() POOL_LATER=()
+pool_place() {  # index; fails (and holds the task back) when its pool's share is taken
+  local p=${T_POOL[$1]}
+  if ((${POOL_BUSY[$p]:-0} >= T_SLOTS[$1])); then
+    POOL_LATER[$p]+=" $1"
+    return 1
+  fi
+  POOL_BUSY[$p]=$((${POOL_BUSY[$p]:-0} + 1))
+}
+pool_done() {  # index: its subshell ended; the first task held back in its pool is ready
+  local p=${T_POOL[$1]} later
+  POOL_BUSY[$p]=$((POOL_BUSY[$p] - 1))
+  read -r -a later <<<"${POOL_LATER[$p]:-}"
+  ((${#later[@]})) || return 0
+  POOL_LATER[$p]=" ${later[*]:1}"
+  ready "${later[0]}"
+}
+POOL_BACKOFF=(0.2 0.4 0.8 1.6 2)
+POOL_NOT_STARTED=90  # the subshell's exit code when it ended before its task started
+P_STOP=0 P_TASK= P_WAITER= P_FD=
+pool_task() {  # index; runs in its own subshell, to the end of the attempt
+  local i=$1 n=${T_ATTEMPT[$1]} id=${T_ID[$1]} pool=${T_POOL[$1]} slots=${T_SLOTS[$1]}
+  local dir="$POOL_DIR/${T_POOL[$1]}" k round=0 rc took=0 secs
+  trap 'P_STOP=1; [[ -n $P_WAITER ]] && kill "$P_WAITER" 2>/dev/null
+        [[ -n $P_TASK ]] && kill -TERM -- "-$P_TASK" 2>/dev/null' INT TERM HUP
+  trap '[[ -n $P_TASK ]] && kill -KILL -- "-$P_TASK" 2>/dev/null' USR1
+  trap : PIPE  # our report to the terminal must not kill us (and free the slot) when its reader is gone
+  mkdir -p -- "$dir" || exit "$POOL_NOT_STARTED"
+  while :; do
+    if ((P_STOP)) || pool_orphaned; then exit "$POOL_NOT_STARTED"; fi
+    for ((k = 0; k < slots; k++)); do
+      exec {P_FD}<>"$dir/slot.$k" || exit "$POOL_NOT_STARTED"
+      flock -n "$P_FD" && break 2
+      exec {P_FD}>&-
+    done
+    k=$((round % slots)) round=$((round + 1))
+    # One slot: wait on it (5 s, then look again whether the run still goes on);
+    # several: wait on one of them for 0.2 s, doubling to 2 s, then try them all.
+    secs=5
+    ((slots == 1)) || secs=${POOL_BACKOFF[round < 5 ? round - 1 : 4]}
+    exec {P_FD}<>"$dir/slot.$k" || exit "$POOL_NOT_STARTED"
+    flock -w "$secs" "$P_FD" 2>/dev/null &
+    P_WAITER=$!
+    while :; do
+      wait "$P_WAITER"
+      rc=$?
+      ((P_STOP)) && exit "$POOL_NOT_STARTED"
+      kill -0 "$P_WAITER" 2>/dev/null || break
+    done
+    P_WAITER=
+    ((rc == 0)) && break
+    exec {P_FD}>&-
+  done
+  if ((P_STOP)) || pool_orphaned; then exit "$POOL_NOT_STARTED"; fi
+  # The slot is ours: the task starts now, and so do its timeout and its recorded start.
+  pool_mark "$id:$n:running" || exit "$POOL_NOT_STARTED"
+  now_ms
+  local start=$NOW_MS
+  say "start   $id (attempt $n) in pool $pool (slot $k)"
+  if ((!P_STOP)); then
+    (
+      export FEATHERFLOW_TASK_ID="$id" FEATHERFLOW_ATTEMPT="$n"
+      "task_$i"
+    ) >"$LOG_DIR/$id.$n.log" 2>&1 </dev/null {P_FD}>&- 9>&- &
+    P_TASK=$!
+    while :; do  # a trapped signal ends `wait` early: wait again while the task is there
+      wait "$P_TASK"
+      rc=$?
+      kill -0 "$P_TASK" 2>/dev/null || break
+    done
+    now_ms
+    took=$((NOW_MS - start))
+  else
+    rc=143
+  fi
+  verdict "$i" "$rc" "$took" "$P_STOP"
+  if [[ $V_STATE == cancelled || $V_REASON == timeout* ]] && [[ -n $P_TASK ]]; then
+    kill -KILL -- "-$P_TASK" 2>/dev/null  # nothing of it outlives it, nor keeps running past its end
+  fi
+  [[ -n $P_TASK ]] || V_REASON="run cancelled before the task started"
+  local recorded=1
+  if [[ $V_STATE == success ]]; then
+    pool_mark "$id:$n:success:0" || recorded=0
+  else
+    pool_mark "$id:$n:$V_STATE:$rc:$V_REASON" || recorded=0
+  fi
+  printf '%s %s %s %s\n' "$recorded" "$took" "$V_STATE" "$V_REASON" >"$RUN_DIR/pool-$id.$n"
+  exit "$rc"  # and the slot is free
+}
+pool_mark() {  # transition...: recorded by a _mark of its own (the co-process is the script's)
+  "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --wait "$LOCK_WAIT" "$@" {P_FD}>&- 9>&-
+}
+# Whether the script that started this subshell is gone (killed): then no task starts.
+pool_orphaned() {
+  local stat
+  [[ -r /proc/$BASHPID/stat ]] || return 1
+  read -r -a stat <"/proc/$BASHPID/stat"
+  [[ ${stat[3]} != "$$" ]]
 }
 
 # Mark every pending task downstream of task $1 upstream_failed, walking
@@ -329,7 +492,9 @@ while :; do
       i=${READY[READY_HEAD]}
       unset "READY[READY_HEAD]"  # the queue stays as short as what waits in it
       READY_HEAD=$((READY_HEAD + 1))
-      [[ ${T_STATE[i]} == pending ]] && starts+=("$i")
+      [[ ${T_STATE[i]} == pending ]] || continue
+      [[ -z ${T_POOL[i]:-} ]] || pool_place "$i" || continue
+      starts+=("$i")
     done
   fi
   if flush "${starts[@]}"; then

@@ -84,7 +84,8 @@ def start_resume(config: Config, store: Store, plan: ResumePlan, keep_tmp: bool 
                             pid=os.getpid(), pid_start=start, boot_id=boot)
     run = store.runs.get_run(plan.run.id)
     try:
-        path = launch.script_for(config, run, plan.flow, attempts, plan.keep, keep_tmp)
+        path = launch.script_for(config, run, plan.flow, attempts, plan.keep, keep_tmp,
+                                 pools=launch.pool_slots(store, plan.flow))
     except OSError as exc:
         store.runs.transition_run(run.id, states.FAILED, reason=f"could not write its script: {exc.strerror or exc}")
         raise DiskError(f"run {run.id}: cannot write its script under {run_dir(run)}: "

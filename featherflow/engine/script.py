@@ -57,6 +57,8 @@ class RunSpec:
     dry_run: bool = False
     lock_wait: float = LOCK_WAIT
     kill_grace: float = KILL_GRACE
+    pools: Dict[str, int] = field(default_factory=dict)  # slots of each pool its tasks name
+    pool_dir: str = ""  # where the slot files are: <database dir>/pools
 
 
 # Bash's reserved words: harmless as arguments, but quoted anyway so that
@@ -137,7 +139,8 @@ def render(flow: flowmod.Flow, spec: RunSpec) -> str:
     out.append("# The tasks, in dependency order. Each function runs one attempt of one task.")
     out.append("# T_DEPS: the tasks it depends on; T_NEXT: the tasks that depend on it (indexes,")
     out.append("# named in the comment above). T_RETRY_MS: the wait before each retry, in milliseconds.")
-    out.append("declare -a T_ID T_DEPS T_NEXT T_RETRY_MS T_TIMEOUT T_TIMEOUT_MS T_ATTEMPT T_STATE")
+    out.append("# T_POOL, T_SLOTS: the pool of a task that has one, and its number of slots.")
+    out.append("declare -a T_ID T_DEPS T_NEXT T_RETRY_MS T_TIMEOUT T_TIMEOUT_MS T_ATTEMPT T_STATE T_POOL T_SLOTS")
     for i, task_id in enumerate(order):
         out.append("")
         out += _task_block(flow, spec, i, task_id, index, down)
@@ -163,7 +166,7 @@ def settings(flow: flowmod.Flow, spec: RunSpec) -> List[str]:
         ("FF_PYTHON", spec.python), ("FF_MARK", spec.mark), ("FF_DB", spec.db),
         ("RUN_ID", spec.run_id), ("RUN_DIR", spec.run_dir), ("MAX_PARALLEL", spec.max_parallel),
         ("KILL_GRACE", _seconds(spec.kill_grace)), ("LOCK_WAIT", _seconds(spec.lock_wait)),
-        ("KEEP_TMP", int(spec.keep_tmp)), ("LOG_TAIL_LINES", LOG_TAIL), ("LOG_TAIL_WIDTH", LOG_TAIL_WIDTH),
+        ("KEEP_TMP", int(spec.keep_tmp)), ("POOL_DIR", spec.pool_dir), ("LOG_TAIL_LINES", LOG_TAIL), ("LOG_TAIL_WIDTH", LOG_TAIL_WIDTH),
         # Named once on the first line: a flow without a `params` block takes any.
         ("UNDECLARED", ", ".join(_name(p) for p in flow.undeclared(spec.params))),
     ]
@@ -197,7 +200,7 @@ def _task_block(flow: flowmod.Flow, spec: RunSpec, i: int, task_id: str, index: 
     delays = [task.retry_delay * task.retry_backoff ** n for n in range(task.retries)]
     kept = task_id in spec.keep
     out = [f"# [{i}] {task_id}" + (f": {_comment(task.description)}" if task.description else "")]
-    facts = _facts(task, down[task_id], delays, kept)
+    facts = _facts(task, down[task_id], delays, kept, spec)
     if facts:
         out.append("#     " + "; ".join(facts))
     state = states.SUCCESS if kept else states.PENDING
@@ -206,6 +209,8 @@ def _task_block(flow: flowmod.Flow, spec: RunSpec, i: int, task_id: str, index: 
                f"T_TIMEOUT[{i}]={q(_seconds(task.timeout or 0))} "
                f"T_TIMEOUT_MS[{i}]={round((task.timeout or 0) * 1000)} "
                f"T_ATTEMPT[{i}]={spec.attempts.get(task_id, 1)} T_STATE[{i}]={state}")
+    if task.pool:
+        out.append(f"T_POOL[{i}]={q(task.pool)} T_SLOTS[{i}]={pool_slots(spec, task.pool)}")
     out.append(f"task_{i}() {{")
     # `timeout` leads the task's group when there is a timeout; otherwise
     # setsid makes the task itself the leader (no extra process per task).
@@ -225,7 +230,13 @@ def _task_block(flow: flowmod.Flow, spec: RunSpec, i: int, task_id: str, index: 
     return out
 
 
-def _facts(task: flowmod.Task, below: List[str], delays: List[float], kept: bool) -> List[str]:
+def pool_slots(spec: RunSpec, pool: str) -> int:
+    """The slots of a pool as the run starts (1 for a pool that is not defined)."""
+    return spec.pools.get(pool, 1)
+
+
+def _facts(task: flowmod.Task, below: List[str], delays: List[float], kept: bool,
+           spec: RunSpec) -> List[str]:
     """What the comment above a task's values says of it, in words."""
     facts = []
     if task.depends_on:
@@ -237,6 +248,9 @@ def _facts(task: flowmod.Task, below: List[str], delays: List[float], kept: bool
         facts.append(f"{task.retries} retries (after {waits})")
     if task.timeout:
         facts.append(f"timeout {_seconds(task.timeout)}s")
+    if task.pool:
+        slots = pool_slots(spec, task.pool)
+        facts.append(f"pool {task.pool} ({slots} slot{'s' if slots != 1 else ''})")
     if kept:
         facts.append("already succeeded: kept")
     return facts

@@ -4,12 +4,14 @@ plain records (records.py), never a peewee row.
 
 `Store` is one database: `store.runs` (runs and attempts) and `store.schedules`
 (schedules, slots, the scheduler's row) and `store.outbox` (notification channels,
-events and deliveries), composed over one connection.
+events and deliveries) and `store.pools` (pools and who uses them), composed over one
+connection.
 """
 
 from peewee import SqliteDatabase
 
 from featherflow.store.outbox import OutboxStore
+from featherflow.store.pools import PoolStore
 from featherflow.store.runs import RunStore
 from featherflow.store.schedules import ScheduleStore
 
@@ -20,6 +22,7 @@ class Store:
         self.runs = RunStore(db)
         self.schedules = ScheduleStore(db, self.runs)
         self.outbox = OutboxStore(db)
+        self.pools = PoolStore(db)
 
     def close(self) -> None:
         self.db.close()

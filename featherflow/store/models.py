@@ -161,5 +161,14 @@ class DeliveryTry(BaseModel):
         table_name = "delivery_try"
 
 
+class Pool(BaseModel):
+    """A named limit across runs (migration 0005): how many of its tasks run at once."""
+    id = AutoField()
+    name = CharField(unique=True)
+    slots = IntegerField()
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+
+
 MODELS = [Schedule, FlowRun, RunSnapshot, TaskAttempt, ScheduleSlot, SchedulerState,
-          Channel, Event, Delivery, DeliveryTry]
+          Channel, Event, Delivery, DeliveryTry, Pool]
