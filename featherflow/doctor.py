@@ -14,6 +14,7 @@ unknown, logs take space); `problem` (something will go wrong or is wrong:
 
 import os
 import shlex
+import shutil
 import sqlite3
 import stat
 from datetime import datetime
@@ -52,6 +53,7 @@ def diagnose(config, now: datetime) -> List[Finding]:
     findings += check_free_space(free_spaces([db_path.parent, Path(config.output_dir)]))
     findings.append(check_clock(clock_synchronised(), now))
     findings.append(check_logs(*log_usage(Path(config.output_dir) / "runs")))
+    findings.append(check_pools(shutil.which("flock")))
     return sorted(findings, key=lambda f: ORDER.index(f.name) if f.name in ORDER else len(ORDER))
 
 
@@ -59,7 +61,7 @@ def diagnose(config, now: datetime) -> List[Finding]:
 ORDER = ["database filesystem", "database integrity", "schema version", "database tables", "WAL size",
          "database permissions", "config dir permissions", "output dir permissions", "project permissions",
          "free disk space",
-         "clock", "scheduler", "stuck runs", "orphaned processes", "logs disk use"]
+         "clock", "scheduler", "stuck runs", "orphaned processes", "logs disk use", "pools"]
 
 
 # -- database ------------------------------------------------------------------
@@ -339,6 +341,14 @@ def check_scheduler(row: Optional[Dict], alive: bool, enabled_schedules: int, no
         return Finding(name, PROBLEM, f"pid {row['pid']} is alive but hung ({said}; limit {stale_after:.0f}s)",
                        f"kill {row['pid']} and {start}; its log is in <config dir>/logs")
     return Finding(name, OK, f"running (pid {row['pid']}, heartbeat {max(age, 0):.0f}s ago)")
+
+
+def check_pools(flock: Optional[str]) -> Finding:
+    """Tasks that name a pool hold their slot with flock(1) (util-linux)."""
+    if flock:
+        return Finding("pools", OK, f"flock found ({flock}): tasks with a \"pool\" can hold its slots")
+    return Finding("pools", WARNING, "flock not found on PATH: a flow whose tasks name a \"pool\" cannot run",
+                   "install util-linux (apt install util-linux)")
 
 
 def check_stuck(stuck: Sequence[Tuple[int, str, str]]) -> Finding:

@@ -25,6 +25,8 @@ HEARTBEAT_STALE = 150.0
 QUEUED, RUNNING, SUCCESS, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "success", "failed", "cancelled", "interrupted")
 PENDING, UPSTREAM_FAILED = "pending", "upstream_failed"
+# Not a state: the word of `_mark` that notes why a pending attempt waits (note_waiting).
+WAITING = "waiting"
 
 RUN_STATES = (QUEUED, RUNNING, SUCCESS, FAILED, CANCELLED, INTERRUPTED)
 ATTEMPT_STATES = (PENDING, RUNNING, SUCCESS, FAILED, UPSTREAM_FAILED, CANCELLED, INTERRUPTED)
@@ -175,9 +177,6 @@ def apply_attempt(cur, run_id, task_id, attempt, new, now=None, exit_code=None,
         return PENDING
     old = row[0]
     if old == new:
-        if new == PENDING and reason is not None:  # why it waits (for a slot of a pool)
-            cur.execute("UPDATE task_attempt SET reason = ? WHERE run_id = ? AND task_id = ? AND attempt = ?",
-                        (reason, run_id, task_id, attempt))
         return old
     if new not in ATTEMPT_MOVES.get(old, ()):
         raise IllegalTransition(
@@ -193,3 +192,11 @@ def apply_attempt(cur, run_id, task_id, attempt, new, now=None, exit_code=None,
             "WHERE run_id = ? AND task_id = ? AND attempt = ?",
             (new, now, exit_code, reason, run_id, task_id, attempt))
     return old
+
+
+def note_waiting(cur, run_id, task_id, attempt, reason) -> None:
+    """Say why a pending attempt waits (for a slot of a pool): its reason, until it starts
+    (apply_attempt clears it then). Not a move: an attempt that is no longer pending is
+    left as it is, so a late note changes nothing."""
+    cur.execute("UPDATE task_attempt SET reason = ? WHERE run_id = ? AND task_id = ? AND attempt = ? "
+                "AND state = ?", (reason, run_id, task_id, attempt, PENDING))

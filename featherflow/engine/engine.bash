@@ -150,7 +150,7 @@ flush() {
   local i starting=()
   for i; do
     if [[ -n ${T_POOL[i]:-} ]]; then  # it waits for a slot; its subshell records its start
-      starting+=("${T_ID[i]}:${T_ATTEMPT[i]}:pending::waiting for a slot of pool ${T_POOL[i]}")
+      starting+=("${T_ID[i]}:${T_ATTEMPT[i]}:waiting::waiting for a slot of pool ${T_POOL[i]}")
     else
       starting+=("${T_ID[i]}:${T_ATTEMPT[i]}:running")
     fi
@@ -261,6 +261,12 @@ finished() {  # pid exit-code
         MARKS+=("${T_ID[i]}:$n:cancelled::run cancelled while it waited for a slot of pool ${T_POOL[i]}")
         T_STATE[i]=cancelled
         say "stopped ${T_ID[i]} (attempt $n) while it waited for a slot of pool ${T_POOL[i]}"
+      elif ((rc == POOL_CANNOT)); then  # no flock, no slot file: it fails without running
+        MARKS+=("${T_ID[i]}:$n:cancelled::could not take a slot of pool ${T_POOL[i]} (see $RUN_DIR/run.log)")
+        T_STATE[i]=failed
+        FAILED=$((FAILED + 1))
+        say "FAILED  ${T_ID[i]} (attempt $n): could not take a slot of pool ${T_POOL[i]} (see $RUN_DIR/run.log)"
+        skip_below "$i"
       else  # its start could not be recorded, or it died: nothing runs untracked
         T_STATE[i]=cancelled
         broken
@@ -358,7 +364,9 @@ pool_done() {  # index: its subshell ended; the first task held back in its pool
   ready "${later[0]}"
 }
 POOL_BACKOFF=(0.2 0.4 0.8 1.6 2)
-POOL_NOT_STARTED=90  # the subshell's exit code when it ended before its task started
+# The subshell's exit codes when it ended before its task started: stopped (the
+# run was cancelled), could not record the start, could not wait for a slot.
+POOL_NOT_STARTED=90 POOL_UNRECORDED=91 POOL_CANNOT=92
 P_STOP=0 P_TASK= P_WAITER= P_FD=
 pool_task() {  # index; runs in its own subshell, to the end of the attempt
   local i=$1 n=${T_ATTEMPT[$1]} id=${T_ID[$1]} pool=${T_POOL[$1]} slots=${T_SLOTS[$1]}
@@ -367,12 +375,15 @@ pool_task() {  # index; runs in its own subshell, to the end of the attempt
         [[ -n $P_TASK ]] && kill -TERM -- "-$P_TASK" 2>/dev/null' INT TERM HUP
   trap '[[ -n $P_TASK ]] && kill -KILL -- "-$P_TASK" 2>/dev/null' USR1
   trap : PIPE  # our report to the terminal must not kill us (and free the slot) when its reader is gone
-  mkdir -p -- "$dir" || exit "$POOL_NOT_STARTED"
+  mkdir -p -- "$dir" || pool_cannot "cannot create $dir"
   while :; do
     if ((P_STOP)) || pool_orphaned; then exit "$POOL_NOT_STARTED"; fi
     for ((k = 0; k < slots; k++)); do
-      exec {P_FD}<>"$dir/slot.$k" || exit "$POOL_NOT_STARTED"
-      flock -n "$P_FD" && break 2
+      exec {P_FD}<>"$dir/slot.$k" || pool_cannot "cannot open $dir/slot.$k"
+      flock -n "$P_FD"
+      rc=$?
+      ((rc == 0)) && break 2
+      ((rc == 1)) || pool_cannot "flock -n failed (exit code $rc)"  # 1: taken
       exec {P_FD}>&-
     done
     k=$((round % slots)) round=$((round + 1))
@@ -380,7 +391,7 @@ pool_task() {  # index; runs in its own subshell, to the end of the attempt
     # several: wait on one of them for 0.2 s, doubling to 2 s, then try them all.
     secs=5
     ((slots == 1)) || secs=${POOL_BACKOFF[round < 5 ? round - 1 : 4]}
-    exec {P_FD}<>"$dir/slot.$k" || exit "$POOL_NOT_STARTED"
+    exec {P_FD}<>"$dir/slot.$k" || pool_cannot "cannot open $dir/slot.$k"
     flock -w "$secs" "$P_FD" 2>/dev/null &
     P_WAITER=$!
     while :; do
@@ -391,11 +402,12 @@ pool_task() {  # index; runs in its own subshell, to the end of the attempt
     done
     P_WAITER=
     ((rc == 0)) && break
+    ((rc == 1)) || pool_cannot "flock -w failed (exit code $rc)"  # 1: still taken
     exec {P_FD}>&-
   done
   if ((P_STOP)) || pool_orphaned; then exit "$POOL_NOT_STARTED"; fi
   # The slot is ours: the task starts now, and so do its timeout and its recorded start.
-  pool_mark "$id:$n:running" || exit "$POOL_NOT_STARTED"
+  pool_mark "$id:$n:running" || exit "$POOL_UNRECORDED"
   now_ms
   local start=$NOW_MS
   say "start   $id (attempt $n) in pool $pool (slot $k)"
@@ -428,6 +440,10 @@ pool_task() {  # index; runs in its own subshell, to the end of the attempt
   fi
   printf '%s %s %s %s\n' "$recorded" "$took" "$V_STATE" "$V_REASON" >"$RUN_DIR/pool-$id.$n"
   exit "$rc"  # and the slot is free
+}
+pool_cannot() {  # what: the task cannot wait for a slot; the run stops (it is not started)
+  echo "featherflow: task ${T_ID[$i]} cannot take a slot of pool ${T_POOL[$i]}: $1" >&2
+  exit "$POOL_CANNOT"
 }
 pool_mark() {  # transition...: recorded by a _mark of its own (the co-process is the script's)
   "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --wait "$LOCK_WAIT" "$@" {P_FD}>&- 9>&-

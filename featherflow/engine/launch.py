@@ -142,6 +142,7 @@ def prepare(config: Config, store: Optional[Store], name: str, params: Dict, max
                         pools=pool_slots(store, flow))
         write_script(path, script.render(flow, spec), Path(config.output_dir))
         return Prepared(None, flow, path)
+    pools = pool_slots(store, flow)
     start, boot = proc.identity(os.getpid())
     try:
         run = store.runs.create_run(NewRun(
@@ -154,7 +155,7 @@ def prepare(config: Config, store: Optional[Store], name: str, params: Dict, max
         raise DatabaseError(f"cannot create the run in {config.db_path}: {exc}") from None
     try:
         path = script_for(config, run, flow, {t: 1 for t in order}, (), keep_tmp, lock_wait, kill_grace,
-                          pools=pool_slots(store, flow))
+                          pools=pools)
     except OSError as exc:
         # The run exists but can never start: say so in the database too.
         store.runs.transition_run(run.id, states.FAILED, reason=f"could not write its script: {exc}")
@@ -167,6 +168,9 @@ def pool_slots(store: Optional[Store], flow) -> Dict[str, int]:
     """The slots of each pool the flow's tasks name, as defined now (`pool set`); a run
     keeps them to its end (README "Pools"). No store (a dry run without one): 1 each."""
     names = {t.pool for t in flow.tasks if t.pool}
+    if names and shutil.which("flock") is None:
+        raise UsageError(f"flow {flow.name} names pool(s) {', '.join(sorted(names))}, and a task holds its "
+                         "pool's slot with `flock`, which is not on PATH (install util-linux)")
     if store is None:
         return {name: 1 for name in names}
     return store.pools.slots(names)
