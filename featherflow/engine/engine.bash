@@ -375,7 +375,7 @@ pool_task() {  # index; runs in its own subshell, to the end of the attempt
         [[ -n $P_TASK ]] && kill -TERM -- "-$P_TASK" 2>/dev/null' INT TERM HUP
   trap '[[ -n $P_TASK ]] && kill -KILL -- "-$P_TASK" 2>/dev/null' USR1
   trap : PIPE  # our report to the terminal must not kill us (and free the slot) when its reader is gone
-  mkdir -p -- "$dir" || pool_cannot "cannot create $dir"
+  [[ -d $dir ]] || mkdir -p -- "$dir" || pool_cannot "cannot create $dir"
   while :; do
     if ((P_STOP)) || pool_orphaned; then exit "$POOL_NOT_STARTED"; fi
     for ((k = 0; k < slots; k++)); do
