@@ -204,6 +204,12 @@ ended() {  # pid exit-code
   fi
 }
 
+# In the subshell of one attempt: its environment, then the task (its function execs it).
+run_task() {  # index
+  export FEATHERFLOW_TASK_ID="${T_ID[$1]}" FEATHERFLOW_ATTEMPT="${T_ATTEMPT[$1]}"
+  "task_$1"
+}
+
 launch() {  # index
   local i=$1 n=${T_ATTEMPT[$1]}
   now_ms
@@ -212,10 +218,7 @@ launch() {  # index
     (pool_task "$i") >/dev/null </dev/null 6<&- 7>&- 8>&- &
     PID_POOL[$!]=1
   else
-    (
-      export FEATHERFLOW_TASK_ID="${T_ID[i]}" FEATHERFLOW_ATTEMPT="$n"
-      "task_$i"
-    ) >"$LOG_DIR/${T_ID[i]}.$n.log" 2>&1 </dev/null 6<&- 7>&- 8>&- 9>&- &
+    (run_task "$i") >"$LOG_DIR/${T_ID[i]}.$n.log" 2>&1 </dev/null 6<&- 7>&- 8>&- 9>&- &
   fi
   PID_TASK[$!]=$i
   T_STATE[i]=running
@@ -367,7 +370,7 @@ POOL_BACKOFF=(0.2 0.4 0.8 1.6 2)
 # The subshell's exit codes when it ended before its task started: stopped (the
 # run was cancelled), could not record the start, could not wait for a slot.
 POOL_NOT_STARTED=90 POOL_UNRECORDED=91 POOL_CANNOT=92
-P_STOP=0 P_TASK= P_WAITER= P_FD=
+P_STOP=0 P_TASK='' P_WAITER='' P_FD=''
 pool_task() {  # index; runs in its own subshell, to the end of the attempt
   local i=$1 n=${T_ATTEMPT[$1]} id=${T_ID[$1]} pool=${T_POOL[$1]} slots=${T_SLOTS[$1]}
   local dir="$POOL_DIR/${T_POOL[$1]}" k round=0 rc took=0 secs
@@ -412,10 +415,7 @@ pool_task() {  # index; runs in its own subshell, to the end of the attempt
   local start=$NOW_MS
   say "start   $id (attempt $n) in pool $pool (slot $k)"
   if ((!P_STOP)); then
-    (
-      export FEATHERFLOW_TASK_ID="$id" FEATHERFLOW_ATTEMPT="$n"
-      "task_$i"
-    ) >"$LOG_DIR/$id.$n.log" 2>&1 </dev/null {P_FD}>&- 9>&- &
+    (run_task "$i") >"$LOG_DIR/$id.$n.log" 2>&1 </dev/null {P_FD}>&- 9>&- &
     P_TASK=$!
     while :; do  # a trapped signal ends `wait` early: wait again while the task is there
       wait "$P_TASK"
