@@ -10,6 +10,7 @@ deadline; tasks that must overlap meet at a barrier file instead of sleeping.
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -256,6 +257,7 @@ def test_three_slots_let_three_run_at_once_and_never_four(project):
 
 @pytest.mark.slow
 def test_a_waiting_task_is_shown_its_timeout_counts_from_its_start_and_a_cancel_stops_its_wait(project):
+    """A cancel stops a waiting task, and a running one, whose slot then goes to the next."""
     gate = project.root / "gate"
     project.write_task("gate.sh", GATE)
     project.write_task("quick.sh", "exit 0\n")
@@ -267,10 +269,12 @@ def test_a_waiting_task_is_shown_its_timeout_counts_from_its_start_and_a_cancel_
     holder = start(project, "holder")
     try:
         wait_for(lambda: (project.root / "h-started").exists(), "the holder's task", WAIT)
-        waiter, quitter = start(project, "waiter"), start(project, "quitter")
-        wait_for(lambda: (latest(project, 2, "w") or latest(project, 1, "h")).reason == WAITING + "one"
-                 and (latest(project, 3, "q") or latest(project, 1, "h")).reason == WAITING + "one",
-                 "both to wait", WAIT)
+        waiter = start(project, "waiter")  # run 2
+        wait_for(lambda: (latest(project, 2, "w") or latest(project, 1, "h")).reason == WAITING + "one",
+                 "run 2 to wait", WAIT)
+        quitter = start(project, "quitter")  # run 3
+        wait_for(lambda: (latest(project, 3, "q") or latest(project, 1, "h")).reason == WAITING + "one",
+                 "run 3 to wait", WAIT)
         shown = project.cli("runs", "show", "2")
         assert "waiting for a slot of pool one" in shown.out
         [pool] = json.loads(project.cli("pool", "list", "--json").out)
@@ -288,13 +292,17 @@ def test_a_waiting_task_is_shown_its_timeout_counts_from_its_start_and_a_cancel_
         created = latest(project, 2, "w").created_at.timestamp()
         wait_for(lambda: time.time() > created + 1.5, "w to wait past its timeout", WAIT)
         assert latest(project, 2, "w").state == "pending"
+        # A cancelled holder's task is stopped, its end recorded, and only then its slot freed.
+        stopped = project.cli("runs", "cancel", "1")
+        assert stopped.code == 0, stopped.err
+        code, out = finish(holder)
+        assert code == 5, out
     finally:
         gate.touch()
-    for proc in (holder, waiter):
-        code, out = finish(proc)
-        assert code == 0, out
+    code, out = finish(waiter)
+    assert code == 0, out
     h, w = latest(project, 1, "h"), latest(project, 2, "w")
-    assert (h.state, w.state, w.reason) == ("success", "success", None)
+    assert (h.state, h.reason, w.state, w.reason) == ("cancelled", "run cancelled", "success", None)
     assert w.started_at >= h.ended_at  # started when it took the slot, after the holder's end
 
 
@@ -331,3 +339,69 @@ def test_kill_9_loop_two_flows_one_slot_never_two_at_once_never_blocked(project)
     trace = lock.with_suffix(".lock.trace").read_text()
     assert "OVERLAP" not in trace
     print(f"pool kill loop: {rounds} rounds, {kills} kills, {len(spans)} attempts started, none overlapped")
+
+
+def test_a_pool_script_is_shellcheck_clean(tmp_path):
+    checker = shutil.which("shellcheck")
+    if checker is None:
+        pytest.skip("shellcheck is not installed")
+    flow = flowmod.validate({"name": "f", "pool": "big", "tasks": [
+        {"id": "a", "script": "a.sh", "timeout": 2, "retries": 1}, {"id": "b", "script": "b.py", "pool": None}]})
+    spec = script.RunSpec(run_id=1, run_uid="u", trigger="manual", params={}, max_parallel=2, python="python3",
+                          mark="/m.py", db="/d/featherflow.db", tasks_dir="/t", run_dir="/r",
+                          pools={"big": 2}, pool_dir="/d/pools")
+    path = tmp_path / "run.sh"
+    path.write_text(script.render(flow, spec))
+    found = subprocess.run([checker, "--norc", str(path)], capture_output=True, text=True)
+    assert found.returncode == 0, found.stdout
+
+
+@pytest.mark.slow
+def test_a_pool_task_retries_times_out_and_resumes_like_any_other(project):
+    project.write_task("flaky.sh", 'if [ ! -e "$1" ]; then touch "$1"; exit 3; fi\n')
+    project.write_task("slow.sh", "exec sleep 316.16\n")
+    project.write_task("quick.sh", "exit 0\n")
+    project.write_flow({"name": "rt", "pool": "one", "max_parallel": 3, "tasks": [
+        {"id": "flaky", "script": "flaky.sh", "args": [str(project.root / "flaked")], "retries": 1},
+        {"id": "slow", "script": "slow.sh", "timeout": 0.5},
+        {"id": "after", "script": "quick.sh", "depends_on": ["slow"]},
+    ]})
+    code, out = finish(start(project, "rt"))
+    assert code == 1, out
+    app = project.app()
+    try:
+        attempts = {(a.task_id, a.attempt): a for a in app.store.runs.attempts(1)}
+    finally:
+        app.close()
+    assert (attempts[("flaky", 1)].state, attempts[("flaky", 2)].state) == ("failed", "success")
+    assert (attempts[("slow", 1)].state, attempts[("slow", 1)].reason) == ("failed", "timeout after 0.5s")
+    assert attempts[("after", 1)].state == "upstream_failed"
+    assert overlaps(pool_attempts(project, {"flaky", "slow"})) == []
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout.splitlines()
+    assert "sleep 316.16" not in processes  # the timeout killed it, although its subshell is no group leader
+    project.write_task("slow.sh", "exit 0\n")
+    resumed = project.sh("runs", "resume", "1")
+    assert resumed.code == 0, resumed.out + resumed.err
+    assert (latest(project, 1, "slow").attempt, latest(project, 1, "slow").state) == (2, "success")
+    assert latest(project, 1, "after").state == "success"
+
+
+def test_the_dashboard_shows_why_a_task_waits(project, store):
+    from featherflow.dashboard.keys import ViewState
+    from featherflow.dashboard.poller import Poller
+    from featherflow.dashboard.screen import render
+    from featherflow.store import db as dbmod
+    from featherflow.store.readonly import Reader
+
+    snapshot = json.dumps({"name": "f", "pool": "gpu", "tasks": [{"id": "train", "script": "t.sh"}]})
+    run = fake_run(store, tasks=["train"], snapshot=snapshot, **this_process())
+    assert mark.call([str(project.db), str(run.id), f"train:1:waiting::{WAITING}gpu"], states) == 0
+    reader = Reader(dbmod.open_read_only(project.db))
+    try:
+        now = store_now().replace(tzinfo=None)
+        snap = Poller(reader, "db").poll(ViewState(view="run", run_id=run.id), now)
+        lines = render(snap, ViewState(view="run", run_id=run.id), 120, 24, now)
+    finally:
+        reader.close()
+    [line] = [line for line in lines if "train" in line]
+    assert "pending" in line and "waiting for a slot of pool gpu" in line
