@@ -136,6 +136,7 @@ def test_only_pool_tasks_get_pool_settings_in_the_script():
     assert "pool big (3 slots)" in text and "POOL_DIR=/d/pools" in text
     plain = script.render(flowmod.validate({"name": "f", "tasks": [{"id": "a", "script": "a.sh"}]}), spec)
     assert "T_POOL[" not in plain.split("# ----")[0]
+    assert "pool_task()" not in plain  # a flow without pools gets none of their code
 
 
 # -- the database ------------------------------------------------------------------------
@@ -351,9 +352,12 @@ def test_a_pool_script_is_shellcheck_clean(tmp_path):
                           mark="/m.py", db="/d/featherflow.db", tasks_dir="/t", run_dir="/r",
                           pools={"big": 2}, pool_dir="/d/pools")
     path = tmp_path / "run.sh"
-    path.write_text(script.render(flow, spec))
-    found = subprocess.run([checker, "--norc", str(path)], capture_output=True, text=True)
-    assert found.returncode == 0, found.stdout
+    text = script.render(flow, spec)
+    assert script.pools_engine() in text and text.endswith(script.engine())
+    path.write_text(text)
+    for checked in ([str(path)], ["-s", "bash", str(script.POOLS_PATH)]):  # the script; the file alone
+        found = subprocess.run([checker, "--norc", *checked], capture_output=True, text=True)
+        assert found.returncode == 0, found.stdout
 
 
 @pytest.mark.slow

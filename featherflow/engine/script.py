@@ -1,4 +1,5 @@
-"""Render a flow run as a readable bash script: the flow's part, then engine.bash.
+"""Render a flow run as a readable bash script: the flow's part, then engine.bash
+(after pools.bash when a task names a pool).
 
 render() is pure but for one read of engine.bash per process. The engine's text is
 embedded, not sourced: a run.sh holds everything it runs, so it reads top to
@@ -33,6 +34,7 @@ LOG_TAIL = 20  # lines of a failed task's log shown on the terminal
 LOG_TAIL_WIDTH = 200  # bytes shown of each of those lines (the log keeps them whole)
 LOCK_WAIT = 30.0  # seconds a transition waits for a locked database before the run stops
 ENGINE_PATH = Path(__file__).with_name("engine.bash")  # installed with the package (pyproject.toml)
+POOLS_PATH = Path(__file__).with_name("pools.bash")  # the engine's part for tasks with a pool
 
 
 @dataclass(frozen=True)
@@ -139,12 +141,18 @@ def render(flow: flowmod.Flow, spec: RunSpec) -> str:
     out.append("# The tasks, in dependency order. Each function runs one attempt of one task.")
     out.append("# T_DEPS: the tasks it depends on; T_NEXT: the tasks that depend on it (indexes,")
     out.append("# named in the comment above). T_RETRY_MS: the wait before each retry, in milliseconds.")
-    out.append("# T_POOL, T_SLOTS: the pool of a task that has one, and its number of slots.")
-    out.append("declare -a T_ID T_DEPS T_NEXT T_RETRY_MS T_TIMEOUT T_TIMEOUT_MS T_ATTEMPT T_STATE T_POOL T_SLOTS")
+    pooled = any(t.pool for t in flow.tasks)
+    if pooled:
+        out.append("# T_POOL, T_SLOTS: the pool of a task that has one, and its number of slots.")
+    out.append("declare -a T_ID T_DEPS T_NEXT T_RETRY_MS T_TIMEOUT T_TIMEOUT_MS T_ATTEMPT T_STATE T_POOL"
+               + (" T_SLOTS" if pooled else ""))
     for i, task_id in enumerate(order):
         out.append("")
         out += _task_block(flow, spec, i, task_id, index, down)
     out.append("")
+    if pooled:
+        out.append(pools_engine().rstrip("\n"))
+        out.append("")
     out.append(engine().rstrip("\n"))
     return "\n".join(out) + "\n"
 
@@ -166,10 +174,12 @@ def settings(flow: flowmod.Flow, spec: RunSpec) -> List[str]:
         ("FF_PYTHON", spec.python), ("FF_MARK", spec.mark), ("FF_DB", spec.db),
         ("RUN_ID", spec.run_id), ("RUN_DIR", spec.run_dir), ("MAX_PARALLEL", spec.max_parallel),
         ("KILL_GRACE", _seconds(spec.kill_grace)), ("LOCK_WAIT", _seconds(spec.lock_wait)),
-        ("KEEP_TMP", int(spec.keep_tmp)), ("POOL_DIR", spec.pool_dir), ("LOG_TAIL_LINES", LOG_TAIL), ("LOG_TAIL_WIDTH", LOG_TAIL_WIDTH),
+        ("KEEP_TMP", int(spec.keep_tmp)), ("LOG_TAIL_LINES", LOG_TAIL), ("LOG_TAIL_WIDTH", LOG_TAIL_WIDTH),
         # Named once on the first line: a flow without a `params` block takes any.
         ("UNDECLARED", ", ".join(_name(p) for p in flow.undeclared(spec.params))),
     ]
+    if any(t.pool for t in flow.tasks):
+        values.append(("POOL_DIR", spec.pool_dir))  # where the slot files are (pools.bash)
     out = [f"{name}={q(value)}" for name, value in values]
     out.append("LOG_DIR=$RUN_DIR/logs")
     out.append("export TMP_DIR=$RUN_DIR/tmp TEMP_DIR=$RUN_DIR/tmp")
@@ -259,7 +269,17 @@ def _facts(task: flowmod.Task, below: List[str], delays: List[float], kept: bool
 @functools.lru_cache(maxsize=None)
 def engine() -> str:
     """The engine's text (engine.bash from its "# ----" line on), read once per process."""
-    text = ENGINE_PATH.read_text(encoding="utf-8")
+    return _embedded(ENGINE_PATH)
+
+
+@functools.lru_cache(maxsize=None)
+def pools_engine() -> str:
+    """The pools' part of the engine (pools.bash from its "# ----" line on), for flows with pools."""
+    return _embedded(POOLS_PATH)
+
+
+def _embedded(path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
     return text[text.index("\n# ----") + 1:]
 
 
