@@ -145,8 +145,9 @@ broken() {
 }
 
 # Record MARKS, then the start of each task index given (for a pool task, that
-# it waits for a slot), in one _mark call (one transaction). Returns non-zero if that failed: then the tasks given must not
-# start, and the other marks are kept in LOST for a last try at the end.
+# it waits for a slot), in one _mark call (one transaction). Returns non-zero if
+# that failed: then the tasks given must not start, and the other marks are kept
+# in LOST for a last try at the end.
 flush() {
   local i starting=()
   for i; do
@@ -258,25 +259,7 @@ finished() {  # pid exit-code
   took=$((NOW_MS - START_MS[i]))
   if [[ -n ${PID_POOL[$pid]:-} ]]; then
     unset "PID_POOL[$pid]"
-    pool_done "$i"
-    # What its subshell recorded (and measured from the slot on); no file: the task never started.
-    if ! read -r recorded took V_STATE V_REASON <"$RUN_DIR/pool-${T_ID[i]}.$n" 2>/dev/null; then
-      if ((rc == POOL_NOT_STARTED && (CANCELLED || BROKEN))); then
-        MARKS+=("${T_ID[i]}:$n:cancelled::run cancelled while it waited for a slot of pool ${T_POOL[i]}")
-        T_STATE[i]=cancelled
-        say "stopped ${T_ID[i]} (attempt $n) while it waited for a slot of pool ${T_POOL[i]}"
-      elif ((rc == POOL_CANNOT)); then  # no flock, no slot file: it fails without running
-        MARKS+=("${T_ID[i]}:$n:cancelled::could not take a slot of pool ${T_POOL[i]} (see $RUN_DIR/run.log)")
-        T_STATE[i]=failed
-        FAILED=$((FAILED + 1))
-        say "FAILED  ${T_ID[i]} (attempt $n): could not take a slot of pool ${T_POOL[i]} (see $RUN_DIR/run.log)"
-        skip_below "$i"
-      else  # its start could not be recorded, or it died: nothing runs untracked
-        T_STATE[i]=cancelled
-        broken
-      fi
-      return
-    fi
+    pool_ended "$i" "$rc" || return  # sets recorded, took, V_*; fails if the task never started
   else
     verdict "$i" "$rc" "$took" $((CANCELLED || BROKEN))
   fi
@@ -296,6 +279,11 @@ finished() {  # pid exit-code
     ((recorded)) || MARKS+=("${T_ID[i]}:$n:cancelled:$rc:$V_REASON")
     T_STATE[i]=cancelled
     say "stopped ${T_ID[i]} (attempt $n) after $TOOK"
+    if ((!CANCELLED && !BROKEN)); then  # a pool task's subshell stopped from outside: a failure
+      T_STATE[i]=failed
+      FAILED=$((FAILED + 1))
+      skip_below "$i"
+    fi
     return
   fi
   [[ $V_REASON == timeout* ]] && kill -KILL -- "-$pid" 2>/dev/null  # children that ignored TERM

@@ -1,9 +1,10 @@
-# shellcheck shell=bash disable=SC2317
+# shellcheck shell=bash disable=SC2317,SC2034
 # The pools' part of the engine (README "Pools"). script.py embeds it, from the
 # "# ----" line below on, into the run.sh of a flow whose tasks name a pool,
 # before engine.bash, whose functions (say, now_ms, ready, verdict) and variables it
 # uses: a flow without pools pays nothing for them. The lines above that one
-# are for this file alone (tests/test_script.py lints it by itself).
+# are for this file alone (tests/test_pools.py lints it by itself, where the
+# engine's variables it sets look unused: SC2034).
 # ---------------------------------------------------------------------------
 # Pools (README "Pools"): at most T_SLOTS[i] tasks of pool T_POOL[i] run at once,
 # across every run of the database. A slot is an exclusive `flock` on one of the
@@ -38,6 +39,30 @@ pool_done() {  # index: its subshell ended; the first task held back in its pool
   POOL_LATER[$p]=" ${later[*]:1}"
   ready "${later[0]}"
 }
+# In finished(), for a pool task's subshell that ended: what it recorded and measured from
+# the slot on (recorded, took, V_STATE, V_REASON: finished's own), from the file it left.
+# No file: its task never started; that is handled here, and it fails.
+pool_ended() {  # index exit-code
+  local i=$1 n=${T_ATTEMPT[$1]}
+  pool_done "$i"
+  read -r recorded took V_STATE V_REASON <"$RUN_DIR/pool-${T_ID[i]}.$n" 2>/dev/null && return 0
+  if (($2 == POOL_NOT_STARTED && (CANCELLED || BROKEN))); then
+    MARKS+=("${T_ID[i]}:$n:cancelled::run cancelled while it waited for a slot of pool ${T_POOL[i]}")
+    T_STATE[i]=cancelled
+    say "stopped ${T_ID[i]} (attempt $n) while it waited for a slot of pool ${T_POOL[i]}"
+  elif (($2 == POOL_CANNOT)); then  # no flock, no slot file: it fails without running
+    MARKS+=("${T_ID[i]}:$n:cancelled::could not take a slot of pool ${T_POOL[i]} (see $RUN_DIR/run.log)")
+    T_STATE[i]=failed
+    FAILED=$((FAILED + 1))
+    say "FAILED  ${T_ID[i]} (attempt $n): could not take a slot of pool ${T_POOL[i]} (see $RUN_DIR/run.log)"
+    skip_below "$i"
+  else  # its start could not be recorded, or it died: nothing runs untracked
+    T_STATE[i]=cancelled
+    broken
+  fi
+  return 1
+}
+
 POOL_BACKOFF=(0.2 0.4 0.8 1.6 2)
 # The subshell's exit codes when it ended before its task started: stopped (the
 # run was cancelled), could not record the start, could not wait for a slot.
@@ -113,7 +138,7 @@ pool_task() {  # index; runs in its own subshell, to the end of the attempt
   printf '%s %s %s %s\n' "$recorded" "$took" "$V_STATE" "$V_REASON" >"$RUN_DIR/pool-$id.$n"
   exit "$rc"  # and the slot is free
 }
-pool_cannot() {  # what: the task cannot wait for a slot; the run stops (it is not started)
+pool_cannot() {  # what: the task cannot wait for a slot: it fails without running (finished)
   echo "featherflow: task ${T_ID[$i]} cannot take a slot of pool ${T_POOL[$i]}: $1" >&2
   exit "$POOL_CANNOT"
 }
