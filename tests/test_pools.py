@@ -409,3 +409,19 @@ def test_the_dashboard_shows_why_a_task_waits(project, store):
         reader.close()
     [line] = [line for line in lines if "train" in line]
     assert "pending" in line and "waiting for a slot of pool gpu" in line
+
+
+def test_a_flow_with_a_pool_refuses_to_run_without_flock(project, monkeypatch):
+    from featherflow.engine import launch
+    from featherflow.errors import UsageError
+
+    project.write_task("t.sh", "exit 0\n")
+    project.write_flow({"name": "f", "pool": "heavy", "tasks": [{"id": "t", "script": "t.sh"}]})
+    monkeypatch.setattr(launch.shutil, "which", lambda name: None)
+    app = project.app()
+    try:
+        with pytest.raises(UsageError, match=r"names pool\(s\) heavy.*`flock`, which is not on PATH"):
+            launch.prepare(app.config, app.store, "f", {})
+        assert app.store.runs.list_runs() == []  # refused before any run exists
+    finally:
+        app.close()
