@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
+from featherflow import logcap
+from featherflow.errors import UsageError
+
 DB_NAME = "featherflow.db"
 
 
@@ -20,6 +23,20 @@ class Config:
     config_dir: Path
     db_path: Path
     log_dir: Path
+    max_log_text: str = ""  # FEATHERFLOW_MAX_LOG_BYTES as given: read by max_log_bytes, when a run starts
+
+    @property
+    def max_log_bytes(self) -> int:
+        """The cap on one attempt's log when its flow sets none (0: no cap; unset: 10 MiB).
+        A bad value fails the commands that start runs, not every command."""
+        text = self.max_log_text.strip()
+        if not text:
+            return logcap.DEFAULT_MAX_LOG_BYTES
+        value = 0 if text.lower() in ("null", "none") else logcap.parse_size(text)
+        if value is None:
+            raise UsageError(f"FEATHERFLOW_MAX_LOG_BYTES={self.max_log_text!r} is not a log cap "
+                             f"(valid: {logcap.SIZE_HELP})")
+        return value
 
 
 def resolve(
@@ -48,6 +65,7 @@ def resolve(
         config_dir=conf,
         db_path=absolute(db or env.get("FEATHERFLOW_DB") or str(conf / DB_NAME)),
         log_dir=absolute(log_dir) if log_dir else conf / "logs",
+        max_log_text=env.get("FEATHERFLOW_MAX_LOG_BYTES", ""),
     )
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from featherflow import graph
+from featherflow import graph, logcap
+from featherflow.rules import OUTPUT_REF_RE, check_rule, upstream_problems
 from featherflow.errors import UsageError, ValidationError
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -29,10 +30,10 @@ PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 BUILTIN_PLACEHOLDERS = ("run_id", "flow", "scheduled_at")
 MAX_FLOW_BYTES = 1024 * 1024  # the cap on a flow file's size (check_size)
 
-FLOW_KEYS = ("name", "description", "version", "tasks", "max_parallel", "params", "pool")
+FLOW_KEYS = ("name", "description", "version", "tasks", "max_parallel", "params", "max_log_bytes", "pool")
 TASK_KEYS = (
     "id", "script", "description", "depends_on", "args", "env",
-    "retries", "retry_delay", "retry_backoff", "timeout", "pool",
+    "retries", "retry_delay", "retry_backoff", "timeout", "run_if", "cleanup", "pool",
 )
 
 Args = Union[Tuple[str, ...], Dict[str, Any]]
@@ -50,7 +51,27 @@ class Task:
     retry_delay: float = 0.0
     retry_backoff: float = 1.0
     timeout: Optional[float] = None
+    run_if: str = "all_success"
+    cleanup: bool = False
     pool: Optional[str] = None  # its own, or the flow's default (Flow.pool)
+
+    @property
+    def rule(self) -> str:
+        """When the task runs, in one word: its run_if, or `cleanup`."""
+        return "cleanup" if self.cleanup else self.run_if
+
+    def output_refs(self) -> List[Tuple[str, str]]:
+        """The (task, key) of every {{ tasks.ID.outputs.KEY }} in its args and env values."""
+        values = list(self.args.values()) if isinstance(self.args, dict) else list(self.args)
+        values += list(self.env.values())
+        refs = []
+        for value in values:
+            if isinstance(value, str):
+                for ref in placeholders(value):
+                    found = OUTPUT_REF_RE.fullmatch(ref)
+                    if found and found.groups() not in refs:
+                        refs.append(found.groups())
+        return refs
 
 
 @dataclass(frozen=True)
@@ -61,6 +82,7 @@ class Flow:
     version: str = ""
     max_parallel: Optional[int] = None
     params: Dict[str, Any] = field(default_factory=dict)
+    max_log_bytes: Optional[int] = None  # bytes; 0: no cap; None: the global default (logcap.py)
     pool: Optional[str] = None  # the default pool of its tasks
     source: Dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # id -> task, built once: looking each task up by a walk of `tasks` made
@@ -77,6 +99,13 @@ class Flow:
     @property
     def edges(self) -> Dict[str, Tuple[str, ...]]:
         return {t.id: t.depends_on for t in self.tasks}
+
+    @property
+    def run_edges(self) -> Dict[str, Tuple[str, ...]]:
+        """The edges a run follows: a cleanup task without `depends_on` waits for every
+        task that is not a cleanup task (it runs at the end of the run)."""
+        work = tuple(t.id for t in self.tasks if not t.cleanup)
+        return {t.id: work if t.cleanup and not t.depends_on else t.depends_on for t in self.tasks}
 
     @property
     def declares_params(self) -> bool:
@@ -179,7 +208,12 @@ def list_names(flows_dir: Path) -> List[str]:
 def task_order(snapshot: str) -> List[str]:
     """Task ids of a stored definition (a run's snapshot) in dependency order."""
     data = json.loads(snapshot)
-    return graph.topological_order({t["id"]: t.get("depends_on", []) for t in data["tasks"]})
+    edges = {t["id"]: t.get("depends_on", []) for t in data["tasks"]}
+    work = [t["id"] for t in data["tasks"] if t.get("cleanup") is not True]
+    for t in data["tasks"]:  # a cleanup task without dependencies runs last (Flow.run_edges)
+        if t.get("cleanup") is True and not t.get("depends_on"):
+            edges[t["id"]] = work
+    return graph.topological_order(edges)
 
 
 def placeholders(value: str) -> List[str]:
@@ -203,6 +237,8 @@ def validate(
 class _Validator:
     def __init__(self):
         self.errors: List[str] = []
+        self.refs: List[Tuple[str, str]] = []  # (path, task id) of the current task's output refs
+        self.task_refs: Dict[str, List[Tuple[str, str]]] = {}
 
     def err(self, path: str, message: str) -> None:
         self.errors.append(f"{path}: {message}" if path else message)
@@ -265,6 +301,11 @@ class _Validator:
         if max_parallel is not None and self.typed(max_parallel, int, "max_parallel", "a whole number >= 1"):
             if max_parallel < 1:
                 self.err("max_parallel", f"must be >= 1, not {max_parallel}")
+        max_log_bytes = None
+        if "max_log_bytes" in data:
+            max_log_bytes = logcap.parse_size(data["max_log_bytes"])
+            if max_log_bytes is None:
+                self.err("max_log_bytes", f"is {json.dumps(data['max_log_bytes'])} (valid: {logcap.SIZE_HELP})")
         params = data.get("params", {})
         if self.typed(params, dict, "params", "an object of default values"):
             for key in params:
@@ -278,7 +319,8 @@ class _Validator:
             return None
         return Flow(
             name=name, tasks=tasks, description=description, version=str(version),
-            max_parallel=max_parallel, params=dict(params), pool=pool, source=data,
+            max_parallel=max_parallel, params=dict(params), max_log_bytes=max_log_bytes, pool=pool,
+            source=data,
         )
 
     def pool(self, value, path) -> Optional[str]:
@@ -330,6 +372,10 @@ class _Validator:
         if cycle:
             self.err("tasks", f"dependency cycle: {' -> '.join(cycle)}")
             return None
+        if any(self.task_refs.values()):
+            self.errors += upstream_problems(Flow(name="", tasks=tuple(tasks)).run_edges, self.task_refs)
+        if self.errors:
+            return None
         return tuple(tasks)
 
     def task(self, item, path, params, tasks_dir, flow_pool=None) -> Optional[Task]:
@@ -337,6 +383,7 @@ class _Validator:
             self.err(path, f"must be an object with 'id' and 'script', not {_json_type(item)}")
             return None
         before = len(self.errors)
+        self.refs = []
         self.unknown_keys(item, TASK_KEYS, path)
         task_id = item.get("id")
         if task_id is None:
@@ -379,15 +426,19 @@ class _Validator:
         if timeout is not None and self.typed(timeout, (int, float), f"{path}.timeout", "a number of seconds > 0"):
             if timeout <= 0:
                 self.err(f"{path}.timeout", f"must be > 0, not {timeout}")
+        run_if, cleanup, problems = check_rule(item, path, deps)
+        self.errors += problems
         # A task's own "pool" (null: none) wins over the flow's default.
         pool = self.pool(item["pool"], f"{path}.pool") if "pool" in item else flow_pool
         if len(self.errors) > before:
             return None
+        self.task_refs[task_id] = self.refs
         return Task(
             id=task_id, script=script, description=description, depends_on=tuple(deps),
             args=args, env={k: str(v) for k, v in env.items()}, retries=retries,
             retry_delay=float(delay), retry_backoff=float(backoff),
-            timeout=float(timeout) if timeout is not None else None, pool=pool,
+            timeout=float(timeout) if timeout is not None else None, run_if=run_if, cleanup=cleanup,
+            pool=pool,
         )
 
     def script(self, script, path, tasks_dir) -> None:
@@ -432,13 +483,18 @@ class _Validator:
         for ref in placeholders(value):
             if ref in BUILTIN_PLACEHOLDERS:
                 continue
+            found = OUTPUT_REF_RE.fullmatch(ref)
+            if found:
+                self.refs.append((path, found.group(1)))
+                continue
             if ref.startswith("params."):
                 if ref[len("params."):] not in params:
                     known = ", ".join(params) or "none declared in 'params'"
                     self.err(path, f"unknown param in {{{{ {ref} }}}} (known: {known})")
                 continue
             valid = ", ".join(f"{{{{ {b} }}}}" for b in BUILTIN_PLACEHOLDERS)
-            self.err(path, f"unknown placeholder {{{{ {ref} }}}} (valid: {{{{ params.NAME }}}}, {valid})")
+            self.err(path, f"unknown placeholder {{{{ {ref} }}}} (valid: {{{{ params.NAME }}}}, "
+                           f"{{{{ tasks.ID.outputs.KEY }}}}, {valid})")
 
 
 def _inside(path: Path, directory: Path) -> bool:

@@ -75,6 +75,18 @@ def descendants(edges: Edges, roots: Iterable[str]) -> Set[str]:
     return seen
 
 
+def ancestors(edges: Edges, node: str) -> Set[str]:
+    """Every node upstream of `node` (not including it)."""
+    seen: Set[str] = set()
+    todo = list(edges.get(node, ()))
+    while todo:
+        dep = todo.pop()
+        if dep not in seen:
+            seen.add(dep)
+            todo.extend(edges.get(dep, ()))
+    return seen
+
+
 def levels(edges: Edges) -> Dict[str, int]:
     """Longest distance from a root: the column a task is drawn in."""
     level: Dict[str, int] = {}
@@ -83,8 +95,10 @@ def levels(edges: Edges) -> Dict[str, int]:
     return level
 
 
-def draw_text(name: str, edges: Edges) -> str:
-    """The DAG level by level, each task with its inputs (<-) and outputs (->)."""
+def draw_text(name: str, edges: Edges, rules: Optional[Mapping[str, str]] = None) -> str:
+    """The DAG level by level, each task with its inputs (<-) and outputs (->), and
+    the rule (`rules`: run_if or cleanup) of a task that has one, in brackets."""
+    rules = rules or {}
     level = levels(edges)
     kids = children(edges)
     width = max(len(node) for node in edges)
@@ -96,7 +110,7 @@ def draw_text(name: str, edges: Edges) -> str:
         lines.append(f"level {lvl + 1}" + ("  (run in parallel)" if len(nodes) > 1 else ""))
         for node in nodes:
             deps, outs = list(edges[node]), kids[node]
-            head = f"  ● {node.ljust(width)}"
+            head = f"  ● {node.ljust(width)}" + (f"  [{rules[node]}]" if node in rules else "")
             parts = []
             if deps:
                 fan = f"  [fan-in {len(deps)}]" if len(deps) > 1 else ""
@@ -111,17 +125,21 @@ def draw_text(name: str, edges: Edges) -> str:
     return "\n".join(lines)
 
 
-def draw_dot(name: str, edges: Edges) -> str:
+def draw_dot(name: str, edges: Edges, rules: Optional[Mapping[str, str]] = None) -> str:
+    rules = rules or {}
     lines = [f"digraph {_dot_id(name)} {{", "  rankdir=LR;"]
-    lines += [f"  {_dot_id(node)};" for node in edges]
+    lines += [f"  {_dot_id(node)}"
+              + (f" [label={_dot_id(node)[:-1]}\\n({rules[node]})\", style=dashed]" if node in rules else "")
+              + ";" for node in edges]
     lines += [f"  {_dot_id(dep)} -> {_dot_id(node)};" for node, deps in edges.items() for dep in deps]
     return "\n".join(lines + ["}"])
 
 
-def draw_mermaid(name: str, edges: Edges) -> str:
+def draw_mermaid(name: str, edges: Edges, rules: Optional[Mapping[str, str]] = None) -> str:
+    rules = rules or {}
     ids = {node: f"t{i}" for i, node in enumerate(edges)}
     lines = ["flowchart LR"]
-    lines += [f'  {ids[node]}["{node}"]' for node in edges]
+    lines += [f'  {ids[node]}["{node}' + (f" ({rules[node]})" if node in rules else "") + '"]' for node in edges]
     lines += [f"  {ids[dep]} --> {ids[node]}" for node, deps in edges.items() for dep in deps]
     return "\n".join(lines)
 

@@ -1,8 +1,13 @@
 """`featherflow _mark`: record state transitions reported by a run's script.
 
-    mark.py DB RUN_ID [--wait SECONDS] [--pid PID] [--run STATE[:REASON]]
+    mark.py DB RUN_ID [--wait SECONDS] [--outputs DIR] [--pid PID] [--run STATE[:REASON]]
             [TASK:ATTEMPT:STATE[:EXIT[:REASON]] ...]
-    mark.py DB RUN_ID [--wait SECONDS] [--idle SECONDS] --serve
+    mark.py DB RUN_ID [--wait SECONDS] [--outputs DIR] [--idle SECONDS] --serve
+
+With --outputs, a success of attempt N of TASK stores the outputs the task wrote to
+DIR/TASK.N (outputs.py's format), in the transaction that records the success; a
+file that cannot be stored (over the cap, not in the format) records the attempt
+failed with the reason instead.
 
 With --serve it is the run's co-process: it reads one call per line on stdin
 (the same words, separated by tabs), records it, and only then answers with
@@ -39,7 +44,7 @@ import time
 BUSY_TIMEOUT = 10.0  # seconds SQLite waits for the write lock, per try
 DEADLINE = 30.0  # seconds before giving up on "database is locked" for good (--wait)
 IDLE = 3.0  # seconds --serve waits for a call before it ends (--idle)
-USAGE = ("usage: _mark DB RUN_ID [--wait SECONDS] [--pid PID] [--run STATE[:REASON]] "
+USAGE = ("usage: _mark DB RUN_ID [--wait SECONDS] [--outputs DIR] [--pid PID] [--run STATE[:REASON]] "
          "[TASK:ATTEMPT:STATE[:EXIT[:REASON]] ...] | _mark DB RUN_ID [--wait S] [--idle S] --serve")
 
 
@@ -47,7 +52,7 @@ def parse(argv):
     if len(argv) < 2:
         raise ValueError("the database and the run id are required")
     db, run_id, rest = argv[0], int(argv[1]), list(argv[2:])
-    pid = run = None
+    pid = run = outputs = None
     wait, idle = DEADLINE, IDLE
     specs = []
     while rest:
@@ -58,6 +63,8 @@ def parse(argv):
             specs = None
         elif word == "--pid":
             pid = int(rest.pop(0))
+        elif word == "--outputs":
+            outputs = rest.pop(0)
         elif word in ("--wait", "--idle"):
             seconds = float(rest.pop(0))
             if not 0 <= seconds < float("inf"):
@@ -86,7 +93,7 @@ def parse(argv):
             wait = -1.0
         if not 0 <= wait < float("inf"):
             raise ValueError(f"FEATHERFLOW_MARK_DEADLINE must be a number of seconds >= 0, not {override!r}")
-    return db, run_id, pid, run, specs, wait, idle
+    return db, run_id, pid, run, specs, wait, idle, outputs
 
 
 def _uri(path):
@@ -97,9 +104,29 @@ def _uri(path):
     return f"file:{path}?mode=rw"
 
 
-def record(db, run_id, pid, run, specs, states, deadline=DEADLINE):
+def with_outputs(specs, outputs_dir):
+    """Each transition with the stored text of its outputs (None without a file). Read
+    before the transaction: no file I/O while the write lock is held."""
+    out = []
+    for task_id, attempt, state, exit_code, reason in specs:
+        text = None
+        path = os.path.join(outputs_dir, f"{task_id}.{attempt}") if outputs_dir and state == "success" else None
+        if path and os.path.exists(path):
+            from featherflow import outputs  # lazy: only tasks that wrote outputs pay for it
+
+            try:
+                text = outputs.to_text(outputs.read(path))
+            except outputs.OutputError as exc:
+                state, exit_code, reason = "failed", exit_code, str(exc)
+        out.append((task_id, attempt, state, exit_code, reason, text))
+    return out
+
+
+def record(db, run_id, pid, run, specs, states, deadline=DEADLINE, outputs_dir=None):
     """Apply every transition in one transaction; retry while the database is locked."""
     from featherflow import proc  # lazy: the `_mark` import budget (only --pid calls need it)
+
+    specs = with_outputs(specs, outputs_dir)
 
     start, boot = proc.identity(pid) if pid else (None, None)
     if pid and (start is None and os.path.isdir("/proc") or not proc.is_alive(pid, start, boot, boot)):
@@ -126,11 +153,11 @@ def record(db, run_id, pid, run, specs, states, deadline=DEADLINE):
                 events = []
                 if run is not None and run[0] == states.RUNNING:
                     states.apply_run(cur, run_id, run[0], now, run[1], pid, start, boot, events=events)
-                for task_id, attempt, state, exit_code, reason in specs:
+                for task_id, attempt, state, exit_code, reason, text in specs:
                     if state == states.WAITING:  # a pending attempt waits for a slot of a pool
                         states.note_waiting(cur, run_id, task_id, attempt, reason)
                     else:
-                        states.apply_attempt(cur, run_id, task_id, attempt, state, now, exit_code, reason)
+                        states.apply_attempt(cur, run_id, task_id, attempt, state, now, exit_code, reason, text)
                 if run is not None and run[0] != states.RUNNING:
                     states.apply_run(cur, run_id, run[0], now, run[1], pid, start, boot, events=events)
                 cur.execute("COMMIT")
@@ -168,14 +195,14 @@ def flush_outbox(db) -> None:
 def call(argv, states) -> int:
     """One `_mark` call: its exit code, and its error on stderr."""
     try:
-        db, run_id, pid, run, specs, wait, _ = parse(argv)
+        db, run_id, pid, run, specs, wait, _, outputs_dir = parse(argv)
         if specs is None:
             raise ValueError("--serve is a whole process, not one call")
     except (ValueError, IndexError) as exc:
         print(f"featherflow _mark: error: {exc} ({USAGE})", file=sys.stderr)
         return 2
     try:
-        record(db, run_id, pid, run, specs, states, deadline=wait)
+        record(db, run_id, pid, run, specs, states, deadline=wait, outputs_dir=outputs_dir)
     except states.IllegalTransition as exc:
         print(f"featherflow _mark: error: {exc}", file=sys.stderr)
         return 3
@@ -185,7 +212,7 @@ def call(argv, states) -> int:
     return 0
 
 
-def serve(db, run_id, wait, states, lines, answer) -> None:
+def serve(db, run_id, wait, states, lines, answer, outputs_dir=None) -> None:
     """Answer each call read from `lines` (tab-separated words) with its exit code.
 
     `lines` ends at the end of input or when it has been idle too long. Each
@@ -195,7 +222,8 @@ def serve(db, run_id, wait, states, lines, answer) -> None:
     """
     for line in lines:
         words = line.decode("utf-8", "surrogateescape").split("\t")
-        answer(f"{call([db, str(run_id), '--wait', repr(wait)] + words, states)}\n")
+        head = [db, str(run_id), "--wait", repr(wait)] + (["--outputs", outputs_dir] if outputs_dir else [])
+        answer(f"{call(head + words, states)}\n")
 
 
 def main(argv=None) -> int:
@@ -205,7 +233,7 @@ def main(argv=None) -> int:
     if "--serve" not in argv:
         return call(argv, states)
     try:
-        db, run_id, _, _, _, wait, idle = parse(argv)
+        db, run_id, _, _, _, wait, idle, outputs_dir = parse(argv)
     except (ValueError, IndexError) as exc:
         print(f"featherflow _mark: error: {exc} ({USAGE})", file=sys.stderr)
         return 2
@@ -213,7 +241,7 @@ def main(argv=None) -> int:
     def answer(text):
         os.write(1, text.encode())
 
-    serve(db, run_id, wait, states, lines(0, idle), answer)
+    serve(db, run_id, wait, states, lines(0, idle), answer, outputs_dir)
     return 0
 
 

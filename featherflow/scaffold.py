@@ -281,7 +281,7 @@ environment variables:
 | `FEATHERFLOW_PARAMS` | the run's params as JSON |
 | `FEATHERFLOW_OUTPUT_DIR` | where results that must outlive the run go |
 | `FEATHERFLOW_SCHEDULED_AT` | the slot time of a scheduled run (UTC), empty when run by hand |
-| `FEATHERFLOW_FLOW_NAME`, `FEATHERFLOW_TRIGGER`, `FEATHERFLOW_RUN_UID` | the flow, `manual` or `schedule`, a unique id |
+| `FEATHERFLOW_FLOW_NAME`, `FEATHERFLOW_TRIGGER`, `FEATHERFLOW_RUN_UID` | the flow, `manual`, `schedule` or `backfill`, a unique id |
 
 `featherflow --help` and `featherflow COMMAND --help` list everything else.
 """

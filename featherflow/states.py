@@ -13,7 +13,7 @@ import time
 
 from featherflow.errors import ConflictError
 
-SCHEMA_VERSION = 5  # the number of the newest migration
+SCHEMA_VERSION = 7  # the number of the newest migration
 
 # The scheduler writes its heartbeat every tick, and a tick comes at least every
 # HEARTBEAT_EVERY seconds. A scheduler whose heartbeat is older than HEARTBEAT_STALE
@@ -24,15 +24,19 @@ HEARTBEAT_STALE = 150.0
 
 QUEUED, RUNNING, SUCCESS, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "success", "failed", "cancelled", "interrupted")
-PENDING, UPSTREAM_FAILED = "pending", "upstream_failed"
+PENDING, UPSTREAM_FAILED, SKIPPED = "pending", "upstream_failed", "skipped"
 # Not a state: the word of `_mark` that notes why a pending attempt waits (note_waiting).
 WAITING = "waiting"
 
+# What started a run (flow_run.trigger, FEATHERFLOW_TRIGGER): by hand, a schedule's slot, a backfill's slot.
+TRIGGERS = ("manual", "schedule", "backfill")
+
 RUN_STATES = (QUEUED, RUNNING, SUCCESS, FAILED, CANCELLED, INTERRUPTED)
-ATTEMPT_STATES = (PENDING, RUNNING, SUCCESS, FAILED, UPSTREAM_FAILED, CANCELLED, INTERRUPTED)
+ATTEMPT_STATES = (PENDING, RUNNING, SUCCESS, FAILED, UPSTREAM_FAILED, SKIPPED, CANCELLED, INTERRUPTED)
 RUN_FINISHED = (SUCCESS, FAILED, CANCELLED, INTERRUPTED)
 RESUMABLE = (FAILED, INTERRUPTED)
-ATTEMPT_FINISHED = (SUCCESS, FAILED, UPSTREAM_FAILED, CANCELLED, INTERRUPTED)
+RERUNNABLE = (SUCCESS, CANCELLED)  # a backfill's --reprocess all runs these again (rerun=True)
+ATTEMPT_FINISHED = (SUCCESS, FAILED, UPSTREAM_FAILED, SKIPPED, CANCELLED, INTERRUPTED)
 
 RUN_MOVES = {
     QUEUED: (RUNNING, FAILED, CANCELLED, INTERRUPTED),
@@ -43,7 +47,7 @@ RUN_MOVES = {
     CANCELLED: (),
 }
 ATTEMPT_MOVES = {
-    PENDING: (RUNNING, UPSTREAM_FAILED, CANCELLED),
+    PENDING: (RUNNING, UPSTREAM_FAILED, SKIPPED, CANCELLED),  # skipped: its run_if said no
     RUNNING: (SUCCESS, FAILED, CANCELLED, INTERRUPTED),
 }
 
@@ -73,12 +77,13 @@ RUN_EVENTS = {RUNNING: "started", SUCCESS: "succeeded", FAILED: "failed",
 
 
 def apply_run(cur, run_id, new, now=None, reason=None, pid=None, pid_start=None,
-              boot_id=None, resume=False, events=None) -> str:
+              boot_id=None, resume=False, events=None, rerun=False) -> str:
     """Move run `run_id` to `new`; returns the state it was in.
 
     The move's event goes into the outbox in the same transaction, when a channel
     is enabled (no channel: nothing to tell, and adding one later does not replay
-    history). `events`, a list, gets the id of an event written.
+    history). `events`, a list, gets the id of an event written. `rerun` lets a finished
+    run (RERUNNABLE) run again: only a backfill's `--reprocess all` asks for it.
     """
     now = now or stamp()
     row = cur.execute("SELECT state FROM flow_run WHERE id = ?", (run_id,)).fetchone()
@@ -90,7 +95,8 @@ def apply_run(cur, run_id, new, now=None, reason=None, pid=None, pid_start=None,
             cur.execute("UPDATE flow_run SET pid = ?, pid_start = ?, boot_id = ? WHERE id = ?",
                         (pid, pid_start, boot_id, run_id))
         return old
-    if new not in RUN_MOVES.get(old, ()) or (old in RESUMABLE and not resume):
+    rerunning = rerun and new == RUNNING and old in RERUNNABLE
+    if not rerunning and (new not in RUN_MOVES.get(old, ()) or (old in RESUMABLE and not resume)):
         hint = " (resume it with `featherflow runs resume`)" if old in RESUMABLE else ""
         raise IllegalTransition(f"run {run_id} cannot go from {old} to {new}{hint}")
     if new == SUCCESS:
@@ -142,8 +148,11 @@ def _require_running_run(cur, run_id):
 
 
 def apply_attempt(cur, run_id, task_id, attempt, new, now=None, exit_code=None,
-                  reason=None) -> str:
+                  reason=None, outputs=None) -> str:
     """Move attempt `attempt` of `task_id` to `new`; returns its previous state.
+
+    `outputs` (the stored text of the task's outputs) is kept with a success, in the
+    same transaction: a success is never recorded without what it produced.
 
     An attempt that does not exist yet is created (a retry, or a resume) when
     it is the next number for that task, the previous one has finished, and it
@@ -188,9 +197,9 @@ def apply_attempt(cur, run_id, task_id, attempt, new, now=None, exit_code=None,
             (new, now, run_id, task_id, attempt))
     else:
         cur.execute(
-            "UPDATE task_attempt SET state = ?, ended_at = ?, exit_code = ?, reason = ? "
+            "UPDATE task_attempt SET state = ?, ended_at = ?, exit_code = ?, reason = ?, outputs = ? "
             "WHERE run_id = ? AND task_id = ? AND attempt = ?",
-            (new, now, exit_code, reason, run_id, task_id, attempt))
+            (new, now, exit_code, reason, outputs if new == SUCCESS else None, run_id, task_id, attempt))
     return old
 
 

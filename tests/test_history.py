@@ -34,9 +34,9 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 RUN_KEYS = ["id", "uid", "flow", "state", "trigger", "params", "schedule_id", "scheduled_at",
             "created_at", "started_at", "ended_at", "duration_seconds", "reason", "failed_tasks",
             "resumes", "flows_dir", "tasks_dir", "output_dir", "max_parallel", "pid"]
-TASK_KEYS = ["id", "state", "attempts"]
+TASK_KEYS = ["id", "state", "attempts", "rule"]
 ATTEMPT_KEYS = ["attempt", "state", "exit_code", "reason", "started_at", "ended_at",
-                "duration_seconds", "log"]
+                "duration_seconds", "log", "outputs"]
 ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 
 OK = 'echo "out $FEATHERFLOW_TASK_ID attempt $FEATHERFLOW_ATTEMPT"\n'
@@ -262,7 +262,8 @@ def gated(project):
     gate = project.root / "gate"
     pids = project.root / "pids"
     pids.mkdir(exist_ok=True)
-    project.write_task("gated.sh", 'echo $$ > "$2/$FEATHERFLOW_TASK_ID.pid"\necho "before"\n'
+    project.write_task("gated.sh", 'echo $$ > "$2/.pid"; mv "$2/.pid" "$2/$FEATHERFLOW_TASK_ID.pid"\n'
+                                   'echo "before"\n'
                                    'while [ ! -e "$1" ]; do sleep 0.02; done\necho "after"\n')
     project.write_task("ok.sh", OK)
     project.write_flow({"name": "gated", "tasks": [

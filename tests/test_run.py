@@ -283,7 +283,8 @@ def test_a_task_that_ignores_term_is_killed_after_the_grace(project, tmp_path):
     """TERM, then KILL after kill_grace: `timeout` is killed too (137) and it still counts as a timeout."""
     state = tmp_path / "state"
     state.mkdir()
-    project.write_task("stubborn.sh", 'trap "" TERM\necho $$ >"$1/pid"\nwhile :; do sleep 0.1; done\n')
+    project.write_task("stubborn.sh", 'trap "" TERM\necho $$ >"$1/pid.new"; mv "$1/pid.new" "$1/pid"\n'
+                                      'while :; do sleep 0.1; done\n')
     project.write_flow({"name": "f", "tasks": [
         {"id": "s", "script": "stubborn.sh", "args": [str(state)], "timeout": 0.5}]})
     app = project.app()
@@ -318,7 +319,8 @@ for _ in range(20):
     sys.stdout.buffer.write(chunk)
     sys.stderr.buffer.write(chunk)
 """)
-    project.write_flow({"name": "f", "tasks": [{"id": "loud", "script": "loud.py"}]})
+    # No cap (0): every byte reaches the log (the default 10 MiB cap: tests/test_logcap.py).
+    project.write_flow({"name": "f", "max_log_bytes": 0, "tasks": [{"id": "loud", "script": "loud.py"}]})
     result = project.sh("run", "f")
     assert result.code == 0, result.out + result.err
     run, _ = only_run(project)
@@ -393,7 +395,7 @@ def test_a_cancelled_task_that_ignores_term_is_killed_after_the_grace(project, t
     """No timeout, so no `timeout` to escalate: the script's own GRACE timer KILLs the group."""
     state = tmp_path / "state"
     state.mkdir()
-    project.write_task("stubborn.sh", 'trap "" TERM\necho $$ >"$1/pid"\n'
+    project.write_task("stubborn.sh", 'trap "" TERM\necho $$ >"$1/pid.new"; mv "$1/pid.new" "$1/pid"\n'
                                       '(trap "" TERM; exec sleep 321) &\nwhile :; do sleep 0.1; done\n')
     project.write_flow({"name": "f", "tasks": [{"id": "s", "script": "stubborn.sh", "args": [str(state)]}]})
     app = project.app()

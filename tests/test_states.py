@@ -39,7 +39,7 @@ LEGAL_RUN = {
     "running": {"success", "failed", "cancelled", "interrupted"},
 }
 LEGAL_ATTEMPT = {
-    "pending": {"running", "upstream_failed", "cancelled"},
+    "pending": {"running", "upstream_failed", "skipped", "cancelled"},
     "running": {"success", "failed", "cancelled", "interrupted"},
 }
 BOGUS = "exploded"

@@ -65,7 +65,9 @@ def cmd_validate(app, args) -> int:
 def cmd_graph(app, args) -> int:
     flow = app.load_flow(args.flow)
     draw = {"text": graph.draw_text, "dot": graph.draw_dot, "mermaid": graph.draw_mermaid}[args.format]
-    print(draw(flow.name, flow.edges))
+    rules = {t.id: t.rule + (" after every task" if t.cleanup and not t.depends_on else "")
+             for t in flow.tasks if t.rule != "all_success"}
+    print(draw(flow.name, flow.edges, rules))
     return 0
 
 

@@ -71,8 +71,24 @@ def attempt_json(attempt: Attempt, log: str, now: datetime) -> Dict:
         "reason": attempt.reason, "started_at": clock.iso(attempt.started_at),
         "ended_at": clock.iso(attempt.ended_at),
         "duration_seconds": _round(elapsed(attempt.started_at, attempt.ended_at, now)),
-        "log": log,
+        "log": log, "outputs": shown_outputs(attempt.outputs),
     }
+
+
+def shown_outputs(outputs: Optional[Dict[str, str]]) -> Optional[Dict[str, str]]:
+    """Outputs as printable text: bytes that were not UTF-8 (kept as they are for the
+    tasks) shown as U+FFFD."""
+    if outputs is None:
+        return None
+    return {key: value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            for key, value in outputs.items()}
+
+
+def outputs_line(outputs: Dict[str, str], width: int = 100) -> str:
+    """`KEY=value, KEY=value` on one line, each value cut and escaped."""
+    shown = shown_outputs(outputs) or {}
+    return fit(safe(", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in sorted(shown.items()))),
+               width)
 
 
 def _round(value: Optional[float]) -> Optional[float]:
@@ -108,8 +124,11 @@ def no_runs(filters: List[Tuple[str, str]], total: int) -> str:
             "`featherflow runs list` without filters shows the latest)")
 
 
-def run_detail(run: Run, order: List[str], attempts: List[Attempt], log_path, now: datetime) -> List[str]:
-    """`runs show`: the run, then every task in dependency order with its attempts."""
+def run_detail(run: Run, order: List[str], attempts: List[Attempt], log_path, now: datetime,
+               rules: Optional[Dict[str, str]] = None) -> List[str]:
+    """`runs show`: the run, then every task in dependency order with its attempts, the rule
+    of a task that has one (run_if, cleanup) and the outputs of an attempt that wrote some."""
+    rules = rules or {}
     took = human_seconds(elapsed(run.started_at, run.ended_at, now))
     lines = [
         f"run {run.id}  {safe(run.flow_name)}  {run.state.upper()}" + (f"  ({safe(run.reason)})" if run.reason else ""),
@@ -131,6 +150,8 @@ def run_detail(run: Run, order: List[str], attempts: List[Attempt], log_path, no
     lines.append("")
     lines.append(f"  {'TASK':<{width}}  {'STATE':<15} {'TRY':>3} {'EXIT':>4} {'STARTED':<14} {'TOOK':>7}  NOTE")
     for task_id in order:
+        if task_id in rules:
+            lines.append(f"  {safe(task_id):<{width}}  rule: {rules[task_id]}")
         for attempt in by_task.get(task_id, []):
             lines.append(
                 f"  {safe(task_id):<{width}}  {attempt.state:<15} {attempt.attempt:>3} "
@@ -140,4 +161,6 @@ def run_detail(run: Run, order: List[str], attempts: List[Attempt], log_path, no
                 f"{safe(attempt.reason or '')}".rstrip())
             if attempt.started_at:
                 lines.append(f"  {'':<{width}}  log: {log_path(task_id, attempt.attempt)}")
+            if attempt.outputs:
+                lines.append(f"  {'':<{width}}  outputs: {outputs_line(attempt.outputs)}")
     return lines

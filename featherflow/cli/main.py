@@ -1,6 +1,6 @@
 """The `featherflow` command: build the parser from the command modules, run one, exit.
 
-The commands live in flows.py, runs.py, admin.py and schedules.py (what they share in
+The commands live in flows.py, runs.py, admin.py, schedules.py, backfill.py and notify.py (what they share in
 common.py). This module is the one place where an error becomes an exit code: a
 FeatherflowError becomes one `error:` line on stderr and its documented exit code
 (see errors.py and the README); a traceback is shown only with `--log-level DEBUG`.
@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 from featherflow import __version__, errors
-from featherflow.cli import admin, flows, notify, pools, runs, schedules
+from featherflow.cli import admin, backfill, flows, notify, pools, runs, schedules
 from featherflow.cli.common import for_terminal, global_options
 from featherflow.errors import FeatherflowError
 
@@ -100,6 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"featherflow {__version__}")
     global_options(parser, suppress=False)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for module in (flows, runs, admin, schedules, notify, pools):
+    for module in (flows, runs, admin, schedules, backfill, notify, pools):
         module.add_commands(sub)
     return parser

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 
-from featherflow import errors, proc, states
+from featherflow import errors, logcap, proc, states
 from featherflow.cli.common import command, for_terminal, group, positive, reading, reconciled
 
 
@@ -62,12 +62,14 @@ def cmd_runs_list(app, args) -> int:
         except ValueError as exc:
             raise errors.UsageError(f"--since: {exc}") from None
     store = reading(app)
-    runs = store.runs.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit)
+    runs = store.runs.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit,
+                                trigger=args.trigger)
     now = clock.now()
     if args.json:
         print(json.dumps([views.run_json(r, now) for r in runs], indent=2, ensure_ascii=False))
     elif not runs:
-        filters = [("--flow", args.flow), ("--state", args.state), ("--since", args.since)]
+        filters = [("--flow", args.flow), ("--state", args.state), ("--since", args.since),
+                   ("--trigger", args.trigger)]
         print(views.no_runs([(k, v) for k, v in filters if v], store.runs.run_count()))
     else:
         print("\n".join(views.runs_table(runs, now)))
@@ -89,8 +91,11 @@ def cmd_runs_show(app, args) -> int:
     from featherflow import clock, paths  # lazy: not for --help
     from featherflow.cli import format as views  # lazy: not for --help
 
+    from featherflow.rules import task_rules  # lazy: not for --help
+
     _, run, attempts, order = _run_and_attempts(app, args.run_id)
     order += sorted({a.task_id for a in attempts} - set(order))
+    rules = task_rules(run.snapshot)
     now = clock.now()
     if args.json:
         data = views.run_json(run, now)
@@ -98,12 +103,13 @@ def cmd_runs_show(app, args) -> int:
             {"id": task_id,
              "state": ([a.state for a in attempts if a.task_id == task_id] or ["-"])[-1],
              "attempts": [views.attempt_json(a, str(paths.log_path(run, a.task_id, a.attempt)), now)
-                          for a in attempts if a.task_id == task_id]}
+                          for a in attempts if a.task_id == task_id],
+             "rule": rules.get(task_id, "all_success")}
             for task_id in order]
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return 0
     log_of = lambda task_id, n: paths.log_path(run, task_id, n)  # noqa: E731
-    print("\n".join(views.run_detail(run, order, attempts, log_of, now)))
+    print("\n".join(views.run_detail(run, order, attempts, log_of, now, rules)))
     return 0
 
 
@@ -132,9 +138,8 @@ def cmd_runs_logs(app, args) -> int:
             print(f"==> {task_id} (attempt {attempt.attempt}, {attempt.state}) {path} <==")
         if args.follow:
             return _follow(store, run, attempt, path)
-        try:
-            with open(path, "r", errors="replace", newline="") as f:  # a task's \r stays \r
-                sys.stdout.write(for_terminal(f.read()))
+        try:  # a capped log whose attempt still runs has a hole: one line says what was cut
+            sys.stdout.write(for_terminal(logcap.read(str(path)).decode("utf-8", "replace")))
         except FileNotFoundError:
             print(f"(no log: attempt {attempt.attempt} is {attempt.state})")
         sys.stdout.flush()
@@ -146,7 +151,9 @@ def _follow(store, run, attempt, path) -> int:
     that never started, or a run whose process died, would never end it)."""
     from featherflow.engine import reconcile  # lazy: peewee
 
-    position = 0
+    import codecs  # lazy: only --follow decodes piece by piece
+
+    position, decoder = 0, codecs.getincrementaldecoder("utf-8")("replace")
     while True:
         current = store.runs.get_run(run.id)
         if (current.state in (states.QUEUED, states.RUNNING)
@@ -156,11 +163,9 @@ def _follow(store, run, attempt, path) -> int:
         state = next(a.state for a in store.runs.attempts(run.id)
                      if a.task_id == attempt.task_id and a.attempt == attempt.attempt)
         over = state in states.ATTEMPT_FINISHED or current.state in states.RUN_FINISHED
-        try:
-            with open(path, "r", errors="replace", newline="") as f:
-                f.seek(position)
-                chunk = f.read()
-                position = f.tell()
+        try:  # a capped log: the hole is skipped, and a compacted one read from its new end
+            data, position = logcap.read_from(str(path), position)
+            chunk = decoder.decode(data)
         except FileNotFoundError:
             chunk = ""
         if chunk:
@@ -241,6 +246,7 @@ def _add_history(runs_sub) -> None:
     p = command("list", cmd_runs_list, "list runs, newest first", runs_sub)
     p.add_argument("--flow", metavar="FLOW", help="only this flow")
     p.add_argument("--state", choices=states.RUN_STATES, help="only runs in this state")
+    p.add_argument("--trigger", choices=states.TRIGGERS, help="only runs started this way (manual, schedule, backfill)")
     p.add_argument("--since", metavar="WHEN", help="only runs created since: an age (2h, 7d) or a local time (2026-11-01 03:00)")
     p.add_argument("--limit", type=positive, default=20, metavar="N", help="at most N runs (default: 20)")
     p.add_argument("--json", action="store_true", help="print JSON (stable; see the README)")

@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import peewee
 
 from featherflow import clock, flow as flowmod, paths, proc, states
+from featherflow.rules import task_rules
 from featherflow.dashboard.keys import ViewState
 from featherflow.scheduler.slots import next_slot
 from featherflow.store.readonly import Reader
@@ -30,7 +31,7 @@ LOG_READ = 4 << 20  # bytes read per refresh at most; further behind, skip ahead
 DONE, RUNNING_, PENDING_, FAILED_ = "done", "running", "pending", "failed"
 _COUNT_OF = {states.SUCCESS: DONE, states.RUNNING: RUNNING_, states.PENDING: PENDING_,
              states.FAILED: FAILED_, states.UPSTREAM_FAILED: FAILED_, states.INTERRUPTED: FAILED_,
-             states.CANCELLED: FAILED_}
+             states.CANCELLED: FAILED_, states.SKIPPED: DONE}  # skipped: its run_if said no
 
 
 # -- what is shown ------------------------------------------------------------
@@ -96,6 +97,7 @@ class TaskInfo:
     ended_at: Optional[datetime] = None
     exit_code: Optional[int] = None
     reason: Optional[str] = None
+    rule: str = ""  # run_if or cleanup, when the task has one
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ class LogTail:
         except OSError as exc:
             return (), 0, 0, f"cannot read the log: {exc.strerror}"
         self.position += len(chunk)
-        data = self.partial + chunk
+        data = self.partial + chunk.replace(b"\0", b"")  # a capped log's hole reads as zeros
         *complete, self.partial = data.split(b"\n")
         for raw in complete:
             self.lines.append(raw.rstrip(b"\r").decode("utf-8", "replace"))
@@ -305,12 +307,14 @@ def _detail(run, attempts, make_run) -> RunDetail:
     latest = {a.task_id: a for a in attempts}  # ordered by attempt number
     try:
         order = flowmod.task_order(run.snapshot)
+        rules = task_rules(run.snapshot)
     except Exception:  # a definition we cannot read still shows its attempts
-        order = []
+        order, rules = [], {}
     order += sorted(set(latest) - set(order))
     tasks = tuple(
         TaskInfo(t, latest[t].state, latest[t].attempt, latest[t].started_at, latest[t].ended_at,
-                 latest[t].exit_code, latest[t].reason) if t in latest else TaskInfo(t, "-")
+                 latest[t].exit_code, latest[t].reason, rules.get(t, ""))
+        if t in latest else TaskInfo(t, "-", rule=rules.get(t, ""))
         for t in order)
     row = {"id": run.id, "flow_name": run.flow_name, "state": run.state, "trigger": run.trigger,
            "created_at": run.created_at, "started_at": run.started_at, "ended_at": run.ended_at,

@@ -374,7 +374,8 @@ class _Screen:
         values = []
         for t in detail.tasks:
             took_t = _since(t.started_at, t.ended_at or (self.now if t.state == states.RUNNING else None))
-            values.append([(self.c(t.task_id), ""), (t.state, STATE_STYLE.get(t.state, "")),
+            name = self.c(t.task_id) + (f" [{t.rule}]" if t.rule else "")
+            values.append([(name, ""), (t.state, STATE_STYLE.get(t.state, "")),
                            (str(t.attempt) if t.attempt else "-", ""),
                            ("-" if t.exit_code is None else str(t.exit_code), ""),
                            (local(t.started_at, "%H:%M:%S"), ""), (duration(took_t), ""),

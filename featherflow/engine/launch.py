@@ -134,7 +134,7 @@ def prepare(config: Config, store: Optional[Store], name: str, params: Dict, max
     parallel = max_parallel or flow.max_parallel or default_parallel()
     if parallel < 1:
         raise UsageError(f"--max-parallel must be >= 1, not {parallel}")
-    order = graph.topological_order(flow.edges)
+    order = graph.topological_order(flow.run_edges)
     if dry_run:
         path = Path(config.output_dir) / "dry-run" / flow.name / "run.sh"
         spec = run_spec(config, 0, "dry-run", trigger, merged, parallel, path.parent, scheduled_at or "",
@@ -186,7 +186,8 @@ def run_spec(config: Config, run_id, uid, trigger, params, parallel, directory, 
         tasks_dir=str(config.tasks_dir), run_dir=str(directory), scheduled_at=scheduled_at,
         output_dir=str(config.output_dir),
         attempts=attempts, keep=tuple(keep), keep_tmp=keep_tmp, dry_run=dry_run, lock_wait=lock_wait,
-        kill_grace=kill_grace, pools=dict(pools or {}), pool_dir=str(pool_dir(config)))
+        kill_grace=kill_grace, max_log_bytes=config.max_log_bytes, pools=dict(pools or {}),
+        pool_dir=str(pool_dir(config)))
 
 
 def pool_dir(config: Config) -> Path:

@@ -40,22 +40,20 @@ pool_done() {  # index: its subshell ended; the first task held back in its pool
   ready "${later[0]}"
 }
 # In finished(), for a pool task's subshell that ended: what it recorded and measured from
-# the slot on (recorded, took, V_STATE, V_REASON: finished's own), from the file it left.
-# No file: its task never started; that is handled here, and it fails.
+# the slot on (recorded, took, V_RC, V_STATE, V_REASON: finished's own), from the file it
+# left. No file: its task never started; that is handled here, and it fails.
 pool_ended() {  # index exit-code
   local i=$1 n=${T_ATTEMPT[$1]}
   pool_done "$i"
-  read -r recorded took V_STATE V_REASON <"$RUN_DIR/pool-${T_ID[i]}.$n" 2>/dev/null && return 0
-  if (($2 == POOL_NOT_STARTED && (CANCELLED || BROKEN))); then
+  read -r recorded took V_RC V_STATE V_REASON <"$RUN_DIR/pool-${T_ID[i]}.$n" 2>/dev/null && return 0
+  if (($2 == POOL_NOT_STARTED && STOPPING)); then
     MARKS+=("${T_ID[i]}:$n:cancelled::run cancelled while it waited for a slot of pool ${T_POOL[i]}")
     T_STATE[i]=cancelled
     say "stopped ${T_ID[i]} (attempt $n) while it waited for a slot of pool ${T_POOL[i]}"
   elif (($2 == POOL_CANNOT)); then  # no flock, no slot file: it fails without running
     MARKS+=("${T_ID[i]}:$n:cancelled::could not take a slot of pool ${T_POOL[i]} (see $RUN_DIR/run.log)")
-    T_STATE[i]=failed
-    FAILED=$((FAILED + 1))
     say "FAILED  ${T_ID[i]} (attempt $n): could not take a slot of pool ${T_POOL[i]} (see $RUN_DIR/run.log)"
-    skip_below "$i"
+    gave_up "$i"
   else  # its start could not be recorded, or it died: nothing runs untracked
     T_STATE[i]=cancelled
     broken
@@ -92,7 +90,7 @@ pool_task() {  # index; runs in its own subshell, to the end of the attempt
     secs=5
     ((slots == 1)) || secs=${POOL_BACKOFF[round < 5 ? round - 1 : 4]}
     exec {P_FD}<>"$dir/slot.$k" || pool_cannot "cannot open $dir/slot.$k"
-    flock -w "$secs" "$P_FD" 2>/dev/null &
+    flock -w "$secs" "$P_FD" 2>/dev/null 5>&- 9>&- &
     P_WAITER=$!
     while :; do
       wait "$P_WAITER"
@@ -112,8 +110,10 @@ pool_task() {  # index; runs in its own subshell, to the end of the attempt
   local start=$NOW_MS
   say "start   $id (attempt $n) in pool $pool (slot $k)"
   if ((!P_STOP)); then
-    (run_task "$i") >"$LOG_DIR/$id.$n.log" 2>&1 </dev/null {P_FD}>&- 9>&- &
+    (run_task "$i") >>"$LOG_DIR/$id.$n.log" 2>&1 </dev/null {P_FD}>&- 5>&- 9>&- &
     P_TASK=$!
+    logcap_note "+$LOG_DIR/$id.$n.log"  # the script tells the watcher its end (finished)
+    exec 5>&-  # a kill -9 of the script ends the watcher, whatever this subshell waits for
     while :; do  # a trapped signal ends `wait` early: wait again while the task is there
       wait "$P_TASK"
       rc=$?
@@ -130,12 +130,12 @@ pool_task() {  # index; runs in its own subshell, to the end of the attempt
   fi
   [[ -n $P_TASK ]] || V_REASON="run cancelled before the task started"
   local recorded=1
-  if [[ $V_STATE == success ]]; then
+  if [[ $V_STATE == success ]]; then  # its outputs are stored with it (_mark --outputs)
     pool_mark "$id:$n:success:0" || recorded=0
   else
-    pool_mark "$id:$n:$V_STATE:$rc:$V_REASON" || recorded=0
+    pool_mark "$id:$n:$V_STATE:$V_RC:$V_REASON" || recorded=0
   fi
-  printf '%s %s %s %s\n' "$recorded" "$took" "$V_STATE" "$V_REASON" >"$RUN_DIR/pool-$id.$n"
+  printf '%s %s %s %s %s\n' "$recorded" "$took" "$V_RC" "$V_STATE" "$V_REASON" >"$RUN_DIR/pool-$id.$n"
   exit "$rc"  # and the slot is free
 }
 pool_cannot() {  # what: the task cannot wait for a slot: it fails without running (finished)
@@ -143,7 +143,8 @@ pool_cannot() {  # what: the task cannot wait for a slot: it fails without runni
   exit "$POOL_CANNOT"
 }
 pool_mark() {  # transition...: recorded by a _mark of its own (the co-process is the script's)
-  "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --wait "$LOCK_WAIT" "$@" {P_FD}>&- 9>&-
+  "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --wait "$LOCK_WAIT" --outputs "$OUT_DIR" "$@" \
+    {P_FD}>&- 5>&- 9>&-
 }
 # Whether the script that started this subshell is gone (killed): then no task starts.
 pool_orphaned() {

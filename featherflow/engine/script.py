@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List
 
-from featherflow import errors, flow as flowmod, graph, states
+from featherflow import errors, flow as flowmod, graph, rules, states
 
 KILL_GRACE = 10  # seconds between TERM and KILL when a task is stopped
 LOG_TAIL = 20  # lines of a failed task's log shown on the terminal
@@ -59,6 +59,7 @@ class RunSpec:
     dry_run: bool = False
     lock_wait: float = LOCK_WAIT
     kill_grace: float = KILL_GRACE
+    max_log_bytes: int = 0  # the cap on each attempt's log unless the flow sets one; 0: none
     pools: Dict[str, int] = field(default_factory=dict)  # slots of each pool its tasks name
     pool_dir: str = ""  # where the slot files are: <database dir>/pools
 
@@ -79,21 +80,52 @@ def substitute(value: str, spec: RunSpec, flow_name: str) -> str:
     """Replace {{ params.X }}, {{ run_id }}, {{ flow }}, {{ scheduled_at }} (validated before).
 
     One pass: a param value that itself looks like a placeholder stays as it is.
-    A param that is not a string is written as JSON (1, true, [1, 2]).
+    A param that is not a string is written as JSON (1, true, [1, 2]). An output
+    placeholder stays as it is (`outputs.py` puts the value in when the task starts).
     """
-    def one(match):
-        ref = match.group(1)
-        if ref.startswith("params."):
-            found = spec.params[ref[len("params."):]]
-            return found if isinstance(found, str) else json.dumps(found, ensure_ascii=False)
-        return {"run_id": str(spec.run_id), "flow": flow_name, "scheduled_at": spec.scheduled_at}[ref]
+    return "".join(part if isinstance(part, str) else f"{{{{ tasks.{part[0]}.outputs.{part[1]} }}}}"
+                   for part in template(value, spec, flow_name))
 
-    return flowmod.PLACEHOLDER_RE.sub(one, value)
+
+def template(value: str, spec: RunSpec, flow_name: str) -> list:
+    """`value` as parts: text (placeholders other than outputs replaced) and [TASK, KEY]
+    for each {{ tasks.TASK.outputs.KEY }} (the word format of outputs.py's SPEC)."""
+    parts: list = []
+
+    def text(piece):
+        if not piece:
+            return
+        if parts and isinstance(parts[-1], str):
+            parts[-1] += piece
+        else:
+            parts.append(piece)
+
+    at = 0
+    for match in flowmod.PLACEHOLDER_RE.finditer(value):
+        text(value[at:match.start()])
+        at = match.end()
+        ref = match.group(1)
+        output = rules.OUTPUT_REF_RE.fullmatch(ref)
+        if output:
+            parts.append(list(output.groups()))
+        elif ref.startswith("params."):
+            found = spec.params[ref[len("params."):]]
+            text(found if isinstance(found, str) else json.dumps(found, ensure_ascii=False))
+        else:
+            text({"run_id": str(spec.run_id), "flow": flow_name, "scheduled_at": spec.scheduled_at}[ref])
+    text(value[at:])
+    return parts or [""]
 
 
 def task_argv(task: flowmod.Task, spec: RunSpec, flow_name: str) -> List[str]:
     """The task's argument list. Object form: `k` gives -k VALUE, `key` gives
     --key=VALUE, true gives a bare --key (or -k), false and null leave it out."""
+    return ["".join(p if isinstance(p, str) else f"{{{{ tasks.{p[0]}.outputs.{p[1]} }}}}" for p in word)
+            for word in argv_words(task, spec, flow_name)]
+
+
+def argv_words(task: flowmod.Task, spec: RunSpec, flow_name: str) -> List[list]:
+    """task_argv's words as template() parts."""
     if isinstance(task.args, dict):
         argv = []
         for key, value in task.args.items():
@@ -101,13 +133,13 @@ def task_argv(task: flowmod.Task, spec: RunSpec, flow_name: str) -> List[str]:
                 continue
             flag = f"-{key}" if len(key) == 1 else f"--{key}"
             if value is True:
-                argv.append(flag)
+                argv.append([flag])
             elif len(key) == 1:
-                argv += [flag, substitute(flowmod.scalar_text(value), spec, flow_name)]
+                argv += [[flag], template(flowmod.scalar_text(value), spec, flow_name)]
             else:
-                argv.append(f"{flag}={substitute(flowmod.scalar_text(value), spec, flow_name)}")
+                argv.append([f"{flag}="] + template(flowmod.scalar_text(value), spec, flow_name))
         return argv
-    return [substitute(arg, spec, flow_name) for arg in task.args]
+    return [template(arg, spec, flow_name) for arg in task.args]
 
 
 def task_env(task: flowmod.Task, spec: RunSpec, flow_name: str) -> Dict[str, str]:
@@ -125,12 +157,21 @@ def task_command(task: flowmod.Task, spec: RunSpec, flow_name: str) -> List[str]
         head = ['"$BASH"', q(path)]
     else:
         head = [q(path)]
+    if task.output_refs():
+        # Args and env go to outputs.py, which puts the outputs in and execs the task.
+        words = {"argv": argv_words(task, spec, flow_name),
+                 "env": [[name, template(value, spec, flow_name)] for name, value in task.env.items()]}
+        lead = ['"$FF_PYTHON"', "-I", "-S", '"$FF_OUTPUTS"', '"$FF_DB"', '"$RUN_ID"',
+                q(json.dumps(words, ensure_ascii=False))]
+        return lead + head
     return head + [q(a) for a in task_argv(task, spec, flow_name)]
 
 
 def render(flow: flowmod.Flow, spec: RunSpec) -> str:
     """The run's whole script: header, settings, one function per task, the engine."""
-    edges = flow.edges  # built once: a flow's edges and children are walked once per render
+    edges = flow.run_edges  # built once: a flow's edges and children are walked once per render
+    if spec.keep:
+        edges = resume_edges(flow, edges, set(spec.keep))
     order = graph.topological_order(edges)
     index = {task_id: i for i, task_id in enumerate(order)}
     down = graph.children(edges)
@@ -141,20 +182,35 @@ def render(flow: flowmod.Flow, spec: RunSpec) -> str:
     out.append("# The tasks, in dependency order. Each function runs one attempt of one task.")
     out.append("# T_DEPS: the tasks it depends on; T_NEXT: the tasks that depend on it (indexes,")
     out.append("# named in the comment above). T_RETRY_MS: the wait before each retry, in milliseconds.")
+    out.append("# T_RULE: when it runs once its dependencies ended (run_if, or cleanup).")
     pooled = any(t.pool for t in flow.tasks)
     if pooled:
         out.append("# T_POOL, T_SLOTS: the pool of a task that has one, and its number of slots.")
-    out.append("declare -a T_ID T_DEPS T_NEXT T_RETRY_MS T_TIMEOUT T_TIMEOUT_MS T_ATTEMPT T_STATE T_POOL"
+    out.append("declare -a T_ID T_DEPS T_NEXT T_RETRY_MS T_TIMEOUT T_TIMEOUT_MS T_ATTEMPT T_STATE T_RULE T_POOL"
                + (" T_SLOTS" if pooled else ""))
     for i, task_id in enumerate(order):
         out.append("")
-        out += _task_block(flow, spec, i, task_id, index, down)
+        out += _task_block(flow, spec, i, task_id, index, down, edges)
     out.append("")
     if pooled:
         out.append(pools_engine().rstrip("\n"))
         out.append("")
     out.append(engine().rstrip("\n"))
     return "\n".join(out) + "\n"
+
+
+def resume_edges(flow: flowmod.Flow, edges: Dict[str, tuple], keep: set) -> Dict[str, tuple]:
+    """A resume runs its cleanup tasks after the tasks it runs again: each cleanup task
+    also waits for every re-run task that is not a cleanup task nor below it."""
+    work = [t.id for t in flow.tasks if not t.cleanup and t.id not in keep]
+    out = dict(edges)
+    for task in flow.tasks:
+        if task.cleanup and task.id not in keep:
+            below = graph.descendants(edges, [task.id])
+            extra = [t for t in work if t not in below and t not in edges[task.id]]
+            out[task.id] = tuple(edges[task.id]) + tuple(extra)
+    # Work below two cleanup tasks could make a cycle of the waits: then only the flow's own edges.
+    return edges if graph.find_cycle(out) else out
 
 
 def header(flow: flowmod.Flow, spec: RunSpec) -> str:
@@ -172,8 +228,11 @@ def settings(flow: flowmod.Flow, spec: RunSpec) -> List[str]:
     """The run's variables, and the environment every task gets (the task contract)."""
     values = [
         ("FF_PYTHON", spec.python), ("FF_MARK", spec.mark), ("FF_DB", spec.db),
+        ("FF_OUTPUTS", str(Path(spec.mark).with_name("outputs.py"))),
         ("RUN_ID", spec.run_id), ("RUN_DIR", spec.run_dir), ("MAX_PARALLEL", spec.max_parallel),
         ("KILL_GRACE", _seconds(spec.kill_grace)), ("LOCK_WAIT", _seconds(spec.lock_wait)),
+        ("MAX_LOG_BYTES", spec.max_log_bytes if flow.max_log_bytes is None else flow.max_log_bytes),
+        ("FF_LOGCAP", str(Path(spec.mark).with_name("logcap.py"))),
         ("KEEP_TMP", int(spec.keep_tmp)), ("LOG_TAIL_LINES", LOG_TAIL), ("LOG_TAIL_WIDTH", LOG_TAIL_WIDTH),
         # Named once on the first line: a flow without a `params` block takes any.
         ("UNDECLARED", ", ".join(_name(p) for p in flow.undeclared(spec.params))),
@@ -181,7 +240,7 @@ def settings(flow: flowmod.Flow, spec: RunSpec) -> List[str]:
     if any(t.pool for t in flow.tasks):
         values.append(("POOL_DIR", spec.pool_dir))  # where the slot files are (pools.bash)
     out = [f"{name}={q(value)}" for name, value in values]
-    out.append("LOG_DIR=$RUN_DIR/logs")
+    out.append("LOG_DIR=$RUN_DIR/logs OUT_DIR=$RUN_DIR/outputs")
     out.append("export TMP_DIR=$RUN_DIR/tmp TEMP_DIR=$RUN_DIR/tmp")
     contract = [
         ("FEATHERFLOW_RUN_ID", spec.run_id), ("FEATHERFLOW_RUN_UID", spec.run_uid),
@@ -202,10 +261,10 @@ def _dry_run_stop(flow: flowmod.Flow) -> List[str]:
 
 
 def _task_block(flow: flowmod.Flow, spec: RunSpec, i: int, task_id: str, index: Dict[str, int],
-                down: Dict[str, List[str]]) -> List[str]:
+                down: Dict[str, List[str]], edges: Dict[str, tuple]) -> List[str]:
     """Task `task_id` as index `i`: its comment (named dependencies), its T_* values, its function."""
     task = flow.task(task_id)
-    deps = " ".join(str(index[d]) for d in task.depends_on)
+    deps = " ".join(str(index[d]) for d in edges[task_id])
     below = " ".join(str(index[d]) for d in sorted(down[task_id], key=index.__getitem__))
     delays = [task.retry_delay * task.retry_backoff ** n for n in range(task.retries)]
     kept = task_id in spec.keep
@@ -218,7 +277,7 @@ def _task_block(flow: flowmod.Flow, spec: RunSpec, i: int, task_id: str, index: 
     out.append(f"T_RETRY_MS[{i}]={q(' '.join(str(round(d * 1000)) for d in delays))} "
                f"T_TIMEOUT[{i}]={q(_seconds(task.timeout or 0))} "
                f"T_TIMEOUT_MS[{i}]={round((task.timeout or 0) * 1000)} "
-               f"T_ATTEMPT[{i}]={spec.attempts.get(task_id, 1)} T_STATE[{i}]={state}")
+               f"T_ATTEMPT[{i}]={spec.attempts.get(task_id, 1)} T_STATE[{i}]={state} T_RULE[{i}]={task.rule}")
     if task.pool:
         out.append(f"T_POOL[{i}]={q(task.pool)} T_SLOTS[{i}]={pool_slots(spec, task.pool)}")
     out.append(f"task_{i}() {{")
@@ -229,7 +288,7 @@ def _task_block(flow: flowmod.Flow, spec: RunSpec, i: int, task_id: str, index: 
     else:
         words = ["exec setsid -w"]
     env = task_env(task, spec, flow.name)
-    if env:
+    if env and not task.output_refs():
         words.append("env")
         lines = [" ".join(words)] + [f"{name}={q(value)}" for name, value in env.items()]
         lines.append(" ".join(task_command(task, spec, flow.name)))
@@ -251,6 +310,11 @@ def _facts(task: flowmod.Task, below: List[str], delays: List[float], kept: bool
     facts = []
     if task.depends_on:
         facts.append("after " + ", ".join(task.depends_on))
+    if task.cleanup:
+        facts.append("cleanup: runs once its dependencies ended, whatever happened, and when the run is "
+                     "cancelled" + ("" if task.depends_on else "; after every other task"))
+    elif task.run_if != "all_success":
+        facts.append(f"run_if {task.run_if}")
     if below:
         facts.append("before " + ", ".join(below))
     if task.retries:

@@ -81,10 +81,12 @@ class Deliverer:
             name = self._schedule_name(run.schedule_id)
             doc = payloads.for_run(event.kind, run, store.runs.latest_attempts(run.id), name, self.host)
             doc["schedule_id"] = run.schedule_id
+            doc["backfill_id"] = store.backfills.backfill_of_run(run.id)  # null unless a backfill ran it
             return doc
         doc = payloads.for_schedule(event.kind, self._schedule_name(event.schedule_id), event.slot_at,
                                     event.detail, self.host)
         doc["schedule_id"] = event.schedule_id
+        doc["backfill_id"] = None
         return doc
 
     def _schedule_name(self, schedule_id: Optional[int]) -> Optional[str]:

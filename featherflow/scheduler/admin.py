@@ -15,7 +15,7 @@ from featherflow.config import Config
 from featherflow.engine import limits
 from featherflow.engine import launch
 from featherflow.errors import UsageError
-from featherflow.scheduler import policy, slots
+from featherflow.scheduler import backfill, policy, slots
 from featherflow.scheduler.control import next_fire, notify
 from featherflow.store import Store
 
@@ -63,6 +63,9 @@ def add_schedule(cfg: Config, store: Store, flow_name: str, cron: Optional[str] 
     return schedule
 
 
+BACKFILLS_SHOWN = 5  # the newest backfills `schedule show` lists
+
+
 def in_zone(moment: Optional[datetime], tz: str) -> str:
     if moment is None:
         return "-"
@@ -79,6 +82,8 @@ def schedule_json(store: Store, schedule, now: datetime, limit: int = 1) -> Dict
                 next_at=clock.iso(next_fire(store, schedule, now)))
     data["slots"] = [{"slot_at": clock.iso(s.slot_at), "state": s.state, "reason": s.reason, "run_id": s.run_id,
                       "run_state": s.run_state} for s in recent]
+    data["backfills"] = [{"id": b.id, "state": b.state, "from": clock.iso(b.range_from), "to": clock.iso(b.range_to),
+                          "progress": b.counts} for b in store.backfills.list(schedule_id=schedule.id, limit=BACKFILLS_SHOWN)]
     return data
 
 
@@ -123,4 +128,10 @@ def schedule_detail(store: Store, schedule, now: datetime, limit: int = 20) -> L
     for slot in slots:
         run = f"{slot.run_id} {slot.run_state or 'deleted'}" if slot.run_id else "-"
         lines.append(f"  {in_zone(slot.slot_at, s.tz):<24} {slot.state:<8} {run:<18} {slot.reason or ''}".rstrip())
+    found = store.backfills.list(schedule_id=s.id, limit=BACKFILLS_SHOWN)
+    if found:
+        lines += ["", "  backfills (newest first; see `featherflow backfill show ID`)"]
+    for b in found:
+        lines.append(f"  {b.id:>4}  {b.state:<10} {in_zone(b.range_from, s.tz)} to {in_zone(b.range_to, s.tz)}  "
+                     f"{backfill.progress_text(b.counts)}")
     return lines

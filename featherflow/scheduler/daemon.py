@@ -7,7 +7,8 @@ daemon can be SIGKILLed or unplugged at any moment and a restart continues:
 
     tick(now): adopt queued runs whose launcher died -> reconcile orphans ->
                auto-resume interrupted scheduled runs (once) -> for each
-               schedule: decide (policy.decide), record, launch.
+               schedule: decide (policy.decide), record, launch -> one step
+               of each unfinished backfill (backfill_driver.py).
 
 Runs are launched as `python -m featherflow ... _start-run RUN_ID` in their own
 session and never waited on (only reaped), so they outlive the daemon. Signal
@@ -38,7 +39,7 @@ from featherflow.engine import limits
 from featherflow.engine import launch, reconcile
 from featherflow.errors import ConflictError, FeatherflowError, UsageError
 from featherflow.notify import deliver
-from featherflow.scheduler import lock, policy, slots
+from featherflow.scheduler import backfill_driver, lock, policy, slots
 from featherflow.store import Store
 from featherflow.store.records import NewRun
 
@@ -69,6 +70,7 @@ class TickReport:
     waiting: int = 0
     skipped: int = 0
     launched: int = 0
+    backfills: int = 0  # running backfills stepped
 
 
 class Scheduler:
@@ -98,6 +100,7 @@ class Scheduler:
         self._trimmed = 0.0
         self._last_tick: Optional[datetime] = None  # `now` of the latest tick (None: not ticked yet)
         self._flusher: Optional[subprocess.Popen] = None  # the `notify flush` child, while it runs
+        self.backfills = backfill_driver.Driver(config, store)  # steps unfinished backfills each tick
 
     # -- lock and heartbeat --
 
@@ -185,6 +188,7 @@ class Scheduler:
                 self._tick_schedule(schedule, now, report, last_tick)
             except Exception:  # one broken schedule must not stop the others
                 log.exception("schedule %s: tick failed", schedule.name)
+        report.backfills = backfill_driver.tick(self.config, store, now, self.backfills)  # no one else drives
         deliver.heartbeats(store, now)
         if store.outbox.has_due(now):
             self.deliver()

@@ -3,13 +3,14 @@ queries and transactions on runs, attempts, schedules and slots. Other layers ge
 plain records (records.py), never a peewee row.
 
 `Store` is one database: `store.runs` (runs and attempts) and `store.schedules`
-(schedules, slots, the scheduler's row) and `store.outbox` (notification channels,
-events and deliveries) and `store.pools` (pools and who uses them), composed over one
-connection.
+(schedules, slots, the scheduler's row), `store.outbox` (notification channels,
+events and deliveries), `store.backfills` (backfills and their slots) and `store.pools`
+(pools and who uses them), composed over one connection.
 """
 
 from peewee import SqliteDatabase
 
+from featherflow.store.backfills import BackfillStore
 from featherflow.store.outbox import OutboxStore
 from featherflow.store.pools import PoolStore
 from featherflow.store.runs import RunStore
@@ -22,6 +23,7 @@ class Store:
         self.runs = RunStore(db)
         self.schedules = ScheduleStore(db, self.runs)
         self.outbox = OutboxStore(db)
+        self.backfills = BackfillStore(db, self.runs)
         self.pools = PoolStore(db)
 
     def close(self) -> None:

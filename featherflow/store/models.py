@@ -76,6 +76,7 @@ class TaskAttempt(BaseModel):
     ended_at = DateTimeField(null=True)
     exit_code = IntegerField(null=True)
     reason = TextField(null=True)
+    outputs = TextField(null=True)  # migration 0006: JSON {KEY: VALUE} of a successful attempt
 
 
 class ScheduleSlot(BaseModel):
@@ -161,8 +162,47 @@ class DeliveryTry(BaseModel):
         table_name = "delivery_try"
 
 
+class Backfill(BaseModel):
+    """A backfill of a schedule's slots over a range (migration 0005_backfill)."""
+    id = AutoField()
+    schedule = ForeignKeyField(Schedule, on_delete="CASCADE", column_name="schedule_id")
+    range_from = DateTimeField()
+    range_to = DateTimeField()
+    reprocess = CharField()
+    max_runs = IntegerField()
+    reverse = BooleanField(default=False)
+    state = CharField()
+    reason = TextField(null=True)
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+    ended_at = DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("state", "id"), False),)
+
+
+class BackfillSlot(BaseModel):
+    id = AutoField()
+    backfill = ForeignKeyField(Backfill, on_delete="CASCADE", column_name="backfill_id", index=False)
+    slot_at = DateTimeField()
+    action = CharField()
+    state = CharField()
+    run = ForeignKeyField(FlowRun, null=True, on_delete="SET NULL", column_name="run_id")
+    resumes = IntegerField(null=True)
+    launcher_pid = IntegerField(null=True)
+    launcher_start = IntegerField(null=True)
+    launcher_boot = CharField(null=True)
+    tries = IntegerField(default=0)
+    outcome = TextField(null=True)
+    reason = TextField(null=True)
+
+    class Meta:
+        table_name = "backfill_slot"
+        indexes = ((("backfill", "slot_at"), True),)
+
+
 class Pool(BaseModel):
-    """A named limit across runs (migration 0005): how many of its tasks run at once."""
+    """A named limit across runs (migration 0007_pools): how many of its tasks run at once."""
     id = AutoField()
     name = CharField(unique=True)
     slots = IntegerField()
@@ -171,4 +211,4 @@ class Pool(BaseModel):
 
 
 MODELS = [Schedule, FlowRun, RunSnapshot, TaskAttempt, ScheduleSlot, SchedulerState,
-          Channel, Event, Delivery, DeliveryTry, Pool]
+          Channel, Event, Delivery, DeliveryTry, Backfill, BackfillSlot, Pool]

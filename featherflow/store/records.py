@@ -20,6 +20,7 @@ class Attempt:
     ended_at: Optional[datetime] = None
     exit_code: Optional[int] = None
     reason: Optional[str] = None
+    outputs: Optional[Dict[str, str]] = None  # what a successful attempt wrote (task outputs)
 
 
 @dataclass
@@ -87,6 +88,7 @@ def as_attempt(row: dict) -> Attempt:
     row = parse_times(dict(row), *ATTEMPT_TIMES)
     row["run_id"] = row.pop("run")
     row.pop("id", None)
+    row["outputs"] = json.loads(row["outputs"]) if row.get("outputs") else None
     return Attempt(**row)
 
 

@@ -64,10 +64,12 @@ class RunStore:
 
     def list_runs(self, flow: Optional[str] = None, state: Optional[str] = None,
                   since: Optional[datetime] = None, limit: Optional[int] = 20,
-                  states_in: Optional[Iterable[str]] = None) -> List[Run]:
+                  states_in: Optional[Iterable[str]] = None, trigger: Optional[str] = None) -> List[Run]:
         """Newest first; failed runs carry the tasks that failed. Without their snapshots
         (Run.snapshot is None): a list of runs never reads flow definitions."""
         query = FlowRun.select()
+        if trigger:
+            query = query.where(FlowRun.trigger == trigger)
         if flow:
             query = query.where(FlowRun.flow_name == flow)
         if state:
@@ -147,22 +149,29 @@ class RunStore:
 
     def resume(self, run_id: int, rerun: Iterable[str], snapshot: Optional[str] = None,
                auto: bool = False, pid: Optional[int] = None, pid_start: Optional[int] = None,
-               boot_id: Optional[str] = None, now: Optional[datetime] = None) -> Dict[str, int]:
+               boot_id: Optional[str] = None, now: Optional[datetime] = None, finished: bool = False,
+               expect_resumes: Optional[int] = None) -> Dict[str, int]:
         """Reopen a failed or interrupted run: `running` again, a new attempt per re-run task.
 
         Returns {task: attempt number to run}. A task whose latest attempt never
         started (still pending) keeps that attempt instead of getting another.
+        `finished` also reopens a finished run (states.RERUNNABLE: a backfill's
+        --reprocess all); `expect_resumes` refuses unless the run was resumed exactly
+        that many times before (a backfill's launch that came late never runs it twice).
         """
         now = _stamp(now)
+        allowed = states.RESUMABLE + (states.RERUNNABLE if finished else ())
         with self.db.atomic("IMMEDIATE"):
             cur = self.db.cursor()
-            row = cur.execute("SELECT state FROM flow_run WHERE id = ?", (run_id,)).fetchone()
-            if row is not None and row[0] not in states.RESUMABLE:
+            row = cur.execute("SELECT state, resumes FROM flow_run WHERE id = ?", (run_id,)).fetchone()
+            if row is not None and row[0] not in allowed:
                 # Checked inside the transaction: two resumes racing (a user and the
                 # scheduler's auto-resume) must not both run the same attempts.
                 raise ConflictError(f"run {run_id} is {row[0]}; only failed or interrupted runs can be resumed")
+            if row is not None and expect_resumes is not None and row[1] != expect_resumes:
+                raise ConflictError(f"run {run_id} was resumed meanwhile ({row[1]} resumes, not {expect_resumes})")
             states.apply_run(cur, run_id, states.RUNNING, now, reason=None, pid=pid,
-                             pid_start=pid_start, boot_id=boot_id, resume=True)
+                             pid_start=pid_start, boot_id=boot_id, resume=True, rerun=finished)
             numbers = {}
             for task_id in rerun:
                 last = cur.execute(
