@@ -10,6 +10,7 @@ deadline; tasks that must overlap meet at a barrier file instead of sleeping.
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -425,3 +426,89 @@ def test_a_flow_with_a_pool_refuses_to_run_without_flock(project, monkeypatch):
         assert app.store.runs.list_runs() == []  # refused before any run exists
     finally:
         app.close()
+
+
+# -- with run_if, cleanup, outputs and the log cap ------------------------------------------
+
+@pytest.mark.slow
+def test_a_pool_tasks_outputs_reach_its_downstream_task_and_bad_ones_fail_it(project, tmp_path):
+    """The holder of the slot records the success with its outputs (_mark --outputs)."""
+    got = tmp_path / "got"
+    project.write_task("make.sh", 'printf "KEY=it\'s $1\\n" >>"$FEATHERFLOW_OUTPUT_FILE"\n')
+    project.write_task("bad.sh", 'printf "no equals sign\\n" >>"$FEATHERFLOW_OUTPUT_FILE"\n')
+    project.write_task("use.sh", 'printf "%s" "$2" >"$1"\n')
+    project.write_flow({"name": "out", "pool": "one", "tasks": [
+        {"id": "make", "script": "make.sh", "args": ["$(x)"]},
+        {"id": "use", "script": "use.sh", "pool": None, "depends_on": ["make"],
+         "args": [str(got), "{{ tasks.make.outputs.KEY }}"]},
+    ]})
+    code, out = finish(start(project, "out"))
+    assert code == 0, out
+    assert got.read_text() == "it's $(x)"
+    make = latest(project, 1, "make")
+    assert (make.state, make.outputs) == ("success", {"KEY": "it's $(x)"})
+    project.write_flow({"name": "bad", "tasks": [{"id": "bad", "script": "bad.sh", "pool": "one"}]})
+    code, out = finish(start(project, "bad"))
+    assert code == 1, out
+    bad = latest(project, 2, "bad")
+    assert (bad.state, bad.outputs) == ("failed", None)
+    assert "KEY=VALUE" in bad.reason, bad.reason
+
+
+@pytest.mark.slow
+def test_a_capped_pool_tasks_log_is_compacted_to_head_marker_and_tail(project):
+    cap = 64 * 1024
+    project.write_task("big.sh", 'echo "first line"\nyes "0123456789" | head -c 2000000\necho "the last line"\n')
+    project.write_flow({"name": "big", "max_log_bytes": cap, "tasks": [
+        {"id": "big", "script": "big.sh", "pool": "one"}]})
+    code, out = finish(start(project, "big"))
+    assert code == 0, out
+    [log] = project.output.glob("runs/*/logs/big.1.log")
+    data = log.read_bytes()
+    printed = b"first line\n" + (b"0123456789\n" * 200000)[:2000000] + b"the last line\n"
+    marker = re.compile(rb"\[featherflow: (\d+) bytes cut here; max_log_bytes=(\d+)\]\n")
+    [found] = list(marker.finditer(data))
+    head, tail = data[:found.start()], data[found.end():]
+    assert head.startswith(b"first line\n") and printed.startswith(head)
+    assert tail.endswith(b"the last line\n") and printed.endswith(tail)
+    assert int(found.group(1)) == len(printed) - len(head) - len(tail) and int(found.group(2)) == cap
+    assert len(head) + len(tail) <= cap
+
+
+@pytest.mark.slow
+def test_a_cancel_while_a_pool_task_waits_still_runs_a_cleanup_task_of_that_pool(project):
+    """The waiting task is cancelled; the cleanup task, in the same pool, waits its turn and runs."""
+    gate = project.root / "gate"
+    project.write_task("gate.sh", GATE)
+    project.write_task("note.sh", 'echo "$FEATHERFLOW_RUN_STATE" >"$1"\n')
+    project.write_flow({"name": "holder", "tasks": [
+        {"id": "h", "script": "gate.sh", "pool": "one", "args": [str(project.root / "h-started"), str(gate)]}]})
+    project.write_flow({"name": "swept", "pool": "one", "tasks": [
+        {"id": "w", "script": "note.sh", "args": [str(project.root / "w-ran")]},
+        {"id": "c", "script": "note.sh", "cleanup": True, "args": [str(project.root / "c-ran")]}]})
+    holder = start(project, "holder")
+    try:
+        wait_for(lambda: (project.root / "h-started").exists(), "the holder's task", WAIT)
+        swept = start(project, "swept")  # run 2
+        wait_for(lambda: (latest(project, 2, "w") or latest(project, 1, "h")).reason == WAITING + "one",
+                 "run 2 to wait", WAIT)
+        # `runs cancel` waits for the cleanup task (up to its bound), so it runs beside the test.
+        canceller = subprocess.Popen([sys.executable, "-m", "featherflow", *project.args(), "runs", "cancel", "2"],
+                                     cwd=project.root, env=project.env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: (latest(project, 2, "c") or latest(project, 1, "h")).reason == WAITING + "one",
+                 "the cleanup task to wait for the slot", WAIT)
+        assert latest(project, 2, "w").state == "cancelled"
+    finally:
+        gate.touch()
+    code, out = finish(canceller)
+    assert code == 0, out
+    code, out = finish(holder)
+    assert code == 0, out
+    code, out = finish(swept)
+    assert code == 5, out
+    w, c = latest(project, 2, "w"), latest(project, 2, "c")
+    assert (w.state, w.started_at, c.state) == ("cancelled", None, "success")
+    assert not (project.root / "w-ran").exists()
+    assert (project.root / "c-ran").read_text() == "cancelled\n"
+    assert c.started_at >= latest(project, 1, "h").ended_at

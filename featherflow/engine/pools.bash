@@ -110,7 +110,7 @@ pool_task() {  # index; runs in its own subshell, to the end of the attempt
   local start=$NOW_MS
   say "start   $id (attempt $n) in pool $pool (slot $k)"
   if ((!P_STOP)); then
-    (run_task "$i") >>"$LOG_DIR/$id.$n.log" 2>&1 </dev/null {P_FD}>&- 5>&- 9>&- &
+    (run_task "$i") >>"$LOG_DIR/$id.$n.log" 2>&1 </dev/null {P_FD}>&- 5>&- 6<&- 7>&- 9>&- &
     P_TASK=$!
     logcap_note "+$LOG_DIR/$id.$n.log"  # the script tells the watcher its end (finished)
     exec 5>&-  # a kill -9 of the script ends the watcher, whatever this subshell waits for
@@ -142,9 +142,25 @@ pool_cannot() {  # what: the task cannot wait for a slot: it fails without runni
   echo "featherflow: task ${T_ID[$i]} cannot take a slot of pool ${T_POOL[$i]}: $1" >&2
   exit "$POOL_CANNOT"
 }
-pool_mark() {  # transition...: recorded by a _mark of its own (the co-process is the script's)
+# Transitions recorded by this subshell (the script's co-process is the script's own):
+# the task's start starts a `_mark --serve` of the subshell's, which records its end
+# too when the task ends within the co-process's idle seconds (one Python start for
+# both); else, or when it does not answer, a `_mark` of its own (repeating is harmless).
+# Its fds are 6 and 7 here too (the script's were closed at the fork), closed in every child.
+P_MARKER=''
+pool_mark() {  # transition...
+  local IFS=$'\t' reply=''
+  if [[ -z $P_MARKER ]]; then
+    coproc PMARK { exec "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --wait "$LOCK_WAIT" \
+      --outputs "$OUT_DIR" --serve {P_FD}>&- 5>&- 9>&-; }
+    P_MARKER=$PMARK_PID
+    exec 6<&"${PMARK[0]}" 7>&"${PMARK[1]}"
+  fi
+  if printf '%s\n' "$*" >&7 2>/dev/null && read -r -u 6 reply && [[ $reply == [0-9] ]]; then
+    return "$reply"
+  fi
   "$FF_PYTHON" -I -S "$FF_MARK" "$FF_DB" "$RUN_ID" --wait "$LOCK_WAIT" --outputs "$OUT_DIR" "$@" \
-    {P_FD}>&- 5>&- 9>&-
+    {P_FD}>&- 5>&- 6<&- 7>&- 9>&-
 }
 # Whether the script that started this subshell is gone (killed): then no task starts.
 pool_orphaned() {
