@@ -15,17 +15,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from featherflow import graph, logcap
-from featherflow.rules import OUTPUT_REF_RE, check_rule, upstream_problems
+from featherflow.rules import OUTPUT_REF_RE, POOL_RE, POOL_VALID, check_rule, upstream_problems
 from featherflow.errors import UsageError, ValidationError
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ARG_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-# A pool's name: also a directory name beside the database (<db dir>/pools/NAME), so
-# never "." or "..".
-POOL_RE = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.-]{1,64}")
-POOL_VALID = "1-64 of A-Z a-z 0-9 _ . -, not . or .."
 PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 BUILTIN_PLACEHOLDERS = ("run_id", "flow", "scheduled_at")
 MAX_FLOW_BYTES = 1024 * 1024  # the cap on a flow file's size (check_size)
@@ -120,18 +116,6 @@ class Flow:
     def snapshot(self) -> str:
         """The definition as canonical JSON: stored with a run, compared on resume."""
         return json.dumps(self.source, sort_keys=True, ensure_ascii=False)
-
-
-def pools_of(source: Dict[str, Any]) -> Dict[str, str]:
-    """Task id -> pool, read from a (validated) definition as stored with a run: a task's
-    own "pool" (null: none), else the flow's. Tasks without a pool are left out."""
-    default = source.get("pool")
-    found = {}
-    for task in source.get("tasks") or ():
-        pool = task.get("pool") if "pool" in task else default
-        if isinstance(pool, str):
-            found[task.get("id")] = pool
-    return found
 
 
 def check_flow_name(name: str) -> str:

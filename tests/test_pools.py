@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from featherflow import doctor, flow as flowmod, mark, states
+from featherflow import doctor, flow as flowmod, mark, rules, states
 from featherflow.engine import script
 from featherflow.errors import ValidationError
 from featherflow.store.pools import WAITING
@@ -112,7 +112,7 @@ def test_a_task_takes_its_own_pool_or_the_flows_and_null_opts_out():
     ]})
     assert [t.pool for t in flow.tasks] == ["heavy", "gpu.0", None]
     assert flow.pool == "heavy"
-    assert flowmod.pools_of(flow.source) == {"a": "heavy", "b": "gpu.0"}
+    assert rules.pools_of(flow.source) == {"a": "heavy", "b": "gpu.0"}
 
 
 @pytest.mark.parametrize("bad", ["", ".", "..", "a b", "x/y", "a" * 65, 5, True, ["x"]])

@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Optional
 
 from peewee import SqliteDatabase
 
-from featherflow import clock, flow as flowmod, states
+from featherflow import clock, rules, states
 from featherflow.errors import UsageError
 from featherflow.store.models import FlowRun, Pool as PoolModel, RunSnapshot, TaskAttempt
 from featherflow.store.records import parse_times
@@ -54,8 +54,8 @@ class PoolView:
 
 
 def check_name(name: str) -> str:
-    if not flowmod.POOL_RE.fullmatch(name or ""):
-        raise UsageError(f"invalid pool name {name!r} (valid: {flowmod.POOL_VALID})")
+    if not rules.POOL_RE.fullmatch(name or ""):
+        raise UsageError(f"invalid pool name {name!r} (valid: {rules.POOL_VALID})")
     return name
 
 
@@ -124,7 +124,7 @@ class PoolStore:
         found = []
         for run_id, flow_name, snapshot in runs:
             try:
-                pools = flowmod.pools_of(json.loads(snapshot))
+                pools = rules.pools_of(json.loads(snapshot))
             except (ValueError, AttributeError, TypeError):
                 continue
             if not pools:
