@@ -21,9 +21,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from featherflow import clock, errors, proc, scaffold, states
+from featherflow import errors, proc, scaffold, states
 from featherflow.host import (
-    OK, PROBLEM, PRUNE, WARNING, Finding, check_clock, check_filesystem, check_free_space, clock_synchronised,
+    OK, PROBLEM, PRUNE, WARNING, Finding, check_clock, check_scheduler, check_filesystem, check_free_space, clock_synchronised,
     free_spaces, read_mountinfo)
 from featherflow.store import db
 from featherflow.text import megabytes
@@ -321,28 +321,6 @@ def check_logs(size: int, dirs: int, where: str) -> Finding:
 
 # -- clock -------------------------------------------------------------------------
 
-def check_scheduler(row: Optional[Dict], alive: bool, enabled_schedules: int, now: datetime,
-                    stale_after: float = states.HEARTBEAT_STALE) -> Finding:
-    """Needed only when an enabled schedule exists; alive means the recorded process
-    (pid, start time, boot id) still exists, fresh means a heartbeat within `stale_after`."""
-    name = "scheduler"
-    start = "featherflow scheduler start (or start its systemd unit)"
-    if row is None or row.get("stopped_at") or not alive:
-        why = ("never started" if row is None else
-               "stopped" if row.get("stopped_at") else f"not running (its process {row['pid']} is gone)")
-        if enabled_schedules:
-            return Finding(name, PROBLEM, f"{why}, and {enabled_schedules} schedule(s) are enabled: none will fire",
-                           start)
-        return Finding(name, OK, f"{why} (no enabled schedule needs it)")
-    beat = _parse_time(row.get("heartbeat_at"))
-    age = (clock.as_utc(now) - beat).total_seconds() if beat else None
-    if age is None or age > stale_after:
-        said = "no heartbeat" if age is None else f"last heartbeat {age:.0f}s ago"
-        return Finding(name, PROBLEM, f"pid {row['pid']} is alive but hung ({said}; limit {stale_after:.0f}s)",
-                       f"kill {row['pid']} and {start}; its log is in <config dir>/logs")
-    return Finding(name, OK, f"running (pid {row['pid']}, heartbeat {max(age, 0):.0f}s ago)")
-
-
 def check_pools(flock: Optional[str]) -> Finding:
     """Tasks that name a pool hold their slot with flock(1) (util-linux)."""
     if flock:
@@ -384,10 +362,6 @@ def uids_by_pid() -> Dict[int, str]:
 
 
 # -- small helpers --------------------------------------------------------------------
-
-def _parse_time(value) -> Optional[datetime]:
-    return clock.from_text(value if isinstance(value, datetime) else str(value) if value else None)
-
 
 def _lstat(path: Path):
     try:

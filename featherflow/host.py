@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from featherflow import clock
+from featherflow import clock, states
 from featherflow.text import megabytes
 
 OK, WARNING, PROBLEM = "ok", "warning", "problem"
@@ -163,3 +163,28 @@ def check_clock(synchronised: Optional[bool], now: datetime) -> Finding:
 
 
 # -- scheduler and runs -----------------------------------------------------------------
+
+
+# -- the scheduler (doctor, the status page) ------------------------------------------
+
+def check_scheduler(row: Optional[Dict], alive: bool, enabled_schedules: int, now: datetime,
+                    stale_after: float = states.HEARTBEAT_STALE) -> Finding:
+    """Needed only when an enabled schedule exists; alive means the recorded process
+    (pid, start time, boot id) still exists, fresh means a heartbeat within `stale_after`."""
+    name = "scheduler"
+    start = "featherflow scheduler start (or start its systemd unit)"
+    if row is None or row.get("stopped_at") or not alive:
+        why = ("never started" if row is None else
+               "stopped" if row.get("stopped_at") else f"not running (its process {row['pid']} is gone)")
+        if enabled_schedules:
+            return Finding(name, PROBLEM, f"{why}, and {enabled_schedules} schedule(s) are enabled: none will fire",
+                           start)
+        return Finding(name, OK, f"{why} (no enabled schedule needs it)")
+    value = row.get("heartbeat_at")
+    beat = clock.from_text(value if isinstance(value, datetime) else str(value) if value else None)
+    age = (clock.as_utc(now) - beat).total_seconds() if beat else None
+    if age is None or age > stale_after:
+        said = "no heartbeat" if age is None else f"last heartbeat {age:.0f}s ago"
+        return Finding(name, PROBLEM, f"pid {row['pid']} is alive but hung ({said}; limit {stale_after:.0f}s)",
+                       f"kill {row['pid']} and {start}; its log is in <config dir>/logs")
+    return Finding(name, OK, f"running (pid {row['pid']}, heartbeat {max(age, 0):.0f}s ago)")

@@ -11,18 +11,21 @@ failed with the reason instead.
 
 With --serve it is the run's co-process: it reads one call per line on stdin
 (the same words, separated by tabs), records it, and only then answers with
-the exit code on a line of its own. One process for a burst of transitions:
-each costs a few milliseconds instead of a process start (tens of them). End
-of input ends it, and so do --idle seconds without a call (default 3): while
-tasks run for minutes, no Python waits in memory for nothing; the script
-starts another co-process when it next needs one.
+the exit code on a line of its own. One process and one SQLite connection
+for a burst of transitions: each costs a fraction of a millisecond instead of
+a process start (tens of them). The connection is closed as soon as no call
+has come for BURST seconds, so that between bursts nothing holds the database
+open (a restore, a move aside or a read-only remount sees no writer). End of
+input ends the process, and so do --idle seconds without a call (default 3):
+while tasks run for minutes, no Python waits in memory for nothing; the
+script starts another co-process when it next needs one.
 
 STATE `waiting` is no move: it gives a pending attempt its reason (it waits for
 a slot of a pool: states.note_waiting).
 
 This is on the path of every task, so it is kept to the standard library: the
-generated script runs it as `python -I -S .../featherflow/mark.py`, which skips
-site-packages, peewee and argparse. All transitions of one call commit in one
+generated script runs it as `python -I -S .../featherflow/_mark.py` (LAUNCHER, which
+imports this module), which skips site-packages, peewee and argparse. All transitions of one call commit in one
 BEGIN IMMEDIATE transaction, so a task's end and its dependents' start cost a
 single process start and a single fsync.
 
@@ -44,6 +47,7 @@ import time
 BUSY_TIMEOUT = 10.0  # seconds SQLite waits for the write lock, per try
 DEADLINE = 30.0  # seconds before giving up on "database is locked" for good (--wait)
 IDLE = 3.0  # seconds --serve waits for a call before it ends (--idle)
+BURST = 0.1  # seconds without a call after which --serve closes its connection
 USAGE = ("usage: _mark DB RUN_ID [--wait SECONDS] [--outputs DIR] [--pid PID] [--run STATE[:REASON]] "
          "[TASK:ATTEMPT:STATE[:EXIT[:REASON]] ...] | _mark DB RUN_ID [--wait S] [--idle S] --serve")
 
@@ -122,8 +126,12 @@ def with_outputs(specs, outputs_dir):
     return out
 
 
-def record(db, run_id, pid, run, specs, states, deadline=DEADLINE, outputs_dir=None):
-    """Apply every transition in one transaction; retry while the database is locked."""
+def record(db, run_id, pid, run, specs, states, deadline=DEADLINE, kept=None, outputs_dir=None):
+    """Apply every transition in one transaction; retry while the database is locked.
+
+    `kept` (a dict) lends a connection from one call to the next: taken from
+    kept["conn"] when there, put back there after a commit; any error closes it.
+    """
     from featherflow import proc  # lazy: the `_mark` import budget (only --pid calls need it)
 
     specs = with_outputs(specs, outputs_dir)
@@ -134,12 +142,14 @@ def record(db, run_id, pid, run, specs, states, deadline=DEADLINE, outputs_dir=N
         raise states.IllegalTransition(f"process {pid} of run {run_id} is gone: not recorded")
     give_up = time.monotonic() + deadline
     while True:
-        conn = None
+        conn = kept.pop("conn", None) if kept is not None else None
         try:
-            wait = max(0.0, min(BUSY_TIMEOUT, give_up - time.monotonic()))
-            conn = sqlite3.connect(_uri(db), timeout=wait, isolation_level=None, uri=True)
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
+            if conn is None:
+                # The same busy timeout for a kept connection: `deadline` is the same on every call.
+                wait = max(0.0, min(BUSY_TIMEOUT, give_up - time.monotonic()))
+                conn = sqlite3.connect(_uri(db), timeout=wait, isolation_level=None, uri=True)
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA foreign_keys = ON")
             cur = conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
@@ -167,6 +177,8 @@ def record(db, run_id, pid, run, specs, states, deadline=DEADLINE, outputs_dir=N
                 if conn.in_transaction:
                     cur.execute("ROLLBACK")
                 raise
+            if kept is not None:
+                kept["conn"], conn = conn, None
             return
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() >= give_up:
@@ -192,8 +204,8 @@ def flush_outbox(db) -> None:
         pass  # the daemon, the next command or `notify flush` delivers it
 
 
-def call(argv, states) -> int:
-    """One `_mark` call: its exit code, and its error on stderr."""
+def call(argv, states, kept=None) -> int:
+    """One `_mark` call: its exit code, and its error on stderr (`kept`: see record)."""
     try:
         db, run_id, pid, run, specs, wait, _, outputs_dir = parse(argv)
         if specs is None:
@@ -202,7 +214,7 @@ def call(argv, states) -> int:
         print(f"featherflow _mark: error: {exc} ({USAGE})", file=sys.stderr)
         return 2
     try:
-        record(db, run_id, pid, run, specs, states, deadline=wait, outputs_dir=outputs_dir)
+        record(db, run_id, pid, run, specs, states, deadline=wait, kept=kept, outputs_dir=outputs_dir)
     except states.IllegalTransition as exc:
         print(f"featherflow _mark: error: {exc}", file=sys.stderr)
         return 3
@@ -215,15 +227,29 @@ def call(argv, states) -> int:
 def serve(db, run_id, wait, states, lines, answer, outputs_dir=None) -> None:
     """Answer each call read from `lines` (tab-separated words) with its exit code.
 
-    `lines` ends at the end of input or when it has been idle too long. Each
-    call opens and closes its own connection: between calls the database is
-    not held open (a remount read-only, a move aside or a restore sees no
-    writer), and that costs a fraction of a millisecond.
+    `lines` ends at the end of input or when it has been idle too long; a None
+    in it is a pause between bursts. The calls of a burst share one connection
+    (opening one, its pragmas and the checkpoint at its close cost ~2 ms a call);
+    a pause and the end close it, so that between bursts the database is not
+    held open (a remount read-only, a move aside or a restore sees no writer).
     """
-    for line in lines:
-        words = line.decode("utf-8", "surrogateescape").split("\t")
-        head = [db, str(run_id), "--wait", repr(wait)] + (["--outputs", outputs_dir] if outputs_dir else [])
-        answer(f"{call(head + words, states)}\n")
+    kept = {}
+    try:
+        for line in lines:
+            if line is None:
+                _let_go(kept)
+                continue
+            words = line.decode("utf-8", "surrogateescape").split("\t")
+            head = [db, str(run_id), "--wait", repr(wait)] + (["--outputs", outputs_dir] if outputs_dir else [])
+            answer(f"{call(head + words, states, kept)}\n")
+    finally:
+        _let_go(kept)
+
+
+def _let_go(kept) -> None:
+    conn = kept.pop("conn", None)
+    if conn is not None:
+        conn.close()
 
 
 def main(argv=None) -> int:
@@ -245,8 +271,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def lines(fd, idle):
-    """Lines read from `fd` until its end or `idle` seconds without one.
+def lines(fd, idle, burst=BURST):
+    """Lines read from `fd` until its end or `idle` seconds without one, and a None
+    after the first `burst` seconds of each pause.
 
     Unbuffered reads, so that no call waits in a buffer while select sees an
     empty pipe; the script sends one call at a time and waits for the answer.
@@ -254,9 +281,12 @@ def lines(fd, idle):
     import select  # lazy: only the co-process (`--serve`) waits on a pipe
 
     pending = b""
+    burst = min(burst, idle)
     while True:
-        if not pending and not select.select([fd], [], [], idle)[0]:
-            return
+        if not pending and not select.select([fd], [], [], burst)[0]:
+            yield None
+            if not select.select([fd], [], [], idle - burst)[0]:
+                return
         chunk = os.read(fd, 65536)
         if not chunk:
             return
@@ -266,9 +296,13 @@ def lines(fd, idle):
             yield line
 
 
-if __name__ == "__main__":
-    # Started as a file with `python -I -S`: the package's parent is not on sys.path.
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# What the generated script runs: a few lines that import this module (from its cached
+# bytecode) instead of this file, which `python FILE` would compile on every start (~4 ms).
+LAUNCHER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_mark.py")
+
+
+def script() -> None:
+    """A `_mark` process of its own (started through LAUNCHER, or this file): its exit code."""
     # A Ctrl-C at the terminal (or a TERM/HUP sent to the whole process group)
     # reaches us too: a mark that is under way finishes (it takes milliseconds)
     # and the script, which traps these signals, cancels the run.
@@ -278,3 +312,9 @@ if __name__ == "__main__":
     for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
         _signal.signal(sig, _signal.SIG_IGN)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    # Started as a file with `python -I -S`: the package's parent is not on sys.path.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script()

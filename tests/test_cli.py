@@ -293,6 +293,64 @@ def test_parsing_the_command_line_loads_neither_peewee_nor_the_store():
     assert out == "[]", f"building the parser loads {out}"
 
 
+
+def test_the_command_table_is_what_the_modules_register():
+    """main.COMMANDS (what `--help` lists without importing a command module) names every
+    command the modules register, in their order, with the same help line; and the module
+    it names for a command really registers it (else the command would always cost a
+    second parse)."""
+    full = [(name, help_text) for name, help_text, _ in _subcommands(cli.build_parser())]
+    assert full == [(name, help_text) for name, _, help_text in cli.COMMANDS]
+    assert cli.build_parser([]).format_help() == cli.build_parser().format_help()
+    for name, _, _ in cli.COMMANDS:
+        chosen = dict((n, sub) for n, _, sub in _subcommands(cli.build_parser([name])))[name]
+        assert chosen.get_default("_unloaded") is None, f"{name}: its module does not register it"
+        whole = dict((n, sub) for n, _, sub in _subcommands(cli.build_parser()))[name]
+        assert chosen.format_help() == whole.format_help()
+
+
+def test_a_command_after_a_value_that_looks_like_one_still_runs(flows, capsys, monkeypatch):
+    """The module to load is guessed from the words; a flows dir named `run`, given with an
+    abbreviated option, makes the guess wrong: the whole parser is built then, same result."""
+    shutil.copytree(flows.flows, flows.root / "run")
+    monkeypatch.chdir(flows.root)
+    assert cli._module_named(["--flows", "run", "validate", "alpha"]) == "runs"
+    code, out, _ = run_main(["--flows", "run", "-t", flows.tasks, "--config-dir", flows.home, "validate", "alpha"],
+                            capsys)
+    assert code == 0 and out == "alpha: valid\n"
+    code, out, _ = run_main(["-f", "run", "-t", flows.tasks, "--config-dir", flows.home, "validate", "alpha"],
+                            capsys)
+    assert code == 0 and out == "alpha: valid\n"
+
+
+def test_help_and_run_import_only_the_command_modules_they_need():
+    """`featherflow --help` imports no command module; `featherflow run` only runs.py."""
+    code = ("import sys; from featherflow.cli import main\n"
+            "try:\n    main.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith('featherflow.cli.') and m not in "
+            "('featherflow.cli.main', 'featherflow.cli.common')), file=sys.stderr)")
+    for argv, loaded in ((["--help"], "[]"), (["run", "--help"], "['featherflow.cli.runs']")):
+        result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+        assert result.stderr.strip() == loaded, argv
+        assert "usage: featherflow" in result.stdout
+
+
+def test_a_run_on_a_current_database_loads_only_what_it_needs(flows):
+    """`featherflow run` reads user_version and goes on: no migration file is loaded, and
+    neither the schedules' nor the outbox's queries nor subprocess (it becomes bash)."""
+    assert flows.cli("runs", "list").code == 0  # the database exists and is current
+    unwanted = ("featherflow.store.schedules", "featherflow.store.outbox", "subprocess", "playhouse.migrate",
+                "featherflow.migrations.0001_initial", "featherflow.cli.flows", "featherflow.cli.schedules")
+    code = ("import sys; from featherflow.engine import launch; from featherflow.cli import main\n"
+            "def instead(store, prepared):\n"
+            f"    print(sorted(m for m in {unwanted!r} if m in sys.modules)); sys.stdout.flush(); raise SystemExit(0)\n"
+            "launch.exec_script = instead\n"
+            "main.main(sys.argv[1:])")
+    result = subprocess.run([sys.executable, "-c", code, *flows.args(), "run", "alpha"], env=flows.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
 # -- the installed console script ---------------------------------------------------------------
 
 def test_installed_console_script(flows):

@@ -129,6 +129,9 @@ class Gated:
         try:
             wait_for(lambda: self.started.exists() or child.poll() is not None, what="task a to start")
             assert child.poll() is None, child.communicate()
+            # Between bursts: the co-process closes its connection mark.BURST seconds after its
+            # last call (a read-only remount meanwhile would fail: the database is open for writing).
+            wait_for(lambda: not held_open(project.db), what="the _mark co-process to let go of the database")
             fault()
             opened = time.monotonic()
             self.gate.touch()
@@ -175,6 +178,25 @@ class Gated:
         assert stuck == 0
         return stuck
 
+
+
+def held_open(path: Path) -> bool:
+    """Whether another process has the file at `path` open (from /proc; False without it)."""
+    target = os.path.realpath(path)
+    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else ()):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                    return True
+            except OSError:
+                continue
+    return False
 
 @pytest.fixture
 def gated(project):

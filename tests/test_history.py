@@ -770,3 +770,58 @@ def test_prune_command_reports_what_it_freed(project):
     assert "--older-than" in error_line(project.cli("runs", "prune", "--older-than", "30 days"))
     assert "--keep-last" in error_line(project.cli("runs", "prune", "--keep-last", "-1"))
     assert project.cli("runs", "prune", "--flow", "nope").out.startswith("deleted 0 run(s)")
+
+
+# -- runs list without peewee (store/quick.py) ---------------------------------------------
+
+def test_the_quick_runs_list_reads_what_the_store_reads(project, store):
+    """quick.list_runs answers exactly what RunStore.list_runs does, for every filter."""
+    from featherflow.store import quick
+
+    fake_run(store, "a", outcomes={"x": ["success"]}, state=states.SUCCESS)
+    fake_run(store, "b", outcomes={"x": ["failed"], "y": ["failed", "success"], "z": ["upstream_failed"]},
+             state=states.FAILED)
+    fake_run(store, "a", outcomes={"x": ["failed", "failed"]}, state=states.FAILED)
+    fake_run(store, "b", outcomes={"x": ["running"]}, **this_process())  # alive: nothing to reconcile
+    fake_run(store, "a", state=states.QUEUED, **this_process())
+    since = clock.now() - timedelta(minutes=5)
+    for filters in ({}, {"flow": "a"}, {"state": states.FAILED}, {"flow": "b", "state": states.FAILED},
+                    {"since": since}, {"limit": 2}, {"limit": None}, {"flow": "none"},
+                    {"since": clock.now() + timedelta(minutes=5)}):
+        runs, total = quick.list_runs(project.db, project.home, **filters)
+        assert runs == store.runs.list_runs(**filters), filters
+        assert total == (None if runs else store.runs.run_count())
+    assert [r.failed_tasks for r in store.runs.list_runs(state=states.FAILED)] == [["x"], ["x"]]
+
+
+def test_the_quick_runs_list_leaves_every_other_case_to_the_store(project, store):
+    """An orphan to reconcile, another schema version, a database others may read, no
+    database: None, and `runs list` takes the usual way (which marks the orphan)."""
+    from featherflow.store import quick
+
+    assert quick.list_runs(project.root / "none.db") is None
+    assert quick.list_runs(project.db, project.home) == ([], 0)
+    orphan = fake_run(store, "a", outcomes={"x": ["running"]}, pid=2 ** 22 + 1, pid_start=1,
+                      boot_id=proc.boot_id())
+    assert quick.list_runs(project.db, project.home) is None
+    result = project.cli("runs", "list")
+    assert result.code == 0 and f"note: run {orphan.id} is now interrupted" in result.err
+    assert quick.list_runs(project.db, project.home)[0][0].state == states.INTERRUPTED
+    os.chmod(project.db, 0o644)
+    assert quick.list_runs(project.db, project.home) is None
+    assert project.cli("runs", "list").code == 0  # which makes it private again
+    assert os.stat(project.db).st_mode & 0o777 == 0o600
+    with sqlite3.connect(project.db) as conn:
+        conn.execute(f"PRAGMA user_version = {states.SCHEMA_VERSION + 1}")
+    assert quick.list_runs(project.db, project.home) is None
+
+
+def test_runs_list_loads_no_peewee_when_nothing_needs_it(project, store):
+    fake_run(store, "a", outcomes={"x": ["success"]}, state=states.SUCCESS)
+    code = ("import sys; from featherflow.cli import main\n"
+            "code = main.main(sys.argv[1:])\n"
+            "print(code, sorted(m for m in ('peewee', 'featherflow.store.runs', 'featherflow.engine.reconcile') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, *project.args(), "runs", "list"], env=project.env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.splitlines()[-1] == "0 []" and "success" in out

@@ -17,11 +17,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "featherflow"
 
-KERNEL = {"errors", "config", "clock", "states", "proc", "graph", "flow", "mark", "outputs", "rules", "text",
-          "paths", "host", "params", "logcap", "__init__", "__main__"}
+KERNEL = {"errors", "config", "clock", "states", "proc", "graph", "flow", "mark", "_mark", "outputs", "rules", "text",
+          "paths", "host", "params", "logcap", "report", "__init__", "__main__"}
 TOP = {"api", "scaffold", "doctor"}
 # A module may import from its own rank and below; `__main__` only starts the CLI.
-RANK = {"kernel": 0, "store": 1, "notify": 2, "engine": 3, "scheduler": 4, "dashboard": 5, "top": 6, "cli": 7}
+RANK = {"kernel": 0, "store": 1, "notify": 2, "engine": 3, "scheduler": 4, "export": 5, "dashboard": 5, "web": 6,
+        "top": 7, "cli": 8}
 
 
 def modules() -> Dict[str, Path]:

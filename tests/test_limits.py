@@ -145,10 +145,17 @@ def _queued_run(project):
     return app, prepared
 
 
+def _block_logs(prepared):
+    """A file where the run's logs dir goes (prepare made the dir: the script then makes none)."""
+    logs = prepared.script_path.parent / "logs"
+    logs.rmdir()
+    logs.write_text("")
+
+
 def test_a_script_that_cannot_start_and_cannot_record_it_leaves_its_reason_for_the_next_command(project):
     app, prepared = _queued_run(project)
     try:
-        (prepared.script_path.parent / "logs").write_text("")  # mkdir -p logs: File exists
+        _block_logs(prepared)  # mkdir -p logs: File exists
         env = {**project.env, "FEATHERFLOW_MARK_DEADLINE": "not a number"}  # _mark refuses: exit 2
         child = subprocess.run(["bash", str(prepared.script_path)], env=env, capture_output=True, text=True, timeout=60)
         assert child.returncode == 4
@@ -169,7 +176,7 @@ def test_a_script_that_cannot_start_and_cannot_record_it_leaves_its_reason_for_t
 def test_a_script_that_cannot_start_records_the_reason_itself(project):
     app, prepared = _queued_run(project)
     try:
-        (prepared.script_path.parent / "logs").write_text("")
+        _block_logs(prepared)
         child = subprocess.run(["bash", str(prepared.script_path)], env=project.env, capture_output=True,
                                text=True, timeout=60)
         assert child.returncode == 4

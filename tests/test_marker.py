@@ -14,7 +14,7 @@ from featherflow.engine import launch
 from helpers import fake_run
 
 WAIT = 30  # seconds: the bound on every wait in this file
-MARK = os.path.abspath(mark.__file__)
+MARK = mark.LAUNCHER  # what the generated script runs
 
 
 def serve_once(db, run_id, calls):
@@ -56,6 +56,61 @@ def test_serve_of_a_missing_database_answers_4_and_creates_nothing(tmp_path):
     assert serve_once(db, 1, [["a:1:running"], ["a:1:running"]]) == ["4\n", "4\n"]
     assert not db.exists()
 
+
+
+
+def test_serve_keeps_one_connection_for_a_burst_and_closes_it_in_a_pause(project, store, monkeypatch):
+    """The calls of a burst share a connection; a pause (None) and the end close it, so
+    between bursts nothing holds the database open."""
+    run = fake_run(store, tasks=["a", "b"], pid=os.getpid()).id
+    opened = []  # every connection mark opens, and whether it is closed
+
+    class Tracked(sqlite3.Connection):
+        closed = False
+
+        def close(self):
+            self.closed = True
+            super().close()
+
+    real = mark.sqlite3.connect
+    monkeypatch.setattr(mark.sqlite3, "connect",
+                        lambda *a, **k: opened.append(real(*a, factory=Tracked, **k)) or opened[-1])
+    held = []
+
+    def calls():
+        yield b"a:1:running"
+        yield b"a:1:success:0\tb:1:running"
+        held.append([c.closed for c in opened])
+        yield None  # a pause
+        held.append([c.closed for c in opened])
+        yield b"b:1:success:0"
+        held.append([c.closed for c in opened])
+
+    answers = []
+    mark.serve(str(project.db), run, 5.0, states, calls(), answers.append)
+    assert answers == ["0\n"] * 3
+    assert held == [[False], [True], [True, False]]  # one for the first burst, one after the pause
+    assert [c.closed for c in opened] == [True, True]
+    assert [a.state for a in store.runs.attempts(run)] == ["success", "success"]
+
+def test_lines_mark_each_pause_then_end_when_idle():
+    read, write = os.pipe()
+    try:
+        got = mark.lines(read, idle=0.5, burst=0.01)
+        os.write(write, b"one\ntw")
+        assert next(got) == b"one"
+        os.write(write, b"o\n")
+        assert next(got) == b"two"
+        assert next(got) is None  # nothing came for `burst` seconds
+        os.write(write, b"three\n")
+        assert next(got) == b"three"
+        os.close(write)
+        write = None
+        assert list(got) == []  # the end of input ends it
+    finally:
+        os.close(read)
+        if write is not None:
+            os.close(write)
 
 def start_marker(db, run_id, *extra):
     return subprocess.Popen([sys.executable, "-I", "-S", MARK, str(db), str(run_id), *extra, "--serve"],

@@ -162,6 +162,8 @@ def test_a_failing_flow_notifies_once_then_recovers(project):
                           env=env, capture_output=True).returncode == 0
     wait_for(lambda: len(received(path)) == 2, "the recovered notification")
     assert received(path)[1]["event"] == "recovered"
+    # The receiver has it before the sender records the try: wait for the record too.
+    wait_for(lambda: json.loads(project.cli("notify", "log", "--json").out)[0]["each_try"], "the recorded try")
     log = json.loads(project.cli("notify", "log", "--json").out)
     assert [d["event"] for d in log] == ["recovered", "failed", "failed"]
     assert log[0]["each_try"][0]["ok"] is True and log[0]["answer"] == "exit 0"

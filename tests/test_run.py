@@ -431,6 +431,18 @@ def test_temp_dir_is_private_removed_or_kept(project):
     assert kept.stat().st_mode & 0o777 == 0o700
 
 
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="lists open files through /proc")
+def test_no_task_inherits_the_database_files(project, tmp_path):
+    """Neither the script's bash nor a task holds a database file open."""
+    out = tmp_path / "fds"
+    project.write_task("t.sh", f'for fd in /proc/self/fd/* /proc/$PPID/fd/*; do readlink "$fd"; done >{out}\n')
+    project.write_flow({"name": "f", "tasks": [{"id": "t", "script": "t.sh"}]})
+    assert project.sh("runs", "list").code == 0  # the database exists before the run opens it
+    assert project.sh("run", "f").code == 0
+    opened = out.read_text().splitlines()
+    assert opened and not [f for f in opened if "featherflow.db" in f], opened
+
 # -- environment contract and params -------------------------------------------
 
 DUMP = """\

@@ -1,4 +1,4 @@
-"""Turn runs and attempts into text for a terminal and into stable JSON.
+"""Turn runs and attempts into text for a terminal (their JSON is report.py's).
 
 Pure functions: times are stored in UTC and shown in local time here;
 anything that came from a task (ids, log lines) is made safe for a terminal.
@@ -10,7 +10,7 @@ import shlex
 from datetime import datetime, timedelta, timezone
 from typing import Dict, List, Optional, Tuple
 
-from featherflow import clock
+from featherflow.report import elapsed, shown_outputs
 from featherflow.store.records import Attempt, Run
 from featherflow.text import duration, escape as safe, fit, local
 
@@ -18,13 +18,6 @@ from featherflow.text import duration, escape as safe, fit, local
 def human_seconds(seconds: Optional[float]) -> str:
     """A duration for the CLI's tables: tenths of a second under a minute."""
     return duration(seconds, tenths=True)
-
-
-def elapsed(start: Optional[datetime], end: Optional[datetime], now: datetime) -> Optional[float]:
-    """Seconds from `start` to `end` (or to `now` while it lasts); None before it started."""
-    if start is None:
-        return None
-    return max(0.0, (clock.as_utc(end or now) - clock.as_utc(start)).total_seconds())
 
 
 def parse_age(text: str) -> timedelta:
@@ -51,48 +44,11 @@ def parse_since(text: str, now: datetime) -> datetime:
     raise ValueError(f"{text!r} is not a time (valid: an age like 2h or 7d, or YYYY-MM-DD[ HH:MM[:SS]] local time)")
 
 
-def run_json(run: Run, now: datetime) -> Dict:
-    """The stable JSON form of a run (README, "JSON output")."""
-    return {
-        "id": run.id, "uid": run.uid, "flow": run.flow_name, "state": run.state,
-        "trigger": run.trigger, "params": run.params, "schedule_id": run.schedule_id,
-        "scheduled_at": clock.iso(run.scheduled_at), "created_at": clock.iso(run.created_at),
-        "started_at": clock.iso(run.started_at), "ended_at": clock.iso(run.ended_at),
-        "duration_seconds": _round(elapsed(run.started_at, run.ended_at, now)),
-        "reason": run.reason, "failed_tasks": run.failed_tasks, "resumes": run.resumes,
-        "flows_dir": run.flows_dir, "tasks_dir": run.tasks_dir, "output_dir": run.output_dir,
-        "max_parallel": run.max_parallel, "pid": run.pid,
-    }
-
-
-def attempt_json(attempt: Attempt, log: str, now: datetime) -> Dict:
-    return {
-        "attempt": attempt.attempt, "state": attempt.state, "exit_code": attempt.exit_code,
-        "reason": attempt.reason, "started_at": clock.iso(attempt.started_at),
-        "ended_at": clock.iso(attempt.ended_at),
-        "duration_seconds": _round(elapsed(attempt.started_at, attempt.ended_at, now)),
-        "log": log, "outputs": shown_outputs(attempt.outputs),
-    }
-
-
-def shown_outputs(outputs: Optional[Dict[str, str]]) -> Optional[Dict[str, str]]:
-    """Outputs as printable text: bytes that were not UTF-8 (kept as they are for the
-    tasks) shown as U+FFFD."""
-    if outputs is None:
-        return None
-    return {key: value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            for key, value in outputs.items()}
-
-
 def outputs_line(outputs: Dict[str, str], width: int = 100) -> str:
     """`KEY=value, KEY=value` on one line, each value cut and escaped."""
     shown = shown_outputs(outputs) or {}
     return fit(safe(", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in sorted(shown.items()))),
                width)
-
-
-def _round(value: Optional[float]) -> Optional[float]:
-    return None if value is None else round(value, 3)
 
 
 def runs_table(runs: List[Run], now: datetime, width: int = 80) -> List[str]:

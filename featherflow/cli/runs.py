@@ -52,7 +52,7 @@ def _resume(app, run_id, args) -> int:
 
 
 def cmd_runs_list(app, args) -> int:
-    from featherflow import clock  # lazy: not for --help
+    from featherflow import clock, report  # lazy: not for --help
     from featherflow.cli import format as views  # lazy: not for --help
 
     since = None
@@ -61,16 +61,24 @@ def cmd_runs_list(app, args) -> int:
             since = views.parse_since(args.since, clock.now())
         except ValueError as exc:
             raise errors.UsageError(f"--since: {exc}") from None
-    store = reading(app)
-    runs = store.runs.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit,
-                                trigger=args.trigger)
+    from featherflow.store import quick  # lazy: not for --help
+
+    # The common case without peewee (quick.py says when); else the usual store.
+    listed = quick.list_runs(app.config.db_path, app.config.config_dir, flow=args.flow, state=args.state,
+                             since=since, limit=args.limit, trigger=args.trigger)
+    if listed is None:
+        store = reading(app)
+        runs = store.runs.list_runs(flow=args.flow, state=args.state, since=since, limit=args.limit,
+                                    trigger=args.trigger)
+        listed = runs, None if runs else store.runs.run_count()
+    runs, total = listed
     now = clock.now()
     if args.json:
-        print(json.dumps([views.run_json(r, now) for r in runs], indent=2, ensure_ascii=False))
+        print(json.dumps([report.run_json(r, now) for r in runs], indent=2, ensure_ascii=False))
     elif not runs:
         filters = [("--flow", args.flow), ("--state", args.state), ("--since", args.since),
                    ("--trigger", args.trigger)]
-        print(views.no_runs([(k, v) for k, v in filters if v], store.runs.run_count()))
+        print(views.no_runs([(k, v) for k, v in filters if v], total))
     else:
         print("\n".join(views.runs_table(runs, now)))
     return 0
@@ -88,26 +96,18 @@ def _run_and_attempts(app, run_id: int):
 
 
 def cmd_runs_show(app, args) -> int:
-    from featherflow import clock, paths  # lazy: not for --help
+    from featherflow import clock, paths, report  # lazy: not for --help
     from featherflow.cli import format as views  # lazy: not for --help
 
     from featherflow.rules import task_rules  # lazy: not for --help
 
     _, run, attempts, order = _run_and_attempts(app, args.run_id)
-    order += sorted({a.task_id for a in attempts} - set(order))
     rules = task_rules(run.snapshot)
     now = clock.now()
     if args.json:
-        data = views.run_json(run, now)
-        data["tasks"] = [
-            {"id": task_id,
-             "state": ([a.state for a in attempts if a.task_id == task_id] or ["-"])[-1],
-             "attempts": [views.attempt_json(a, str(paths.log_path(run, a.task_id, a.attempt)), now)
-                          for a in attempts if a.task_id == task_id],
-             "rule": rules.get(task_id, "all_success")}
-            for task_id in order]
-        print(json.dumps(data, indent=2, ensure_ascii=False))
+        print(json.dumps(report.run_document(run, order, attempts, now, rules), indent=2, ensure_ascii=False))
         return 0
+    order += sorted({a.task_id for a in attempts} - set(order))
     log_of = lambda task_id, n: paths.log_path(run, task_id, n)  # noqa: E731
     print("\n".join(views.run_detail(run, order, attempts, log_of, now, rules)))
     return 0

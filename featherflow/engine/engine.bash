@@ -27,7 +27,8 @@ start_failed() {
     printf '%s\n' "$1" >"$RUN_DIR/start-failed"
   exit "$EXIT_DATABASE"
 }
-if ! START_ERR=$(mkdir -p -- "$LOG_DIR" "$OUT_DIR" 2>&1); then
+# (`featherflow run` made LOG_DIR, OUT_DIR and TMP_DIR already: no mkdir process then.)
+if [[ ! -d $LOG_DIR || ! -d $OUT_DIR ]] && ! START_ERR=$(mkdir -p -- "$LOG_DIR" "$OUT_DIR" 2>&1); then
   start_failed "could not start: cannot create $LOG_DIR: ${START_ERR##*: }"
 fi
 exec 2>>"$RUN_DIR/run.log"
@@ -513,7 +514,7 @@ if ((rc)); then
   ((rc == EXIT_CONFLICT)) && exit "$EXIT_CONFLICT"
   exit "$EXIT_DATABASE"
 fi
-if ! mkdir -p -- "$TMP_DIR"; then
+if [[ ! -d $TMP_DIR ]] && ! mkdir -p -- "$TMP_DIR"; then
   say "error: cannot create the run's temp dir $TMP_DIR; no task ran"
   mark --run "failed:cannot create its temp dir" 2>&8
   exit "$EXIT_FAILED"
@@ -558,6 +559,9 @@ while :; do
       starts+=("$i")
     done
   fi
+  # Nothing starts and nothing runs: the run ends, and its end records MARKS (one commit).
+  # (Not a cancel whose cleanup tasks have yet to be swept in: the next round sweeps.)
+  if ((!${#starts[@]} && !RUNNING && !${#PID_TIMER[@]})) && ! ((CANCELLED && !SWEPT && !BROKEN)); then break; fi
   if flush "${starts[@]}"; then
     for i in "${starts[@]}"; do
       if ((STOPPING)); then  # the signal came after their start was recorded

@@ -12,7 +12,6 @@ import os
 import signal
 import shutil
 import stat
-import subprocess
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -171,7 +170,7 @@ def pool_slots(store: Optional[Store], flow) -> Dict[str, int]:
     if names and shutil.which("flock") is None:
         raise UsageError(f"flow {flow.name} names pool(s) {', '.join(sorted(names))}, and a task holds its "
                          "pool's slot with `flock`, which is not on PATH (install util-linux)")
-    if store is None:
+    if store is None or not names:  # no pool: no query (nor import) on a run's path
         return {name: 1 for name in names}
     return store.pools.slots(names)
 
@@ -182,7 +181,7 @@ def run_spec(config: Config, run_id, uid, trigger, params, parallel, directory, 
     """What script.render needs of a run, with this process's Python and `_mark`."""
     return script.RunSpec(
         run_id=run_id, run_uid=uid, trigger=trigger, params=params, max_parallel=parallel,
-        python=sys.executable, mark=os.path.abspath(mark.__file__), db=str(config.db_path),
+        python=sys.executable, mark=mark.LAUNCHER, db=str(config.db_path),
         tasks_dir=str(config.tasks_dir), run_dir=str(directory), scheduled_at=scheduled_at,
         output_dir=str(config.output_dir),
         attempts=attempts, keep=tuple(keep), keep_tmp=keep_tmp, dry_run=dry_run, lock_wait=lock_wait,
@@ -206,6 +205,8 @@ def script_for(config: Config, run: Run, flow, attempts, keep, keep_tmp, lock_wa
     spec = replace(spec, tasks_dir=run.tasks_dir, output_dir=run.output_dir)
     path = directory / "run.sh"
     write_script(path, script.render(flow, spec), Path(run.output_dir))
+    for name in ("logs", "tmp"):  # made here, the script spares a `mkdir` process for each
+        _private_dirs(Path(run.output_dir), directory / name)
     return path
 
 
@@ -271,7 +272,9 @@ def exec_script(store: Optional[Store], prepared: Prepared) -> None:
     """Replace this process with bash running the script (the CLI path).
 
     `store` is closed first (bash must not inherit the database's file); it
-    reopens by itself only if the exec fails, to record why.
+    reopens by itself only if the exec fails, to record why. (Leaving it to the exec
+    to drop would spare the close's WAL checkpoint; it was tried together with a POSIX
+    lock bug that damaged a database, and taken out untested on its own.)
     """
     shell = bash()
     sys.stdout.flush()
@@ -316,6 +319,8 @@ def run_and_wait(prepared: Prepared) -> int:
     records the run as cancelled) and waited for, never killed outright:
     a SIGKILL would leave its tasks running untracked.
     """
+    import subprocess  # lazy: not on the CLI's path, which execs bash
+
     child = subprocess.Popen([bash(), str(prepared.script_path)])
     try:
         return child.wait()

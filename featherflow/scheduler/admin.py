@@ -10,7 +10,7 @@ import json
 from datetime import datetime
 from typing import Dict, List, Optional
 
-from featherflow import clock, config as configmod, flow as flowmod
+from featherflow import clock, config as configmod, flow as flowmod, report
 from featherflow.config import Config
 from featherflow.engine import limits
 from featherflow.engine import launch
@@ -63,7 +63,6 @@ def add_schedule(cfg: Config, store: Store, flow_name: str, cron: Optional[str] 
     return schedule
 
 
-BACKFILLS_SHOWN = 5  # the newest backfills `schedule show` lists
 
 
 def in_zone(moment: Optional[datetime], tz: str) -> str:
@@ -74,17 +73,9 @@ def in_zone(moment: Optional[datetime], tz: str) -> str:
 
 def schedule_json(store: Store, schedule, now: datetime, limit: int = 1) -> Dict:
     """The stable JSON form of a schedule, with its next fire time and latest `limit` slots."""
-    recent = store.schedules.recent_slots(schedule.id, limit)
-    data = {key: getattr(schedule, key) for key in (
-        "name", "flow_name", "cron", "tz", "params", "catchup", "overlap", "on_interrupt", "enabled",
-        "description", "flows_dir", "tasks_dir", "output_dir")}
-    data.update(id=schedule.id, created_at=clock.iso(schedule.created_at), updated_at=clock.iso(schedule.updated_at),
-                next_at=clock.iso(next_fire(store, schedule, now)))
-    data["slots"] = [{"slot_at": clock.iso(s.slot_at), "state": s.state, "reason": s.reason, "run_id": s.run_id,
-                      "run_state": s.run_state} for s in recent]
-    data["backfills"] = [{"id": b.id, "state": b.state, "from": clock.iso(b.range_from), "to": clock.iso(b.range_to),
-                          "progress": b.counts} for b in store.backfills.list(schedule_id=schedule.id, limit=BACKFILLS_SHOWN)]
-    return data
+    return report.schedule_document(schedule, store.schedules.recent_slots(schedule.id, limit),
+                                    next_fire(store, schedule, now),
+                                    store.backfills.list(schedule_id=schedule.id, limit=report.BACKFILLS_SHOWN))
 
 
 def _outcome(slot) -> str:
@@ -128,7 +119,7 @@ def schedule_detail(store: Store, schedule, now: datetime, limit: int = 20) -> L
     for slot in slots:
         run = f"{slot.run_id} {slot.run_state or 'deleted'}" if slot.run_id else "-"
         lines.append(f"  {in_zone(slot.slot_at, s.tz):<24} {slot.state:<8} {run:<18} {slot.reason or ''}".rstrip())
-    found = store.backfills.list(schedule_id=s.id, limit=BACKFILLS_SHOWN)
+    found = store.backfills.list(schedule_id=s.id, limit=report.BACKFILLS_SHOWN)
     if found:
         lines += ["", "  backfills (newest first; see `featherflow backfill show ID`)"]
     for b in found:

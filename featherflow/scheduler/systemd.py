@@ -124,3 +124,29 @@ def install(cfg: Config, system: bool = True, write: bool = True, euid: Optional
         raise UsageError(f"cannot write {path} ({exc.strerror}); print it instead: "
                          f"`featherflow scheduler install --print | sudo tee {path}`") from None
     return path, text
+
+
+SERVE_UNIT_NAME = "featherflow-serve.service"
+
+
+def serve_unit_text(cfg: Config, user: Optional[str], bind: str, port: int, token_file: Optional[str],
+                    system: bool = True, python: str = sys.executable) -> str:
+    """A unit of its own for `featherflow serve` (`serve --print-unit`): the status page
+    starts at boot, with the scheduler's config dir and database, read-only everywhere
+    but the config dir (a WAL reader writes the database's -shm file)."""
+    argv = [python, "-m", "featherflow", "--config-dir", str(cfg.config_dir), "--db", str(cfg.db_path),
+            "serve", "--bind", bind, "--port", str(port)]
+    if token_file:
+        argv += ["--token-file", str(token_file)]
+    unit = ["# Featherflow status page; written by `featherflow serve --print-unit`.",
+            "[Unit]", f"Description=Featherflow status page{f' of {user}' if user else ''}",
+            "After=network-online.target", "", "[Service]", "Type=simple"]
+    if system and user:
+        unit.append(f"User={user}")
+    unit += [f"ExecStart={' '.join(_systemd_quote(a) for a in argv)}",
+             "Restart=on-failure", "RestartSec=10",
+             "# It only reads: nothing but the database's directory may be written.",
+             "NoNewPrivileges=yes", "ProtectSystem=strict", f"ReadWritePaths={_systemd_quote(str(cfg.config_dir))}",
+             "PrivateTmp=yes",
+             "", "[Install]", f"WantedBy={'multi-user.target' if system else 'default.target'}", ""]
+    return "\n".join(unit)

@@ -3,28 +3,53 @@ queries and transactions on runs, attempts, schedules and slots. Other layers ge
 plain records (records.py), never a peewee row.
 
 `Store` is one database: `store.runs` (runs and attempts) and `store.schedules`
-(schedules, slots, the scheduler's row), `store.outbox` (notification channels,
-events and deliveries), `store.backfills` (backfills and their slots) and `store.pools`
-(pools and who uses them), composed over one connection.
+(schedules, slots, the scheduler's row) and `store.outbox` (notification channels,
+events and deliveries), `store.backfills` (backfills and their slots) and `store.pools` (pools and
+who uses them), composed over one connection. The schedules' and the outbox's
+queries are imported when first used: `featherflow run` needs neither (some 10 ms).
+Importing the package (for records.py, quick.py) loads no peewee: a Store's queries do.
 """
-
-from peewee import SqliteDatabase
-
-from featherflow.store.backfills import BackfillStore
-from featherflow.store.outbox import OutboxStore
-from featherflow.store.pools import PoolStore
-from featherflow.store.runs import RunStore
-from featherflow.store.schedules import ScheduleStore
 
 
 class Store:
-    def __init__(self, db: SqliteDatabase):
-        self.db = db
+    def __init__(self, db):
+        from featherflow.store.runs import RunStore  # lazy: peewee (see above)
+
+        self.db = db  # a peewee SqliteDatabase
         self.runs = RunStore(db)
-        self.schedules = ScheduleStore(db, self.runs)
-        self.outbox = OutboxStore(db)
-        self.backfills = BackfillStore(db, self.runs)
-        self.pools = PoolStore(db)
+        self._schedules = self._outbox = self._backfills = self._pools = None
+
+    @property
+    def schedules(self):
+        if self._schedules is None:
+            from featherflow.store.schedules import ScheduleStore  # lazy: not on a run's path
+
+            self._schedules = ScheduleStore(self.db, self.runs)
+        return self._schedules
+
+    @property
+    def outbox(self):
+        if self._outbox is None:
+            from featherflow.store.outbox import OutboxStore  # lazy: not on a run's path
+
+            self._outbox = OutboxStore(self.db)
+        return self._outbox
+
+    @property
+    def backfills(self):
+        if self._backfills is None:
+            from featherflow.store.backfills import BackfillStore  # lazy: not on a run's path
+
+            self._backfills = BackfillStore(self.db, self.runs)
+        return self._backfills
+
+    @property
+    def pools(self):
+        if self._pools is None:
+            from featherflow.store.pools import PoolStore  # lazy: read once per run with a pool (launch)
+
+            self._pools = PoolStore(self.db)
+        return self._pools
 
     def close(self) -> None:
         self.db.close()

@@ -78,6 +78,21 @@ def _backfill(row: Dict) -> Backfill:
     return Backfill(**row)
 
 
+def counts_of(rows: Iterable[Tuple[str, Optional[str], int]]) -> Dict[str, int]:
+    """Slots by progress (pending, launched, done) and the done ones by outcome, from
+    (state, outcome, count) rows (also read by the status page's read-only Reader)."""
+    counts = {PENDING: 0, LAUNCHED: 0, DONE: 0}
+    for state, outcome, count in rows:
+        counts[state] = counts.get(state, 0) + count
+        if state == DONE:
+            counts[outcome] = counts.get(outcome, 0) + count
+    return counts
+
+
+def as_backfill(row: Dict) -> Backfill:
+    return _backfill(row)
+
+
 def _slot(row: Dict) -> SlotRow:
     row = dict(row)
     row["backfill_id"] = row.pop("backfill")
@@ -161,15 +176,9 @@ class BackfillStore:
 
     def counts(self, backfill_id: int) -> Dict[str, int]:
         """Slots by progress (pending, launched, done) and the done ones by outcome."""
-        counts = {PENDING: 0, LAUNCHED: 0, DONE: 0}
-        rows = (BackfillSlot.select(BackfillSlot.state, BackfillSlot.outcome, fn.COUNT(BackfillSlot.id))
-                .where(BackfillSlot.backfill == backfill_id)
-                .group_by(BackfillSlot.state, BackfillSlot.outcome).tuples())
-        for state, outcome, count in rows:
-            counts[state] = counts.get(state, 0) + count
-            if state == DONE:
-                counts[outcome] = counts.get(outcome, 0) + count
-        return counts
+        return counts_of(BackfillSlot.select(BackfillSlot.state, BackfillSlot.outcome, fn.COUNT(BackfillSlot.id))
+                         .where(BackfillSlot.backfill == backfill_id)
+                         .group_by(BackfillSlot.state, BackfillSlot.outcome).tuples())
 
     def slots(self, backfill_id: int, open_only: bool = False, state: Optional[str] = None,
               limit: Optional[int] = None, newest_first: bool = False) -> List[SlotRow]:

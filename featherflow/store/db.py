@@ -82,18 +82,22 @@ def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool 
         except OSError as exc:
             raise DatabaseError(f"cannot create {path.parent}: {exc.strerror}") from None
     _create_private(path)
-    _check_header(path)
+    wal = _check_header(path)  # before connecting: closing a file of ours drops SQLite's locks on it
     _tighten(path)
     db = SqliteDatabase(str(path), pragmas=PRAGMAS, timeout=BUSY_TIMEOUT)
     db.bind(MODELS, bind_refs=False, bind_backrefs=False)
     try:
-        if migrate:  # before connecting: journal_mode=wal would rewrite a newer file's header
+        db.connect()  # its pragmas write nothing to the file
+        # The common case, a current database already in WAL mode, costs one read of
+        # user_version: no migration file is loaded, no pragma that could write is run.
+        current = migrate and wal and schema_version(db) == states.SCHEMA_VERSION
+        if migrate and not current:  # before journal_mode=wal, which would rewrite a newer file's header
             version, tables = _peek(path)
             _refuse_newer(version, len(migration_modules()), path)
             _refuse_foreign(version, tables, path)
-        db.connect()
-        _use_wal(db)
-        if migrate:
+        if not current:
+            _use_wal(db)
+        if migrate and not current:
             apply_migrations(db, path)
     except DatabaseError:
         db.close()
@@ -217,17 +221,25 @@ def _tighten(path: Path) -> None:
             pass
 
 
-def _check_header(path: Path) -> None:
-    """Refuse a file that is not SQLite before SQLite touches it."""
+def _check_header(path: Path) -> bool:
+    """Refuse a file that is not SQLite before SQLite touches it; whether its header says
+    WAL (read and write versions, bytes 18 and 19, are 2).
+
+    Never call this while this process has the file open through SQLite: closing any
+    descriptor of a file drops every POSIX lock the process holds on it, SQLite's too.
+    """
     try:
         with open(path, "rb") as f:
-            head = f.read(len(SQLITE_HEADER))
+            head = f.read(20)
     except OSError as exc:
         raise DatabaseError(f"cannot read {path}: {exc.strerror}") from None
+    wal = head[18:20] == b"\x02\x02"
+    head = head[:len(SQLITE_HEADER)]
     if head and head != SQLITE_HEADER:
         raise DatabaseError(
             f"{path} is not a SQLite database (not created by Featherflow?); "
             "move it aside or point --db / FEATHERFLOW_DB elsewhere — it was not changed")
+    return wal
 
 
 READ_ONLY_TIMEOUT = 2  # seconds; a reader in WAL mode waits only while the WAL index is rebuilt

@@ -1,4 +1,4 @@
-"""The read-only queries of the screens: the dashboard now, a status page later.
+"""The read-only queries of the screens: the dashboard and the status page (web/).
 
 Raw SQL through a `mode=ro` connection (db.open_read_only), so they work where
 the models are bound to another database or to none, and SQLite itself refuses
@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence
 from peewee import SqliteDatabase
 
 from featherflow.store.db import open_read_only
-from featherflow.store.records import Attempt, Run, parse_times
+from featherflow.store.records import Attempt, Run, Schedule, Slot, as_schedule, as_slot, parse_times
 
 
 class Reader:
@@ -105,3 +105,87 @@ class Reader:
                            "exit_code, reason FROM task_attempt WHERE run_id = ? "
                            "ORDER BY task_id, attempt", (run_id,))
         return [Attempt(**parse_times(row, "created_at", "started_at", "ended_at")) for row in rows]
+
+    # -- whole records, for the status page's JSON (the same documents as the CLI's) --
+
+    def run_records(self, limit: int, before: Optional[int] = None) -> List[Run]:
+        """Newest first, without snapshots, failed runs with their failed tasks (as
+        Store.list_runs); `before`: only ids below it (the next page). LIMITed: the
+        primary key walked backwards, so the history's size costs nothing."""
+        names = [f.name for f in fields(Run) if f.name not in ("failed_tasks", "snapshot")]
+        rows = self._fetch(f"SELECT {', '.join(names)} FROM flow_run WHERE ? IS NULL OR id < ? "
+                           f"ORDER BY id DESC LIMIT ?", (before, before, limit))
+        runs = []
+        for row in rows:
+            row = parse_times(row, "scheduled_at", "created_at", "started_at", "ended_at")
+            row["params"] = json.loads(row["params"])
+            row["auto_resumed"] = bool(row["auto_resumed"])
+            runs.append(Run(snapshot=None, **row))
+        failed = [r.id for r in runs if r.state == "failed"]
+        latest: Dict = {}
+        for row in self.attempt_states(failed):
+            latest[(row["run_id"], row["task_id"])] = row["state"]
+        for run in runs:
+            if run.state == "failed":
+                run.failed_tasks = [t for (r, t), state in latest.items() if r == run.id and state == "failed"]
+        return runs
+
+    def run_count(self) -> int:
+        return self._fetch("SELECT COUNT(*) AS n FROM flow_run")[0]["n"]
+
+    def schedule_records(self, limit: int) -> List[Schedule]:
+        names = [f.name for f in fields(Schedule)]
+        return [as_schedule(row) for row in self._fetch(
+            f"SELECT {', '.join(names)} FROM schedule ORDER BY name LIMIT ?", (limit,))]
+
+    def schedule_record(self, name: str) -> Optional[Schedule]:
+        names = [f.name for f in fields(Schedule)]
+        rows = self._fetch(f"SELECT {', '.join(names)} FROM schedule WHERE name = ?", (name,))
+        return as_schedule(rows[0]) if rows else None
+
+    def slots(self, schedule_id: int, limit: int) -> List[Slot]:
+        """Newest first, each with its run's state (Store.schedules.recent_slots)."""
+        rows = self._fetch("SELECT ss.schedule_id AS schedule, ss.slot_at, ss.state, ss.reason, ss.run_id AS run, "
+                           "ss.created_at, r.state AS run_state FROM schedule_slot ss "
+                           "LEFT JOIN flow_run r ON r.id = ss.run_id WHERE ss.schedule_id = ? "
+                           "ORDER BY ss.slot_at DESC LIMIT ?", (schedule_id, limit))
+        return [as_slot(row) for row in rows]
+
+    def latest_slot_at(self, schedule_id: int):
+        rows = self._fetch("SELECT MAX(slot_at) AS latest FROM schedule_slot WHERE schedule_id = ?", (schedule_id,))
+        return parse_times(rows[0], "latest")["latest"]
+
+    def outbox_counts(self) -> Dict[str, int]:
+        """Deliveries by state (pending, failed, ...); {} before the outbox existed (schema < 4)."""
+        if self.schema_version() < 4:
+            return {}
+        return {row["state"]: row["n"] for row in self._fetch(
+            "SELECT state, COUNT(*) AS n FROM delivery GROUP BY state")}
+
+    def backfills(self, schedule_id: Optional[int], limit: int) -> List:
+        """The newest backfills (of one schedule, or of all) with their counts
+        (Store.backfills.list); [] before backfills existed."""
+        from featherflow.store import backfills  # lazy: only the pages that show backfills need it
+
+        if not self.has_table("backfill"):
+            return []
+        where = "" if schedule_id is None else "WHERE schedule_id = ? "
+        found = [backfills.as_backfill(row) for row in self._fetch(
+            f"SELECT *, schedule_id AS schedule FROM backfill {where}ORDER BY id DESC LIMIT ?",
+            ([] if schedule_id is None else [schedule_id]) + [limit])]
+        for b in found:
+            b.counts = backfills.counts_of(
+                (r["state"], r["outcome"], r["n"]) for r in self._fetch(
+                    "SELECT state, outcome, COUNT(*) AS n FROM backfill_slot WHERE backfill_id = ? "
+                    "GROUP BY state, outcome", (b.id,)))
+        return found
+
+    def has_table(self, name: str) -> bool:
+        """For what other branches add (pools, backfills): shown only where the table exists."""
+        return bool(self._fetch("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+
+    def rows_of(self, table: str, limit: int) -> List[Dict]:
+        """The newest rows of a table named by the code (never by a request), for a generic listing."""
+        if not table.isidentifier():
+            raise ValueError(f"bad table name {table!r}")
+        return self._fetch(f'SELECT * FROM "{table}" ORDER BY rowid DESC LIMIT ?', (limit,))
