@@ -14,6 +14,7 @@ unknown, logs take space); `problem` (something will go wrong or is wrong:
 
 import os
 import shlex
+import shutil
 import sqlite3
 import stat
 from datetime import datetime, timedelta
@@ -62,6 +63,7 @@ def diagnose(config, now: datetime) -> List[Finding]:
     if history is not None:
         findings.append(check_retention(history, logs[0], logs[1], _size(db_path) or 0,
                                         _size(Path(f"{db_path}-wal")) or 0, now))
+    findings.append(check_pools(shutil.which("flock")))
     return sorted(findings, key=lambda f: ORDER.index(f.name) if f.name in ORDER else len(ORDER))
 
 
@@ -69,7 +71,7 @@ def diagnose(config, now: datetime) -> List[Finding]:
 ORDER = ["database filesystem", "database integrity", "schema version", "database tables", "WAL size",
          "database permissions", "config dir permissions", "output dir permissions", "project permissions",
          "free disk space",
-         "clock", "scheduler", "stuck runs", "orphaned processes", "logs disk use", "retention"]
+         "clock", "scheduler", "stuck runs", "orphaned processes", "logs disk use", "retention", "pools"]
 
 
 # -- database ------------------------------------------------------------------
@@ -371,6 +373,14 @@ def check_retention(history: Dict, log_bytes: int, log_dirs: int, db_bytes: int,
 
 
 # -- clock -------------------------------------------------------------------------
+
+def check_pools(flock: Optional[str]) -> Finding:
+    """Tasks that name a pool hold their slot with flock(1) (util-linux)."""
+    if flock:
+        return Finding("pools", OK, f"flock found ({flock}): tasks with a \"pool\" can hold its slots")
+    return Finding("pools", WARNING, "flock not found on PATH: a flow whose tasks name a \"pool\" cannot run",
+                   "install util-linux (apt install util-linux)")
+
 
 def check_stuck(stuck: Sequence[Tuple[int, str, str]]) -> Finding:
     """Queued or running in the database, but their process is gone."""

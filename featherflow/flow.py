@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from featherflow import graph, logcap
-from featherflow.rules import OUTPUT_REF_RE, check_rule, upstream_problems
+from featherflow.rules import OUTPUT_REF_RE, POOL_RE, POOL_VALID, check_rule, upstream_problems
 from featherflow.errors import UsageError, ValidationError
 
 ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -26,10 +26,10 @@ PLACEHOLDER_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 BUILTIN_PLACEHOLDERS = ("run_id", "flow", "scheduled_at")
 MAX_FLOW_BYTES = 1024 * 1024  # the cap on a flow file's size (check_size)
 
-FLOW_KEYS = ("name", "description", "version", "tasks", "max_parallel", "params", "max_log_bytes")
+FLOW_KEYS = ("name", "description", "version", "tasks", "max_parallel", "params", "max_log_bytes", "pool")
 TASK_KEYS = (
     "id", "script", "description", "depends_on", "args", "env",
-    "retries", "retry_delay", "retry_backoff", "timeout", "run_if", "cleanup",
+    "retries", "retry_delay", "retry_backoff", "timeout", "run_if", "cleanup", "pool",
 )
 
 Args = Union[Tuple[str, ...], Dict[str, Any]]
@@ -49,6 +49,7 @@ class Task:
     timeout: Optional[float] = None
     run_if: str = "all_success"
     cleanup: bool = False
+    pool: Optional[str] = None  # its own, or the flow's default (Flow.pool)
 
     @property
     def rule(self) -> str:
@@ -78,6 +79,7 @@ class Flow:
     max_parallel: Optional[int] = None
     params: Dict[str, Any] = field(default_factory=dict)
     max_log_bytes: Optional[int] = None  # bytes; 0: no cap; None: the global default (logcap.py)
+    pool: Optional[str] = None  # the default pool of its tasks
     source: Dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     # id -> task, built once: looking each task up by a walk of `tasks` made
     # rendering a 5,000-task flow quadratic.
@@ -295,15 +297,25 @@ class _Validator:
                     self.err(f"params.{key}", "invalid param name (valid: letters, digits, '_', not starting with a digit)")
         else:
             params = {}
-        tasks = self.tasks(data.get("tasks"), params, tasks_dir)
+        pool = self.pool(data.get("pool"), "pool")
+        tasks = self.tasks(data.get("tasks"), params, tasks_dir, pool)
         if tasks is None or len(self.errors) > before:
             return None
         return Flow(
             name=name, tasks=tasks, description=description, version=str(version),
-            max_parallel=max_parallel, params=dict(params), max_log_bytes=max_log_bytes, source=data,
+            max_parallel=max_parallel, params=dict(params), max_log_bytes=max_log_bytes, pool=pool,
+            source=data,
         )
 
-    def tasks(self, raw, params, tasks_dir) -> Optional[Tuple[Task, ...]]:
+    def pool(self, value, path) -> Optional[str]:
+        """A pool name, or None (no pool)."""
+        if value is None:
+            return None
+        if self.typed(value, str, path, f"a pool name ({POOL_VALID})") and not POOL_RE.fullmatch(value):
+            self.err(path, f"invalid pool name {value!r} (valid: {POOL_VALID})")
+        return value if isinstance(value, str) else None
+
+    def tasks(self, raw, params, tasks_dir, pool=None) -> Optional[Tuple[Task, ...]]:
         if raw is None:
             self.err("tasks", "is required (a non-empty array of tasks)")
             return None
@@ -314,7 +326,7 @@ class _Validator:
             return None
         tasks, seen = [], {}
         for i, item in enumerate(raw):
-            task = self.task(item, f"tasks[{i}]", params, tasks_dir)
+            task = self.task(item, f"tasks[{i}]", params, tasks_dir, pool)
             if task is None:
                 continue
             if task.id in seen:
@@ -350,7 +362,7 @@ class _Validator:
             return None
         return tuple(tasks)
 
-    def task(self, item, path, params, tasks_dir) -> Optional[Task]:
+    def task(self, item, path, params, tasks_dir, flow_pool=None) -> Optional[Task]:
         if not isinstance(item, dict):
             self.err(path, f"must be an object with 'id' and 'script', not {_json_type(item)}")
             return None
@@ -400,6 +412,8 @@ class _Validator:
                 self.err(f"{path}.timeout", f"must be > 0, not {timeout}")
         run_if, cleanup, problems = check_rule(item, path, deps)
         self.errors += problems
+        # A task's own "pool" (null: none) wins over the flow's default.
+        pool = self.pool(item["pool"], f"{path}.pool") if "pool" in item else flow_pool
         if len(self.errors) > before:
             return None
         self.task_refs[task_id] = self.refs
@@ -408,6 +422,7 @@ class _Validator:
             args=args, env={k: str(v) for k, v in env.items()}, retries=retries,
             retry_delay=float(delay), retry_backoff=float(backoff),
             timeout=float(timeout) if timeout is not None else None, run_if=run_if, cleanup=cleanup,
+            pool=pool,
         )
 
     def script(self, script, path, tasks_dir) -> None:

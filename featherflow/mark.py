@@ -20,6 +20,9 @@ input ends the process, and so do --idle seconds without a call (default 3):
 while tasks run for minutes, no Python waits in memory for nothing; the
 script starts another co-process when it next needs one.
 
+STATE `waiting` is no move: it gives a pending attempt its reason (it waits for
+a slot of a pool: states.note_waiting).
+
 This is on the path of every task, so it is kept to the standard library: the
 generated script runs it as `python -I -S .../featherflow/_mark.py` (LAUNCHER, which
 imports this module), which skips site-packages, peewee and argparse. All transitions of one call commit in one
@@ -161,7 +164,10 @@ def record(db, run_id, pid, run, specs, states, deadline=DEADLINE, kept=None, ou
                 if run is not None and run[0] == states.RUNNING:
                     states.apply_run(cur, run_id, run[0], now, run[1], pid, start, boot, events=events)
                 for task_id, attempt, state, exit_code, reason, text in specs:
-                    states.apply_attempt(cur, run_id, task_id, attempt, state, now, exit_code, reason, text)
+                    if state == states.WAITING:  # a pending attempt waits for a slot of a pool
+                        states.note_waiting(cur, run_id, task_id, attempt, reason)
+                    else:
+                        states.apply_attempt(cur, run_id, task_id, attempt, state, now, exit_code, reason, text)
                 if run is not None and run[0] != states.RUNNING:
                     states.apply_run(cur, run_id, run[0], now, run[1], pid, start, boot, events=events)
                 cur.execute("COMMIT")

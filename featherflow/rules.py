@@ -1,5 +1,5 @@
-"""When a task runs (`run_if`, `cleanup`) and which outputs it may use: the checks flow.py
-makes of these fields, and what a stored definition says of them.
+"""When a task runs (`run_if`, `cleanup`, `pool`) and which outputs it may use: the checks
+flow.py makes of these fields, and what a stored definition says of them.
 
 Pure and standard library only, like flow.py (which imports this, never the reverse).
 The engine (engine.bash) is where the rules act; README "Run rules and cleanup tasks".
@@ -7,7 +7,7 @@ The engine (engine.bash) is where the rules act; README "Run rules and cleanup t
 
 import json
 import re
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from featherflow import graph
 
@@ -15,6 +15,10 @@ from featherflow import graph
 OUTPUT_REF_RE = re.compile(r"tasks\.([A-Za-z0-9_-]{1,64})\.outputs\.([A-Za-z_][A-Za-z0-9_]*)")
 # When a task with dependencies runs; the first is the default (and the original behaviour).
 RUN_IF = ("all_success", "all_done", "any_failed", "none_failed")
+# A pool's name: also a directory name beside the database (<db dir>/pools/NAME), so
+# never "." or "..".
+POOL_RE = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9_.-]{1,64}")
+POOL_VALID = "1-64 of A-Z a-z 0-9 _ . -, not . or .."
 
 
 def check_rule(item: Mapping, path: str, deps) -> Tuple[str, bool, List[str]]:
@@ -72,3 +76,15 @@ def _kind(value) -> str:
         return "a boolean"
     return {int: "a number", float: "a number", str: "a string", list: "an array", dict: "an object",
             type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def pools_of(source: Dict[str, Any]) -> Dict[str, str]:
+    """Task id -> pool, read from a (validated) definition as stored with a run: a task's
+    own "pool" (null: none), else the flow's. Tasks without a pool are left out."""
+    default = source.get("pool")
+    found = {}
+    for task in source.get("tasks") or ():
+        pool = task.get("pool") if "pool" in task else default
+        if isinstance(pool, str):
+            found[task.get("id")] = pool
+    return found

@@ -13,7 +13,7 @@ import time
 
 from featherflow.errors import ConflictError
 
-SCHEMA_VERSION = 7  # the number of the newest migration
+SCHEMA_VERSION = 8  # the number of the newest migration
 
 # The scheduler writes its heartbeat every tick, and a tick comes at least every
 # HEARTBEAT_EVERY seconds. A scheduler whose heartbeat is older than HEARTBEAT_STALE
@@ -25,6 +25,8 @@ HEARTBEAT_STALE = 150.0
 QUEUED, RUNNING, SUCCESS, FAILED, CANCELLED, INTERRUPTED = (
     "queued", "running", "success", "failed", "cancelled", "interrupted")
 PENDING, UPSTREAM_FAILED, SKIPPED = "pending", "upstream_failed", "skipped"
+# Not a state: the word of `_mark` that notes why a pending attempt waits (note_waiting).
+WAITING = "waiting"
 
 # What started a run (flow_run.trigger, FEATHERFLOW_TRIGGER): by hand, a schedule's slot, a backfill's slot.
 TRIGGERS = ("manual", "schedule", "backfill")
@@ -190,7 +192,7 @@ def apply_attempt(cur, run_id, task_id, attempt, new, now=None, exit_code=None,
             f"task {task_id!r} attempt {attempt} of run {run_id} cannot go from {old} to {new}")
     if new == RUNNING:
         cur.execute(
-            "UPDATE task_attempt SET state = ?, started_at = ? "
+            "UPDATE task_attempt SET state = ?, started_at = ?, reason = NULL "
             "WHERE run_id = ? AND task_id = ? AND attempt = ?",
             (new, now, run_id, task_id, attempt))
     else:
@@ -199,3 +201,11 @@ def apply_attempt(cur, run_id, task_id, attempt, new, now=None, exit_code=None,
             "WHERE run_id = ? AND task_id = ? AND attempt = ?",
             (new, now, exit_code, reason, outputs if new == SUCCESS else None, run_id, task_id, attempt))
     return old
+
+
+def note_waiting(cur, run_id, task_id, attempt, reason) -> None:
+    """Say why a pending attempt waits (for a slot of a pool): its reason, until it starts
+    (apply_attempt clears it then). Not a move: an attempt that is no longer pending is
+    left as it is, so a late note changes nothing."""
+    cur.execute("UPDATE task_attempt SET reason = ? WHERE run_id = ? AND task_id = ? AND attempt = ? "
+                "AND state = ?", (reason, run_id, task_id, attempt, PENDING))

@@ -477,9 +477,9 @@ def test_pools_and_backfills_are_shown_where_the_database_has_them(start, histor
     import sqlite3
 
     con = sqlite3.connect(project.db)
-    with con:  # what another version's migration adds (issues 15 and 16): shown as it is
-        con.execute("CREATE TABLE pool (id INTEGER PRIMARY KEY, name TEXT, slots INTEGER)")
-        con.execute("INSERT INTO pool (name, slots) VALUES (?, 2)", (HOSTILE,))
+    with con:  # the pool table (migration 0007_pools) is there, empty until a pool is set
+        con.execute("INSERT INTO pool (name, slots, created_at, updated_at) "
+                    "VALUES (?, 2, '2026-01-01 00:00:00', '2026-01-01 00:00:00')", (HOSTILE,))
     con.close()
     body = s.get("/")[2]
     assert 'id="pool"' in body and "<h2>Pools</h2>" in body and "&lt;script&gt;" in body and "<script>" not in body

@@ -39,6 +39,7 @@ COMMANDS = (
     ("backfill", "backfill", "fill a schedule's slots over a date range (and: list, show ID, cancel ID, resume ID)"),
     ("_backfill-resume", "backfill", None),
     ("notify", "notify", "notifications: channels, test, log, flush"),
+    ("pool", "pools", "pools: limits on how many tasks run at once across runs"),
     ("serve", "serve", "a read-only status page and JSON API over HTTP (loopback unless a token is configured)"),
     ("export", "export", "write a flow as an Airflow DAG or an Argo CronWorkflow, listing what does not carry over"),
     ("retention", "retention", "the retention policy: which finished runs the scheduler deletes daily"),

@@ -152,6 +152,7 @@ logcap_note() {  # +LOG | -LOG
 }
 
 declare -A PID_TASK=() PID_TIMER=()  # running tasks and retry timers, by pid
+declare -A PID_POOL=()  # the subshells of tasks with a pool (pools.bash), by pid
 TICK=5 TICKER=  # a timer that bounds how long a task's end can go unnoticed (see collect)
 GRACE=  # the timer after which stopped tasks that are still there are killed
 declare -a START_MS=() MARKS=() LOST=() starts=()
@@ -176,10 +177,16 @@ ready() {  # index
 }
 
 # Send a signal to every running task's process group.
+# A pool task's subshell is no group leader: it passes TERM on to its task, and
+# KILL, which it could not trap, is sent to it as USR1.
 signal_tasks() {  # signal
   local pid
   for pid in "${!PID_TASK[@]}"; do
-    kill "-$1" -- "-$pid" 2>/dev/null || kill "-$1" "$pid" 2>/dev/null
+    if [[ -n ${PID_POOL[$pid]:-} ]]; then
+      kill "-${1/#KILL/USR1}" "$pid" 2>/dev/null
+    else
+      kill "-$1" -- "-$pid" 2>/dev/null || kill "-$1" "$pid" 2>/dev/null
+    fi
   done
 }
 
@@ -246,12 +253,19 @@ broken() {
   stop_tasks
 }
 
-# Record MARKS, then the start of each task index given, in one _mark call (one
-# transaction). Returns non-zero if that failed: then the tasks given must not
-# start, and the other marks are kept in LOST for a last try at the end.
+# Record MARKS, then the start of each task index given (for a pool task, that
+# it waits for a slot), in one _mark call (one transaction). Returns non-zero if
+# that failed: then the tasks given must not start, and the other marks are kept
+# in LOST for a last try at the end.
 flush() {
   local i starting=()
-  for i; do starting+=("${T_ID[i]}:${T_ATTEMPT[i]}:running"); done
+  for i; do
+    if [[ -n ${T_POOL[i]:-} ]]; then  # it waits for a slot; its subshell records its start
+      starting+=("${T_ID[i]}:${T_ATTEMPT[i]}:waiting::waiting for a slot of pool ${T_POOL[i]}")
+    else
+      starting+=("${T_ID[i]}:${T_ATTEMPT[i]}:running")
+    fi
+  done
   ((${#MARKS[@]} + ${#starting[@]})) || return 0
   if ((!BROKEN)) && mark "${MARKS[@]}" "${starting[@]}" 2>&8; then
     MARKS=()
@@ -301,73 +315,105 @@ ended() {  # pid exit-code
   fi
 }
 
+# In the subshell of one attempt (of either kind): its environment, then the task
+# (its function execs it). A cleanup task is told what the run would end as without
+# it, as the run stood when the attempt was launched.
+run_task() {  # index
+  export FEATHERFLOW_TASK_ID="${T_ID[$1]}" FEATHERFLOW_ATTEMPT="${T_ATTEMPT[$1]}" \
+    FEATHERFLOW_OUTPUT_FILE="$OUT_DIR/${T_ID[$1]}.${T_ATTEMPT[$1]}"
+  if [[ ${T_RULE[$1]} == cleanup ]]; then
+    FEATHERFLOW_RUN_STATE=success
+    ((FAILED)) && FEATHERFLOW_RUN_STATE=failed
+    ((CANCELLED)) && FEATHERFLOW_RUN_STATE=cancelled
+    export FEATHERFLOW_RUN_STATE FEATHERFLOW_FAILED_TASKS="${FAILED_IDS# }"
+  fi
+  "task_$1"
+}
+
 launch() {  # index
   local i=$1 n=${T_ATTEMPT[$1]}
   now_ms
   START_MS[i]=$NOW_MS
-  (
-    export FEATHERFLOW_TASK_ID="${T_ID[i]}" FEATHERFLOW_ATTEMPT="$n" \
-      FEATHERFLOW_OUTPUT_FILE="$OUT_DIR/${T_ID[i]}.$n"
-    if [[ ${T_RULE[i]} == cleanup ]]; then  # what the run would end as without its cleanup
-      FEATHERFLOW_RUN_STATE=success
-      ((FAILED)) && FEATHERFLOW_RUN_STATE=failed
-      ((CANCELLED)) && FEATHERFLOW_RUN_STATE=cancelled
-      export FEATHERFLOW_RUN_STATE FEATHERFLOW_FAILED_TASKS="${FAILED_IDS# }"
-    fi
-    "task_$i"
-  ) >>"$LOG_DIR/${T_ID[i]}.$n.log" 2>&1 </dev/null 5>&- 6<&- 7>&- 8>&- 9>&- &
+  if [[ -n ${T_POOL[i]:-} ]]; then  # its subshell waits for a slot, then runs it (see pool_task)
+    # It keeps fd 9 (its report) and fd 5 until its task starts (it tells the watcher).
+    (pool_task "$i") >/dev/null </dev/null 6<&- 7>&- 8>&- &
+    PID_POOL[$!]=1
+  else
+    (run_task "$i") >>"$LOG_DIR/${T_ID[i]}.$n.log" 2>&1 </dev/null 5>&- 6<&- 7>&- 8>&- 9>&- &
+    logcap_note "+$LOG_DIR/${T_ID[i]}.$n.log"
+  fi
   PID_TASK[$!]=$i
-  logcap_note "+$LOG_DIR/${T_ID[i]}.$n.log"
   T_STATE[i]=running
   RUNNING=$((RUNNING + 1))
-  say "start   ${T_ID[i]} (attempt $n)"
+  if [[ -n ${T_POOL[i]:-} ]]; then
+    say "wait    ${T_ID[i]} (attempt $n) for a slot of pool ${T_POOL[i]}"
+  else
+    say "start   ${T_ID[i]} (attempt $n)"
+  fi
   # A signal whose trap ran between the fork and the line above missed this task.
   if ((STOPPING)); then stop_tasks; fi
 }
 
+# How an attempt ended: V_STATE (success, cancelled or failed), V_REASON, and V_RC, its
+# exit code (1 for a task that exited 0 but wrote outputs that cannot be stored: one
+# Python start, only for a task that wrote some; _mark reads them again with the success).
+verdict() {  # index exit-code took-ms stopped
+  local out="$OUT_DIR/${T_ID[$1]}.${T_ATTEMPT[$1]}"
+  V_REASON='' V_RC=$2
+  if (($2 == 0)) && [[ -s $out ]] &&
+    ! V_REASON=$("$FF_PYTHON" -I -S "$FF_OUTPUTS" --check "$out" 2>&1 5>&- 6<&- 7>&-); then
+    V_RC=1 V_REASON=${V_REASON:-"its outputs file cannot be read"}
+    V_REASON=${V_REASON//$'\n'/ }
+  fi
+  if ((V_RC == 0)); then
+    V_STATE=success
+  elif (($4)); then
+    V_STATE=cancelled V_REASON="run cancelled"
+    ((CANCELLED || !BROKEN)) || V_REASON="run stopped: a state change could not be recorded"
+  elif [[ -n $V_REASON ]]; then
+    V_STATE=failed
+  # timeout exits 124 (137 if it had to KILL); `took` is measured to 10 ms, hence the margin
+  elif ((T_TIMEOUT_MS[$1] > 0 && ($2 == 124 || $2 == 137) && $3 + 100 >= T_TIMEOUT_MS[$1])); then
+    V_STATE=failed V_REASON="timeout after ${T_TIMEOUT[$1]}s"
+  else
+    V_STATE=failed V_REASON="exit code $2"
+  fi
+}
+
 finished() {  # pid exit-code
-  local pid=$1 rc=$2 i=${PID_TASK[$1]} n took reason d
+  local pid=$1 rc=$2 i=${PID_TASK[$1]} n took d recorded=0
   n=${T_ATTEMPT[i]}
   logcap_note "-$LOG_DIR/${T_ID[i]}.$n.log"
   unset "PID_TASK[$pid]"
   RUNNING=$((RUNNING - 1))
   now_ms
   took=$((NOW_MS - START_MS[i]))
-  duration "$took"
-  # Outputs that cannot be stored fail the attempt (one Python start, only for a task
-  # that wrote some); _mark reads them again with the success.
-  reason=
-  if ((rc == 0)) && [[ -s $OUT_DIR/${T_ID[i]}.$n ]] &&
-    ! reason=$("$FF_PYTHON" -I -S "$FF_OUTPUTS" --check "$OUT_DIR/${T_ID[i]}.$n" 2>&1 6<&- 7>&-); then
-    rc=1 reason=${reason:-"its outputs file cannot be read"}
+  if [[ -n ${PID_POOL[$pid]:-} ]]; then
+    unset "PID_POOL[$pid]"
+    pool_ended "$i" "$rc" || return  # sets recorded, took, V_*; fails if the task never started
+  else
+    verdict "$i" "$rc" "$took" "$STOPPING"
   fi
-  if ((rc == 0)); then
-    MARKS+=("${T_ID[i]}:$n:success:0")
+  rc=$V_RC
+  duration "$took"
+  if [[ $V_STATE == success ]]; then
+    ((recorded)) || MARKS+=("${T_ID[i]}:$n:success:0")
     T_STATE[i]=success
     say "ok      ${T_ID[i]} (attempt $n) in $TOOK"
     settle "$i" success
     return
   fi
-  if ((STOPPING)); then
+  if [[ $V_STATE == cancelled ]]; then
     kill -KILL -- "-$pid" 2>/dev/null  # nothing of a stopped task outlives it
-    reason="run cancelled"
-    ((CANCELLED)) || reason="run stopped: a state change could not be recorded"
-    MARKS+=("${T_ID[i]}:$n:cancelled:$rc:$reason")
+    ((recorded)) || MARKS+=("${T_ID[i]}:$n:cancelled:$rc:$V_REASON")
     T_STATE[i]=cancelled
     say "stopped ${T_ID[i]} (attempt $n) after $TOOK"
+    ((STOPPING)) || gave_up "$i"  # a pool task's subshell stopped from outside: a failure
     return
   fi
-  # timeout exits 124 (137 if it had to KILL); `took` is measured to 10 ms, hence the margin
-  if [[ -n $reason ]]; then
-    reason=${reason//$'\n'/ }
-  elif ((T_TIMEOUT_MS[i] > 0 && (rc == 124 || rc == 137) && took + 100 >= T_TIMEOUT_MS[i])); then
-    reason="timeout after ${T_TIMEOUT[i]}s"
-    kill -KILL -- "-$pid" 2>/dev/null  # children that ignored TERM
-  else
-    reason="exit code $rc"
-  fi
-  MARKS+=("${T_ID[i]}:$n:failed:$rc:$reason")
-  say "FAILED  ${T_ID[i]} (attempt $n) after $TOOK: $reason"
+  [[ $V_REASON == timeout* ]] && kill -KILL -- "-$pid" 2>/dev/null  # children that ignored TERM
+  ((recorded)) || MARKS+=("${T_ID[i]}:$n:failed:$rc:$V_REASON")
+  say "FAILED  ${T_ID[i]} (attempt $n) after $TOOK: $V_REASON"
   # Each line cut to LOG_TAIL_WIDTH bytes (never inside a UTF-8 character): a task that
   # prints 10 kB lines must not flood the terminal. The log file keeps every byte.
   tail -n "$LOG_TAIL_LINES" -- "$LOG_DIR/${T_ID[i]}.$n.log" 2>/dev/null | tr -d '\000-\010\013-\037\177' |
@@ -396,15 +442,20 @@ finished() {  # pid exit-code
     fi
     return
   fi
-  T_STATE[i]=failed
-  T_CAUSE[i]=${T_ID[i]}
-  if [[ ${T_RULE[i]} == cleanup ]]; then
-    CLEANUP_FAILED+=" ${T_ID[i]}"
+  gave_up "$i"
+}
+
+# Task $1 failed for good (no retry left): counted, and told below it.
+gave_up() {  # index
+  T_STATE[$1]=failed
+  T_CAUSE[$1]=${T_ID[$1]}
+  if [[ ${T_RULE[$1]} == cleanup ]]; then
+    CLEANUP_FAILED+=" ${T_ID[$1]}"
   else
     FAILED=$((FAILED + 1))
-    FAILED_IDS+=" ${T_ID[i]}"
+    FAILED_IDS+=" ${T_ID[$1]}"
   fi
-  settle "$i" failed
+  settle "$1" failed
 }
 
 # Task $1 ended as $2: tell the tasks below it, and decide each one whose rule now
@@ -503,7 +554,9 @@ while :; do
       i=${READY[READY_HEAD]}
       unset "READY[READY_HEAD]"  # the queue stays as short as what waits in it
       READY_HEAD=$((READY_HEAD + 1))
-      [[ ${T_STATE[i]} == pending ]] && starts+=("$i")
+      [[ ${T_STATE[i]} == pending ]] || continue
+      [[ -z ${T_POOL[i]:-} ]] || pool_place "$i" || continue
+      starts+=("$i")
     done
   fi
   # Nothing starts and nothing runs: the run ends, and its end records MARKS (one commit).
@@ -514,6 +567,7 @@ while :; do
       if ((STOPPING)); then  # the signal came after their start was recorded
         MARKS+=("${T_ID[i]}:${T_ATTEMPT[i]}:cancelled::run cancelled before the task started")
         T_STATE[i]=cancelled
+        [[ -z ${T_POOL[i]:-} ]] || pool_done "$i"  # its place in its pool is free again
       else
         launch "$i"
       fi

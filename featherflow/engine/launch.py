@@ -137,9 +137,11 @@ def prepare(config: Config, store: Optional[Store], name: str, params: Dict, max
     if dry_run:
         path = Path(config.output_dir) / "dry-run" / flow.name / "run.sh"
         spec = run_spec(config, 0, "dry-run", trigger, merged, parallel, path.parent, scheduled_at or "",
-                        {}, (), keep_tmp, dry_run=True, lock_wait=lock_wait, kill_grace=kill_grace)
+                        {}, (), keep_tmp, dry_run=True, lock_wait=lock_wait, kill_grace=kill_grace,
+                        pools=pool_slots(store, flow))
         write_script(path, script.render(flow, spec), Path(config.output_dir))
         return Prepared(None, flow, path)
+    pools = pool_slots(store, flow)
     start, boot = proc.identity(os.getpid())
     try:
         run = store.runs.create_run(NewRun(
@@ -151,7 +153,8 @@ def prepare(config: Config, store: Optional[Store], name: str, params: Dict, max
             raise
         raise DatabaseError(f"cannot create the run in {config.db_path}: {exc}") from None
     try:
-        path = script_for(config, run, flow, {t: 1 for t in order}, (), keep_tmp, lock_wait, kill_grace)
+        path = script_for(config, run, flow, {t: 1 for t in order}, (), keep_tmp, lock_wait, kill_grace,
+                          pools=pools)
     except OSError as exc:
         # The run exists but can never start: say so in the database too.
         store.runs.transition_run(run.id, states.FAILED, reason=f"could not write its script: {exc}")
@@ -160,9 +163,21 @@ def prepare(config: Config, store: Optional[Store], name: str, params: Dict, max
     return Prepared(run, flow, path)
 
 
+def pool_slots(store: Optional[Store], flow) -> Dict[str, int]:
+    """The slots of each pool the flow's tasks name, as defined now (`pool set`); a run
+    keeps them to its end (README "Pools"). No store (a dry run without one): 1 each."""
+    names = {t.pool for t in flow.tasks if t.pool}
+    if names and shutil.which("flock") is None:
+        raise UsageError(f"flow {flow.name} names pool(s) {', '.join(sorted(names))}, and a task holds its "
+                         "pool's slot with `flock`, which is not on PATH (install util-linux)")
+    if store is None or not names:  # no pool: no query (nor import) on a run's path
+        return {name: 1 for name in names}
+    return store.pools.slots(names)
+
+
 def run_spec(config: Config, run_id, uid, trigger, params, parallel, directory, scheduled_at, attempts, keep,
              keep_tmp, dry_run=False, lock_wait=script.LOCK_WAIT,
-             kill_grace=script.KILL_GRACE) -> script.RunSpec:
+             kill_grace=script.KILL_GRACE, pools=None) -> script.RunSpec:
     """What script.render needs of a run, with this process's Python and `_mark`."""
     return script.RunSpec(
         run_id=run_id, run_uid=uid, trigger=trigger, params=params, max_parallel=parallel,
@@ -170,16 +185,23 @@ def run_spec(config: Config, run_id, uid, trigger, params, parallel, directory, 
         tasks_dir=str(config.tasks_dir), run_dir=str(directory), scheduled_at=scheduled_at,
         output_dir=str(config.output_dir),
         attempts=attempts, keep=tuple(keep), keep_tmp=keep_tmp, dry_run=dry_run, lock_wait=lock_wait,
-        kill_grace=kill_grace, max_log_bytes=config.max_log_bytes)
+        kill_grace=kill_grace, max_log_bytes=config.max_log_bytes, pools=dict(pools or {}),
+        pool_dir=str(pool_dir(config)))
+
+
+def pool_dir(config: Config) -> Path:
+    """Where pools' slot files are: beside the database, so runs of one database share them."""
+    return Path(config.db_path).parent / "pools"
 
 
 def script_for(config: Config, run: Run, flow, attempts, keep, keep_tmp, lock_wait=script.LOCK_WAIT,
-               kill_grace=script.KILL_GRACE) -> Path:
+               kill_grace=script.KILL_GRACE, pools=None) -> Path:
     """Write the script of a recorded run into its run dir; its tasks and output dirs are the run's own."""
     directory = run_dir(run)
     scheduled = clock.iso(run.scheduled_at) or ""  # naive (UTC) or aware: the store may give either
     spec = run_spec(config, run.id, run.uid, run.trigger, run.params, run.max_parallel, directory,
-                    scheduled, attempts, keep, keep_tmp, lock_wait=lock_wait, kill_grace=kill_grace)
+                    scheduled, attempts, keep, keep_tmp, lock_wait=lock_wait, kill_grace=kill_grace,
+                    pools=pools)
     spec = replace(spec, tasks_dir=run.tasks_dir, output_dir=run.output_dir)
     path = directory / "run.sh"
     write_script(path, script.render(flow, spec), Path(run.output_dir))
@@ -324,7 +346,7 @@ def start_queued(config: Config, store: Store, run_id: int, launcher: Optional[i
         flow = flowmod.validate(json.loads(run.snapshot), tasks_dir=Path(run.tasks_dir),
                                 source=f"run {run.id}")
         attempts = {task: a.attempt for task, a in store.runs.latest_attempts(run.id).items()}
-        path = script_for(config, run, flow, attempts, (), keep_tmp=False)
+        path = script_for(config, run, flow, attempts, (), keep_tmp=False, pools=pool_slots(store, flow))
     except (FeatherflowError, OSError) as exc:
         why = "; ".join(exc.errors) if isinstance(exc, ValidationError) else str(exc)
         store.runs.transition_run(run.id, states.FAILED, reason=f"could not start: {why}")

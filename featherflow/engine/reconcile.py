@@ -12,7 +12,7 @@ import signal
 import time
 from typing import List, Optional, Tuple
 
-from featherflow import proc, states
+from featherflow import clock, proc, states
 from featherflow.engine import script
 from featherflow.errors import ConflictError
 from featherflow.paths import run_dir
@@ -54,10 +54,13 @@ def reconcile(store: Store, current_boot: Optional[str] = None) -> List[Tuple[in
             if (current.state not in (states.QUEUED, states.RUNNING)
                     or proc.is_alive(current.pid, current.pid_start, current.boot_id, current_boot)):
                 break  # it ended, was reconciled, or was resumed by a live process meanwhile
+            # Stamped before the kill: a task it kills ends then, not a moment later, so
+            # the next holder of its pool's slot never looks as if it overlapped.
+            killed_at = clock.now()
             killed = kill_leftovers(current)
             if killed:
                 log.warning("run %s: killed %d leftover process(es)", run.id, killed)
-            if store.runs.interrupt(run.id, current.state, reason, new):
+            if store.runs.interrupt(run.id, current.state, reason, new, now=killed_at):
                 done.append((run.id, reason))
                 break
     return done

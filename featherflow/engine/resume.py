@@ -86,13 +86,15 @@ def start_resume(config: Config, store: Store, plan: ResumePlan, keep_tmp: bool 
         launch.check_no_links(Path(plan.run.output_dir), run_dir(plan.run))
     except OSError as exc:
         raise FeatherflowError(f"run {plan.run.id} cannot resume: {exc.strerror}") from None
+    pools = launch.pool_slots(store, plan.flow)  # before the run is reopened, like the check above
     start, boot = proc.identity(os.getpid())
     attempts = store.runs.resume(plan.run.id, plan.rerun, plan.snapshot, auto=auto,
                             pid=os.getpid(), pid_start=start, boot_id=boot,
                             finished=plan.run.state in states.RERUNNABLE, expect_resumes=expect_resumes)
     run = store.runs.get_run(plan.run.id)
     try:
-        path = launch.script_for(config, run, plan.flow, attempts, plan.keep, keep_tmp)
+        path = launch.script_for(config, run, plan.flow, attempts, plan.keep, keep_tmp,
+                                 pools=pools)
     except OSError as exc:
         store.runs.transition_run(run.id, states.FAILED, reason=f"could not write its script: {exc.strerror or exc}")
         raise DiskError(f"run {run.id}: cannot write its script under {run_dir(run)}: "

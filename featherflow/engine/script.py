@@ -1,4 +1,5 @@
-"""Render a flow run as a readable bash script: the flow's part, then engine.bash.
+"""Render a flow run as a readable bash script: the flow's part, then engine.bash
+(after pools.bash when a task names a pool).
 
 render() is pure but for one read of engine.bash per process. The engine's text is
 embedded, not sourced: a run.sh holds everything it runs, so it reads top to
@@ -33,6 +34,7 @@ LOG_TAIL = 20  # lines of a failed task's log shown on the terminal
 LOG_TAIL_WIDTH = 200  # bytes shown of each of those lines (the log keeps them whole)
 LOCK_WAIT = 30.0  # seconds a transition waits for a locked database before the run stops
 ENGINE_PATH = Path(__file__).with_name("engine.bash")  # installed with the package (pyproject.toml)
+POOLS_PATH = Path(__file__).with_name("pools.bash")  # the engine's part for tasks with a pool
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class RunSpec:
     lock_wait: float = LOCK_WAIT
     kill_grace: float = KILL_GRACE
     max_log_bytes: int = 0  # the cap on each attempt's log unless the flow sets one; 0: none
+    pools: Dict[str, int] = field(default_factory=dict)  # slots of each pool its tasks name
+    pool_dir: str = ""  # where the slot files are: <database dir>/pools
 
 
 # Bash's reserved words: harmless as arguments, but quoted anyway so that
@@ -179,11 +183,18 @@ def render(flow: flowmod.Flow, spec: RunSpec) -> str:
     out.append("# T_DEPS: the tasks it depends on; T_NEXT: the tasks that depend on it (indexes,")
     out.append("# named in the comment above). T_RETRY_MS: the wait before each retry, in milliseconds.")
     out.append("# T_RULE: when it runs once its dependencies ended (run_if, or cleanup).")
-    out.append("declare -a T_ID T_DEPS T_NEXT T_RETRY_MS T_TIMEOUT T_TIMEOUT_MS T_ATTEMPT T_STATE T_RULE")
+    pooled = any(t.pool for t in flow.tasks)
+    if pooled:
+        out.append("# T_POOL, T_SLOTS: the pool of a task that has one, and its number of slots.")
+    out.append("declare -a T_ID T_DEPS T_NEXT T_RETRY_MS T_TIMEOUT T_TIMEOUT_MS T_ATTEMPT T_STATE T_RULE T_POOL"
+               + (" T_SLOTS" if pooled else ""))
     for i, task_id in enumerate(order):
         out.append("")
         out += _task_block(flow, spec, i, task_id, index, down, edges)
     out.append("")
+    if pooled:
+        out.append(pools_engine().rstrip("\n"))
+        out.append("")
     out.append(engine().rstrip("\n"))
     return "\n".join(out) + "\n"
 
@@ -226,6 +237,8 @@ def settings(flow: flowmod.Flow, spec: RunSpec) -> List[str]:
         # Named once on the first line: a flow without a `params` block takes any.
         ("UNDECLARED", ", ".join(_name(p) for p in flow.undeclared(spec.params))),
     ]
+    if any(t.pool for t in flow.tasks):
+        values.append(("POOL_DIR", spec.pool_dir))  # where the slot files are (pools.bash)
     out = [f"{name}={q(value)}" for name, value in values]
     out.append("LOG_DIR=$RUN_DIR/logs OUT_DIR=$RUN_DIR/outputs")
     out.append("export TMP_DIR=$RUN_DIR/tmp TEMP_DIR=$RUN_DIR/tmp")
@@ -256,7 +269,7 @@ def _task_block(flow: flowmod.Flow, spec: RunSpec, i: int, task_id: str, index: 
     delays = [task.retry_delay * task.retry_backoff ** n for n in range(task.retries)]
     kept = task_id in spec.keep
     out = [f"# [{i}] {task_id}" + (f": {_comment(task.description)}" if task.description else "")]
-    facts = _facts(task, down[task_id], delays, kept)
+    facts = _facts(task, down[task_id], delays, kept, spec)
     if facts:
         out.append("#     " + "; ".join(facts))
     state = states.SUCCESS if kept else states.PENDING
@@ -265,6 +278,8 @@ def _task_block(flow: flowmod.Flow, spec: RunSpec, i: int, task_id: str, index: 
                f"T_TIMEOUT[{i}]={q(_seconds(task.timeout or 0))} "
                f"T_TIMEOUT_MS[{i}]={round((task.timeout or 0) * 1000)} "
                f"T_ATTEMPT[{i}]={spec.attempts.get(task_id, 1)} T_STATE[{i}]={state} T_RULE[{i}]={task.rule}")
+    if task.pool:
+        out.append(f"T_POOL[{i}]={q(task.pool)} T_SLOTS[{i}]={pool_slots(spec, task.pool)}")
     out.append(f"task_{i}() {{")
     # `timeout` leads the task's group when there is a timeout; otherwise
     # setsid makes the task itself the leader (no extra process per task).
@@ -284,7 +299,13 @@ def _task_block(flow: flowmod.Flow, spec: RunSpec, i: int, task_id: str, index: 
     return out
 
 
-def _facts(task: flowmod.Task, below: List[str], delays: List[float], kept: bool) -> List[str]:
+def pool_slots(spec: RunSpec, pool: str) -> int:
+    """The slots of a pool as the run starts (1 for a pool that is not defined)."""
+    return spec.pools.get(pool, 1)
+
+
+def _facts(task: flowmod.Task, below: List[str], delays: List[float], kept: bool,
+           spec: RunSpec) -> List[str]:
     """What the comment above a task's values says of it, in words."""
     facts = []
     if task.depends_on:
@@ -301,6 +322,9 @@ def _facts(task: flowmod.Task, below: List[str], delays: List[float], kept: bool
         facts.append(f"{task.retries} retries (after {waits})")
     if task.timeout:
         facts.append(f"timeout {_seconds(task.timeout)}s")
+    if task.pool:
+        slots = pool_slots(spec, task.pool)
+        facts.append(f"pool {task.pool} ({slots} slot{'s' if slots != 1 else ''})")
     if kept:
         facts.append("already succeeded: kept")
     return facts
@@ -309,7 +333,17 @@ def _facts(task: flowmod.Task, below: List[str], delays: List[float], kept: bool
 @functools.lru_cache(maxsize=None)
 def engine() -> str:
     """The engine's text (engine.bash from its "# ----" line on), read once per process."""
-    text = ENGINE_PATH.read_text(encoding="utf-8")
+    return _embedded(ENGINE_PATH)
+
+
+@functools.lru_cache(maxsize=None)
+def pools_engine() -> str:
+    """The pools' part of the engine (pools.bash from its "# ----" line on), for flows with pools."""
+    return _embedded(POOLS_PATH)
+
+
+def _embedded(path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
     return text[text.index("\n# ----") + 1:]
 
 

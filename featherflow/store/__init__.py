@@ -4,7 +4,8 @@ plain records (records.py), never a peewee row.
 
 `Store` is one database: `store.runs` (runs and attempts) and `store.schedules`
 (schedules, slots, the scheduler's row) and `store.outbox` (notification channels,
-events and deliveries) `store.backfills` (backfills and their slots) and `store.rules` (the retention policy), composed over one connection. The schedules' and the outbox's
+events and deliveries), `store.backfills` (backfills and their slots), `store.rules` (the retention
+policy) and `store.pools` (pools and who uses them), composed over one connection. The schedules' and the outbox's
 queries are imported when first used: `featherflow run` needs neither (some 10 ms).
 Importing the package (for records.py, quick.py) loads no peewee: a Store's queries do.
 """
@@ -16,7 +17,7 @@ class Store:
 
         self.db = db  # a peewee SqliteDatabase
         self.runs = RunStore(db)
-        self._schedules = self._outbox = self._backfills = self._rules = None
+        self._schedules = self._outbox = self._backfills = self._rules = self._pools = None
 
     @property
     def schedules(self):
@@ -50,6 +51,14 @@ class Store:
 
             self._rules = RuleStore(self.db)
         return self._rules
+
+    @property
+    def pools(self):
+        if self._pools is None:
+            from featherflow.store.pools import PoolStore  # lazy: read once per run with a pool (launch)
+
+            self._pools = PoolStore(self.db)
+        return self._pools
 
     def close(self) -> None:
         self.db.close()

@@ -223,5 +223,14 @@ class RetentionApplied(BaseModel):
         table_name = "retention_applied"
 
 
+class Pool(BaseModel):
+    """A named limit across runs (migration 0008_pools): how many of its tasks run at once."""
+    id = AutoField()
+    name = CharField(unique=True)
+    slots = IntegerField()
+    created_at = DateTimeField()
+    updated_at = DateTimeField()
+
+
 MODELS = [Schedule, FlowRun, RunSnapshot, TaskAttempt, ScheduleSlot, SchedulerState,
-          Channel, Event, Delivery, DeliveryTry, Backfill, BackfillSlot, RetentionRule, RetentionApplied]
+          Channel, Event, Delivery, DeliveryTry, Backfill, BackfillSlot, RetentionRule, RetentionApplied, Pool]
