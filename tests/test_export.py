@@ -425,3 +425,18 @@ def test_cli_exports_a_validated_flow_with_run_if_cleanup_and_outputs(project, t
     tasks = {t["name"]: t for t in doc["spec"]["templates"][0]["dag"]["tasks"]}
     assert tasks["c"]["depends"] == "a.Failed || a.Errored"
     assert tasks["z"]["depends"].startswith("(a.Succeeded || a.Failed")
+
+
+def test_a_pool_set_in_the_database_is_exported_with_its_slots(project, tmp_path):
+    """`airflow pools set` and the Argo semaphore ConfigMap take the slots `pool set` gave a pool;
+    a pool never set keeps Featherflow's default of 1."""
+    project.write_task("step.sh", "echo hi\n", executable=False)
+    project.write_flow({"name": "etl", "tasks": [{"id": "a", "script": "step.sh", "pool": "heavy"},
+                                                 {"id": "b", "script": "step.sh", "pool": "light"}]})
+    assert project.cli("pool", "set", "heavy", "3").code == 0
+    done = project.cli("export", "etl", "--to", "airflow", "--out", tmp_path / "dags")
+    assert done.code == 0, done.err
+    assert "airflow pools set heavy 3 " in done.out and "airflow pools set light 1 " in done.out
+    done = project.cli("export", "etl", "--to", "argo", "--image", "img:1", "--out", tmp_path / "argo")
+    assert done.code == 0, done.err
+    assert "--from-literal=heavy=3 --from-literal=light=1" in done.out

@@ -14,7 +14,8 @@ from featherflow.cli.common import command, for_terminal
 def cmd_export(app, args) -> int:
     from featherflow import export  # lazy: not for --help
 
-    store = app.store if args.schedule else None  # a flow alone needs no database
+    # A flow alone needs no database; one that exists gives the pools their `pool set` sizes.
+    store = app.store if args.schedule or app.config.db_path.exists() else None
     result = export.export_flow(app.config, args.flow, args.to, args.out, store=store,
                                 schedule_name=args.schedule, start_date=args.start_date,
                                 image=args.image, strict=args.strict)

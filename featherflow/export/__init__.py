@@ -11,7 +11,7 @@ never from the clock at export time, so exporting twice gives the same bytes.
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from featherflow import clock
 from featherflow.flow import Flow, check_flow_name
@@ -61,7 +61,8 @@ def export_flow(config: Config, flow_name: str, target: str, out_dir: Path, stor
     flow = limits.load_flow(flows_dir, flow_name, tasks_dir)
     if start_date:
         start = parse_start(start_date)
-    plan = plan_export(flow, target, tasks_dir, schedule, start, image, on_interrupt)
+    pool_slots = {p.name: p.slots for p in store.pools.list_pools()} if store is not None else {}
+    plan = plan_export(flow, target, tasks_dir, schedule, start, image, on_interrupt, pool_slots)
     refused = strict and bool(plan.lost)
     _keep_ignore_lines(Path(out_dir), plan)
     written = [] if refused else write_files(Path(out_dir), plan.files)
@@ -70,13 +71,13 @@ def export_flow(config: Config, flow_name: str, target: str, out_dir: Path, stor
 
 def plan_export(flow: Flow, target: str, tasks_dir: Path, schedule: Optional[ScheduleFacts] = None,
                 start: datetime = DEFAULT_START, image: Optional[str] = None,
-                on_interrupt: Optional[str] = None) -> Plan:
+                on_interrupt: Optional[str] = None, pool_slots: Optional[Dict[str, int]] = None) -> Plan:
     """What exporting `flow` writes and reports, without writing it (pure but for reading the
     task scripts, which are copied and searched for TMP_DIR)."""
     if target not in TARGETS:
         raise UsageError(f"unknown export target {target!r} (valid: {', '.join(TARGETS)})")
     tasks = task_facts(flow)
-    plan = Plan()
+    plan = Plan(pool_slots=dict(pool_slots or {}))
     if schedule is not None:
         if schedule.params:
             plan.warnings.append(f"the schedule's params ({', '.join(sorted(schedule.params))}) are the "

@@ -169,10 +169,11 @@ def build(flow: flowmod.Flow, tasks: List[TaskFacts], schedule: Optional[Schedul
     pools = sorted({t.pool for t in tasks if t.pool})
     for pool in pools:
         if pool != "default_pool":  # Airflow's own: setting it would change its slots
-            plan.commands.append(f"airflow pools set {pool} 1 'Featherflow pool {pool}: set its slots'")
+            plan.commands.append(f"airflow pools set {pool} {plan.pool_slots.get(pool, 1)} "
+                                 f"'Featherflow pool {pool}: set its slots'")
     if pools:
         plan.warnings.append(f"pools {', '.join(pools)} must exist in Airflow (the commands below make "
-                             "them with 1 slot, Featherflow's default for a pool it does not know)")
+                             "them with the slots `featherflow pool set` gave them, 1 for a pool never set)")
     if not flow.declares_params:
         plan.lost.append("the flow has no params block, so a Featherflow run takes any params; "
                          "an Airflow run takes only those the DAG declares (none)")

@@ -128,9 +128,10 @@ def document(flow: flowmod.Flow, tasks: List[TaskFacts], schedule: Optional[Sche
     pools = sorted({t.pool for t in tasks if t.pool})
     if pools:
         plan.commands.append(f"kubectl create configmap {POOLS_CONFIGMAP} "
-                             + " ".join(f"--from-literal={p}=1" for p in pools))
+                             + " ".join(f"--from-literal={p}={plan.pool_slots.get(p, 1)}" for p in pools))
         plan.warnings.append(f"pools {', '.join(pools)} are Argo semaphores in ConfigMap {POOLS_CONFIGMAP} "
-                             "(the command below makes them with 1 slot each)")
+                             "(the command below makes them with the slots `featherflow pool set` gave "
+                             "them, 1 for a pool never set)")
     if schedule is None:
         return {"apiVersion": API_VERSION, "kind": "WorkflowTemplate", "metadata": {"name": name},
                 "spec": spec}

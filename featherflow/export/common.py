@@ -73,6 +73,7 @@ class Plan:
     warnings: List[str] = field(default_factory=list)  # approximations
     lost: List[str] = field(default_factory=list)  # semantics the target does not keep
     commands: List[str] = field(default_factory=list)  # to run once on the target (pools)
+    pool_slots: Dict[str, int] = field(default_factory=dict)  # `pool set` sizes; a pool not set has 1
 
 
 def pieces(value: str) -> Tuple[Piece, ...]:
