@@ -437,6 +437,8 @@ def test_a_parent_sharing_the_runs_process_group_survives_the_cleanup(killable):
         sleeper = timer()[0]
         assert os.getpgid(sleeper) == harness.pid
         os.kill(run_pid, signal.SIGKILL)
+        # kill() returns before the process is gone: wait for that (a zombie counts as gone)
+        wait_for(lambda: not proc.is_alive(run_pid, None, None), "the run to die", timeout=10)
         listing = project.cli("runs", "list")
         assert listing.code == 0 and "interrupted" in listing.out
         wait_for(lambda: not alive(sleeper), "the timer to be killed", timeout=10)
