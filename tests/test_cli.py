@@ -335,6 +335,37 @@ def test_help_and_run_import_only_the_command_modules_they_need():
         assert "usage: featherflow" in result.stdout
 
 
+def test_serve_and_the_dashboard_never_load_peewee(flows):
+    """The screens read through store/readconn's sqlite3 connection: peewee (some 8 MB of
+    `featherflow serve`'s idle memory) is not imported, even once a page has been read."""
+    assert flows.cli("runs", "list").code == 0  # the database exists
+    common = ("import sys\nfrom featherflow.cli import main\n"
+              "def report():\n"
+              "    print(sorted(m for m in sys.modules if m.split('.')[0] in ('peewee', 'playhouse')))\n"
+              "    sys.stdout.flush()\n")
+    serve = common + ("from featherflow.web import server\n"
+                      "def instead(db_path, host, port, token, on_ready=None):\n"
+                      "    srv = server.open_server(db_path, '127.0.0.1', 0, None)\n"
+                      "    site = srv.site\n"
+                      "    snap = site.snapshot(site_now())\n"
+                      "    site.extras(); site.history(None); site.schedules_document(site_now())\n"
+                      "    srv.server_close(); site.close(); report(); return 0\n"
+                      "from featherflow import clock\nsite_now = clock.now\n"
+                      "server.serve = instead\nsys.exit(main.main(sys.argv[1:]))")
+    dashboard = common + ("from featherflow.dashboard import app\n"
+                          "from featherflow.dashboard.keys import ViewState\n"
+                          "from featherflow import clock\n"
+                          "app.check_terminal = lambda: None\n"
+                          "def instead(loop, poller, *rest):\n"
+                          "    poller.poll(ViewState(), clock.now()); report()\n"
+                          "app._with_screen = instead\nsys.exit(main.main(sys.argv[1:]))")
+    for code, argv in ((serve, ["serve", "--port", "0"]), (dashboard, ["dashboard"])):
+        result = subprocess.run([sys.executable, "-c", code, *flows.args(), *argv], env=flows.env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "[]", (argv, result.stdout)
+
+
 def test_a_run_on_a_current_database_loads_only_what_it_needs(flows):
     """`featherflow run` reads user_version and goes on: no migration file is loaded, and
     neither the schedules' nor the outbox's queries nor subprocess (it becomes bash)."""
