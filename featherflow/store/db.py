@@ -111,6 +111,22 @@ def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool 
     return db
 
 
+DAEMON_CACHE_KIB = 256  # the scheduler daemon's page cache (SQLite's default is 2 MiB)
+
+
+def small_cache(db: SqliteDatabase, kib: int = DAEMON_CACHE_KIB) -> None:
+    """A page cache of `kib` KiB on this connection (kept if peewee reconnects): for a
+    process that lives for months, where the 2 MiB default is resident memory.
+
+    Safe for the daemon's connection: its queries are small index lookups (schedules,
+    the newest slot of each, active runs), and every commit of another process (each
+    `_mark`) invalidates this connection's cache anyway, so a bigger cache seldom hits;
+    a miss reads from the OS's page cache, not the disk. The daily retention pass
+    deletes in chunks and reads more pages, once a day.
+    """
+    db.pragma("cache_size", -int(kib), permanent=True)
+
+
 def _use_wal(db: SqliteDatabase, wait: float = BUSY_TIMEOUT) -> None:
     """`PRAGMA journal_mode = wal`, retried while other processes hold the file.
 
