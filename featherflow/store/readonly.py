@@ -1,10 +1,10 @@
 """The read-only queries of the screens: the dashboard and the status page (web/).
 
-Raw SQL through a `mode=ro` connection (readconn, no peewee: the status page's
-memory), so they work where
-the models are bound to another database or to none, and SQLite itself refuses
-any write. Every result is read to its end: a half-read statement keeps its
-snapshot, and with it the WAL, alive after the transaction ends.
+Raw SQL through a `mode=ro` connection (readconn.py: sqlite3, no peewee, for the
+status page's memory), so they work where the models are bound to another database
+or to none, and SQLite itself refuses any write. Every result is read to its end:
+a half-read statement keeps its snapshot, and with it the WAL, alive after the
+transaction ends.
 """
 
 import json
