@@ -38,12 +38,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# First, as `scheduler start` does (import_daemon): the daemon's modules as its process has them.
+from featherflow.scheduler import import_daemon  # noqa: E402
+
+_, daemon = import_daemon()
 from featherflow import flow as flowmod, graph, paths, states  # noqa: E402
 from featherflow.api import Featherflow  # noqa: E402
 from featherflow.cli.format import parse_age  # noqa: E402
 from featherflow.engine import launch  # noqa: E402
 from featherflow.scheduler import admin as schedule_admin  # noqa: E402
-from featherflow.scheduler import daemon, housekeeping  # noqa: E402
+from featherflow.scheduler import housekeeping  # noqa: E402
 from featherflow.store import retention  # noqa: E402
 
 RSS_LIMIT_MB = 30.0

@@ -335,6 +335,80 @@ def test_help_and_run_import_only_the_command_modules_they_need():
         assert "usage: featherflow" in result.stdout
 
 
+def test_serve_and_the_dashboard_load_neither_peewee_nor_openssl(flows):
+    """The screens read through store/readconn's sqlite3 connection: peewee (some 8 MB of
+    `featherflow serve`'s idle memory) is not imported, even once pages have been read;
+    the status page loads no OpenSSL either (ssl, hmac: some 5 MB) while it needs no token."""
+    assert flows.cli("runs", "list").code == 0  # the database exists
+    heavy = ("peewee", "playhouse", "ssl", "_ssl", "hmac", "_hashlib")
+    report = ("def report():\n"
+              f"    sys.__stdout__.write(repr(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))\n"
+              "    sys.__stdout__.flush()\n")
+    # The real `featherflow serve --port 0`: a thread reads its "serving" line, GETs pages
+    # over a raw socket (urllib would import ssl itself), then reports and ends the process.
+    serve = ("import io, os, re, socket, sys, threading\nfrom featherflow.cli import main\n" + report
+             + "def probe(host, port):\n"
+               "    for path in ('/', '/runs', '/api/schedules', '/healthz'):\n"
+               "        with socket.create_connection((host, port)) as c:\n"
+               "            c.sendall(f'GET {path} HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n'.encode())\n"
+               "            while c.recv(65536):\n"
+               "                pass\n"
+               "    report(); os._exit(0)\n"
+               "class Out(io.TextIOBase):\n"
+               "    def write(self, text):\n"
+               "        found = re.search(r'serving http://([^:/]+):([0-9]+)/', text)\n"
+               "        if found:\n"
+               "            threading.Thread(target=probe, args=(found.group(1), int(found.group(2)))).start()\n"
+               "        return len(text)\n"
+               "sys.stdout = Out()\nmain.main(sys.argv[1:])")
+    dashboard = ("import sys\nfrom featherflow.cli import main\n" + report
+                 + "from featherflow.dashboard import app\n"
+                   "from featherflow.dashboard.keys import ViewState\n"
+                   "from featherflow import clock\n"
+                   "app.check_terminal = lambda: None\n"
+                   "def instead(loop, poller, *rest):\n"
+                   "    poller.poll(ViewState(), clock.now()); report()\n"
+                   "app._with_screen = instead\nsys.exit(main.main(sys.argv[1:]))")
+    for code, argv, unwanted in ((serve, ["serve", "--port", "0"], heavy),
+                                 (dashboard, ["dashboard"], ("peewee", "playhouse"))):
+        result = subprocess.run([sys.executable, "-c", code, *flows.args(), *argv], env=flows.env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        loaded = eval(result.stdout.strip())  # noqa: S307 (our own repr of a list of names)
+        assert [m for m in loaded if m.split(".")[0] in unwanted] == [], argv
+
+
+def test_the_scheduler_daemon_loads_no_openssl_nor_what_only_notify_flush_sends_with(flows):
+    """`scheduler start` imports the daemon through scheduler.import_daemon: peewee's hashlib
+    without OpenSSL's libcrypto (CPython's builtin md5/sha1 serve), no ssl, smtplib, email or
+    urllib (deliveries go out through a `notify flush` child), and a 256 KiB page cache."""
+    from featherflow import lean
+    from featherflow.store import db as dbmod
+
+    unwanted = ("ssl", "_ssl", "smtplib", "email", "urllib.request", "http", "curses")
+    if lean.hashlib_builtins():
+        unwanted += ("_hashlib",)
+    code = ("import sys\nfrom featherflow.cli import main\nimport featherflow.scheduler as sched\n"
+            "real = sched.import_daemon\n"
+            "def report(self, ready_fd=None):\n"
+            f"    loaded = sorted(m for m in sys.modules if m in {unwanted!r} or m.split('.')[0] in {unwanted!r})\n"
+            "    cache = self.store.db.execute_sql('PRAGMA cache_size').fetchone()[0]\n"
+            "    import hashlib\n"
+            "    print(repr((loaded, 'peewee' in sys.modules, cache, hashlib.sha1(b'x').hexdigest())))\n"
+            "    return 0\n"
+            "def instead():\n"
+            "    control, daemon = real()\n"
+            "    daemon.Scheduler.serve = report\n"
+            "    return control, daemon\n"
+            "sched.import_daemon = instead\nsys.exit(main.main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", code, *flows.args(), "scheduler", "start", "--foreground",
+                             "--allow-root"], env=flows.env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    loaded, peewee, cache, digest = eval(result.stdout.strip().splitlines()[-1])  # noqa: S307 (our own repr)
+    assert loaded == [] and peewee and cache == -dbmod.DAEMON_CACHE_KIB
+    assert digest == "11f6ad8ec52a2984abaafd7c3b516503785c2072"
+
+
 def test_a_run_on_a_current_database_loads_only_what_it_needs(flows):
     """`featherflow run` reads user_version and goes on: no migration file is loaded, and
     neither the schedules' nor the outbox's queries nor subprocess (it becomes bash)."""

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "featherflow"
 
-KERNEL = {"errors", "config", "clock", "states", "proc", "graph", "flow", "mark", "_mark", "outputs", "rules", "text",
+KERNEL = {"errors", "config", "clock", "states", "proc", "lean", "graph", "flow", "mark", "_mark", "outputs", "rules", "text",
           "paths", "host", "params", "logcap", "report", "__init__", "__main__"}
 TOP = {"api", "scaffold", "doctor"}
 # A module may import from its own rank and below; `__main__` only starts the CLI.

@@ -13,7 +13,7 @@ from featherflow.cli.common import command, group
 
 def cmd_dashboard(app, args) -> int:
     """Read only: never app.store (it would migrate) and no reconcile (it writes)."""
-    from featherflow.dashboard import app as dashboard  # lazy: peewee
+    from featherflow.dashboard import app as dashboard  # lazy: curses, croniter, sqlite3
 
     return dashboard.main(app.config.db_path, flow=args.flow)
 

@@ -87,7 +87,9 @@ def cmd_schedule_disable(app, args) -> int:
 
 def cmd_scheduler_start(app, args) -> int:
     from featherflow import config  # lazy: not for --help
-    from featherflow.scheduler import control, daemon as scheduler  # lazy: peewee
+    from featherflow.scheduler import import_daemon  # lazy: peewee
+
+    control, scheduler = import_daemon()  # before app.store: the daemon's memory
 
     fault = config.scheduler_env()["fault"]
     scheduler.check_root(args.allow_root)

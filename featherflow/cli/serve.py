@@ -41,7 +41,9 @@ def cmd_serve(app, args) -> int:
         print(f"wrote a new token to {token_file} (readable only by you); the old one no longer works")
         print(f"open on your phone: http://{host}:{args.port}/login?token={token}")
         return 0
-    from featherflow.web import server  # lazy: peewee
+    from featherflow.web import import_server  # lazy: not for --help
+
+    server = import_server()  # without ssl: the status page's memory
 
     token = auth.read_token(token_file)
 

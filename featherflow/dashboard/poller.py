@@ -7,16 +7,14 @@ database afresh. Only this module (and the log file it tails) does I/O for the s
 """
 
 import os
-import sqlite3
 from collections import deque
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-import peewee
-
 from featherflow import clock, flow as flowmod, paths, proc, states
+from featherflow.errors import is_database_error
 from featherflow.rules import task_rules
 from featherflow.dashboard.keys import ViewState
 from featherflow.scheduler.slots import next_slot
@@ -216,7 +214,9 @@ class Poller:
                     + [r["id"] for r in raw_recent if r["state"] in states.RESUMABLE])
                 run = self.reader.run(state.run_id) if want_detail else None
                 run_attempts = self.reader.attempts(run.id) if run else []
-        except (sqlite3.Error, peewee.PeeweeException) as exc:
+        except Exception as exc:  # sqlite3's errors (or peewee's wrappers, if a peewee database was passed)
+            if not is_database_error(exc):
+                raise
             last = self._last or Snapshot(now, self.db_path)
             when = local(last.taken_at, "%H:%M:%S")
             return replace(last, problem=f"cannot read the database ({exc}); showing {when}")

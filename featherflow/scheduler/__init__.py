@@ -2,7 +2,21 @@
 from outside it. `from featherflow import scheduler; scheduler.get_scheduler(...)` is the
 original tool's Python API (compat.py) and keeps working."""
 
-__all__ = ["get_scheduler"]
+import sys
+
+__all__ = ["get_scheduler", "import_daemon"]
+
+
+def import_daemon():
+    """(control, daemon), imported for the process that becomes the daemon (`scheduler
+    start`): peewee's hashlib without OpenSSL's libcrypto (see lean.py), when this Python
+    has the builtin hashes; the `notify flush` children that send are processes of their own."""
+    from featherflow import lean
+
+    blocked = ("_hashlib",) if "hashlib" not in sys.modules and lean.hashlib_builtins() else ()
+    with lean.without(*blocked):
+        from featherflow.scheduler import control, daemon
+    return control, daemon
 
 
 def __getattr__(name):

@@ -41,6 +41,7 @@ from featherflow.errors import ConflictError, FeatherflowError, UsageError
 from featherflow.notify import deliver
 from featherflow.scheduler import backfill_driver, housekeeping, lock, policy, slots
 from featherflow.store import Store
+from featherflow.store import db as dbmod
 from featherflow.store.records import NewRun
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class Scheduler:
             raise UsageError(f"FEATHERFLOW_FAULT={fault!r} (valid: {', '.join(FAULT_POINTS)})")
         self.config = config
         self.store = store
+        dbmod.small_cache(store.db)  # it runs for months: its memory (db.small_cache says why it is safe)
         self.check_interval = float(check_interval)
         self.allow_root = allow_root
         self.fault = fault

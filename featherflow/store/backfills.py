@@ -19,31 +19,15 @@ from peewee import JOIN, SqliteDatabase, fn
 from featherflow import clock
 from featherflow.errors import UsageError
 from featherflow.store.models import Backfill as BackfillModel, BackfillSlot, FlowRun, ScheduleSlot
-from featherflow.store.records import NewRun, Run
+from featherflow.store.records import BACKFILL_DONE, BACKFILL_LAUNCHED, BACKFILL_PENDING, Backfill, NewRun, Run, \
+    as_backfill, backfill_counts
 from featherflow.store.runs import RunStore
 
 RUNNING, SUCCESS, FAILED, CANCELLED = "running", "success", "failed", "cancelled"
 STATES = (RUNNING, SUCCESS, FAILED, CANCELLED)
-PENDING, LAUNCHED, DONE = "pending", "launched", "done"  # a slot's progress
+PENDING, LAUNCHED, DONE = BACKFILL_PENDING, BACKFILL_LAUNCHED, BACKFILL_DONE  # a slot's progress
 RUN, RESUME, RERUN, LEAVE = "run", "resume", "rerun", "leave"  # what a backfill does with a slot
 LEFT = "left"  # the outcome of a slot left alone (it has a run, or the backfill was cancelled first)
-
-
-@dataclass
-class Backfill:
-    id: int
-    schedule_id: int
-    range_from: datetime
-    range_to: datetime
-    reprocess: str
-    max_runs: int
-    reverse: bool
-    state: str
-    reason: Optional[str]
-    created_at: datetime
-    updated_at: datetime
-    ended_at: Optional[datetime] = None
-    counts: Optional[Dict[str, int]] = None  # pending / launched / done, and done by outcome
 
 
 @dataclass
@@ -69,28 +53,9 @@ class SlotRow:
     run_auto_resumed: Optional[bool] = None
 
 
-def _backfill(row: Dict) -> Backfill:
-    row = dict(row)
-    row["schedule_id"] = row.pop("schedule")
-    for key in ("range_from", "range_to", "created_at", "updated_at", "ended_at"):
-        row[key] = clock.from_text(row[key])
-    row["reverse"] = bool(row["reverse"])
-    return Backfill(**row)
-
-
-def counts_of(rows: Iterable[Tuple[str, Optional[str], int]]) -> Dict[str, int]:
-    """Slots by progress (pending, launched, done) and the done ones by outcome, from
-    (state, outcome, count) rows (also read by the status page's read-only Reader)."""
-    counts = {PENDING: 0, LAUNCHED: 0, DONE: 0}
-    for state, outcome, count in rows:
-        counts[state] = counts.get(state, 0) + count
-        if state == DONE:
-            counts[outcome] = counts.get(outcome, 0) + count
-    return counts
-
-
-def as_backfill(row: Dict) -> Backfill:
-    return _backfill(row)
+# In records.py (the status page's Reader reads them without peewee); named here as before.
+counts_of = backfill_counts
+_backfill = as_backfill
 
 
 def _slot(row: Dict) -> SlotRow:

@@ -12,15 +12,17 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 from peewee import SqliteDatabase
 
 from featherflow import states
 from featherflow.config import ensure_private_dir
-from featherflow.errors import READ_ONLY, DatabaseError, database_error, filesystem_state, is_database_error
+from featherflow.errors import DatabaseError, database_error, is_database_error
 from featherflow.store.models import MODELS
+# The checks a read-only open shares with readconn (peewee-free, for the screens); named here as before.
+from featherflow.store.readconn import READ_ONLY_TIMEOUT, SQLITE_HEADER, open_plain, read_only_uri  # noqa: F401
+from featherflow.store.readconn import check_header as _check_header, refuse_newer as _refuse_newer
 
 BUSY_TIMEOUT = 10  # seconds
 # journal_mode is set apart (_use_wal): switching a new file to WAL takes an
@@ -30,7 +32,6 @@ PRAGMAS = {
     "foreign_keys": 1,
     "busy_timeout": BUSY_TIMEOUT * 1000,
 }
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 def migrations_dir() -> Path:
@@ -108,6 +109,22 @@ def open_database(path: Path, private_dir: Optional[Path] = None, migrate: bool 
             raise database_error(path, exc) from None
         raise
     return db
+
+
+DAEMON_CACHE_KIB = 256  # the scheduler daemon's page cache (SQLite's default is 2 MiB)
+
+
+def small_cache(db: SqliteDatabase, kib: int = DAEMON_CACHE_KIB) -> None:
+    """A page cache of `kib` KiB on this connection (kept if peewee reconnects): for a
+    process that lives for months, where the 2 MiB default is resident memory.
+
+    Safe for the daemon's connection: its queries are small index lookups (schedules,
+    the newest slot of each, active runs), and every commit of another process (each
+    `_mark`) invalidates this connection's cache anyway, so a bigger cache seldom hits;
+    a miss reads from the OS's page cache, not the disk. The daily retention pass
+    deletes in chunks and reads more pages, once a day.
+    """
+    db.pragma("cache_size", -int(kib), permanent=True)
 
 
 def _use_wal(db: SqliteDatabase, wait: float = BUSY_TIMEOUT) -> None:
@@ -194,13 +211,6 @@ def _refuse_foreign(version: int, tables: int, path: Path) -> None:
             "— it was not changed")
 
 
-def _refuse_newer(version: int, latest: int, path: Path) -> None:
-    if version > latest:
-        raise DatabaseError(
-            f"{path} has schema version {version}, newer than this Featherflow understands "
-            f"({latest}); upgrade Featherflow (pip install -U featherflow) — the file was not changed")
-
-
 def _create_private(path: Path) -> None:
     """Create the database file 0600 before SQLite does (it would honour the umask)."""
     try:
@@ -221,57 +231,17 @@ def _tighten(path: Path) -> None:
             pass
 
 
-def _check_header(path: Path) -> bool:
-    """Refuse a file that is not SQLite before SQLite touches it; whether its header says
-    WAL (read and write versions, bytes 18 and 19, are 2).
-
-    Never call this while this process has the file open through SQLite: closing any
-    descriptor of a file drops every POSIX lock the process holds on it, SQLite's too.
-    """
-    try:
-        with open(path, "rb") as f:
-            head = f.read(20)
-    except OSError as exc:
-        raise DatabaseError(f"cannot read {path}: {exc.strerror}") from None
-    wal = head[18:20] == b"\x02\x02"
-    head = head[:len(SQLITE_HEADER)]
-    if head and head != SQLITE_HEADER:
-        raise DatabaseError(
-            f"{path} is not a SQLite database (not created by Featherflow?); "
-            "move it aside or point --db / FEATHERFLOW_DB elsewhere — it was not changed")
-    return wal
-
-
-READ_ONLY_TIMEOUT = 2  # seconds; a reader in WAL mode waits only while the WAL index is rebuilt
-
-
-def read_only_uri(path: Path) -> str:
-    """A read-only SQLite URI for `path`; `immutable=1` when the filesystem is read-only and
-    the file has no -wal and no -shm beside it.
-
-    A WAL reader needs the -shm file; on a read-only filesystem it cannot create
-    one, and SQLite refuses ("unable to open database file"). When there is no
-    WAL either, the main file holds every committed transaction and nobody can
-    change it, so reading it as immutable (no locks, no -shm) is exact. With a
-    -shm present SQLite reads it (and the WAL) read-only by itself; a -wal
-    without its -shm is not read as immutable, which would ignore the WAL.
-    """
-    uri = f"file:{quote(str(Path(path).absolute()))}?mode=ro"
-    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
-    if filesystem_state(path) == READ_ONLY and not shm.exists() and not (wal.exists() and wal.stat().st_size):
-        uri += "&immutable=1"
-    return uri
-
-
-def open_read_only(path: Path, bind_models: bool = False) -> SqliteDatabase:
+def open_read_only(path: Path, bind_models: bool = False):
     """Open an existing database for reading only: no file created, no migration, no pragma.
 
     For the dashboard, which must never write: SQLite itself refuses writes
     through a `mode=ro` connection, and a reader never blocks `_mark` in WAL
-    mode. The models are not bound (the process may also hold the writable
-    database); Store's read-only queries use raw SQL through this connection.
+    mode. Without `bind_models` the answer is readconn's peewee-free
+    ReadOnlyConnection (the screens' raw SQL needs no ORM); with it, a peewee
+    database the models are bound to (a process that reads only through Store).
     """
-
+    if not bind_models:
+        return open_plain(path)
     path = Path(path).absolute()
     if not path.is_file():
         raise DatabaseError(
@@ -289,12 +259,11 @@ def open_read_only(path: Path, bind_models: bool = False) -> SqliteDatabase:
         raise
     try:
         _refuse_newer(version, states.SCHEMA_VERSION, path)
-        if bind_models and version != states.SCHEMA_VERSION:  # the models describe the current schema only
+        if version != states.SCHEMA_VERSION:  # the models describe the current schema only
             raise DatabaseError(f"{path} has schema version {version} and cannot be upgraded here (it cannot be "
                                 f"written); make it writable and any command upgrades it to {states.SCHEMA_VERSION}")
     except DatabaseError:
         db.close()
         raise
-    if bind_models:  # a process that reads only (runs list on a read-only disk): the models may use it
-        db.bind(MODELS, bind_refs=False, bind_backrefs=False)
+    db.bind(MODELS, bind_refs=False, bind_backrefs=False)  # the models may use it (runs list on a read-only disk)
     return db

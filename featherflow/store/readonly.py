@@ -1,9 +1,10 @@
 """The read-only queries of the screens: the dashboard and the status page (web/).
 
-Raw SQL through a `mode=ro` connection (db.open_read_only), so they work where
-the models are bound to another database or to none, and SQLite itself refuses
-any write. Every result is read to its end: a half-read statement keeps its
-snapshot, and with it the WAL, alive after the transaction ends.
+Raw SQL through a `mode=ro` connection (readconn.py: sqlite3, no peewee, for the
+status page's memory), so they work where the models are bound to another database
+or to none, and SQLite itself refuses any write. Every result is read to its end:
+a half-read statement keeps its snapshot, and with it the WAL, alive after the
+transaction ends.
 """
 
 import json
@@ -11,21 +12,20 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from peewee import SqliteDatabase
-
-from featherflow.store.db import open_read_only
-from featherflow.store.records import Attempt, Run, Schedule, Slot, as_schedule, as_slot, parse_times
+from featherflow.store.readconn import ReadOnlyConnection, open_plain
+from featherflow.store.records import Attempt, Run, Schedule, Slot, as_backfill, as_schedule, as_slot, \
+    backfill_counts, parse_times
 
 
 class Reader:
     """One read-only connection and the SELECTs the screens need; nothing held between calls."""
 
-    def __init__(self, db: SqliteDatabase):
+    def __init__(self, db: ReadOnlyConnection):  # or anything with its three methods (a peewee database)
         self.db = db
 
     @classmethod
     def open(cls, path: Path) -> "Reader":
-        return cls(open_read_only(path))
+        return cls(open_plain(path))
 
     def close(self) -> None:
         self.db.close()
@@ -165,16 +165,14 @@ class Reader:
     def backfills(self, schedule_id: Optional[int], limit: int) -> List:
         """The newest backfills (of one schedule, or of all) with their counts
         (Store.backfills.list); [] before backfills existed."""
-        from featherflow.store import backfills  # lazy: only the pages that show backfills need it
-
         if not self.has_table("backfill"):
             return []
         where = "" if schedule_id is None else "WHERE schedule_id = ? "
-        found = [backfills.as_backfill(row) for row in self._fetch(
+        found = [as_backfill(row) for row in self._fetch(
             f"SELECT *, schedule_id AS schedule FROM backfill {where}ORDER BY id DESC LIMIT ?",
             ([] if schedule_id is None else [schedule_id]) + [limit])]
         for b in found:
-            b.counts = backfills.counts_of(
+            b.counts = backfill_counts(
                 (r["state"], r["outcome"], r["n"]) for r in self._fetch(
                     "SELECT state, outcome, COUNT(*) AS n FROM backfill_slot WHERE backfill_id = ? "
                     "GROUP BY state, outcome", (b.id,)))

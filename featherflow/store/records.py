@@ -4,7 +4,7 @@ and how a database row becomes one."""
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from featherflow import clock
 
@@ -229,3 +229,45 @@ def as_delivery(row: dict, channel_name: str) -> Delivery:
     row["event_id"], row["channel_id"] = row.pop("event"), row.pop("channel")
     row["payload"] = json.loads(row["payload"])
     return Delivery(channel=channel_name, **row)
+
+
+# -- backfills (store/backfills.py writes them; the status page's Reader reads them too) --
+
+BACKFILL_PENDING, BACKFILL_LAUNCHED, BACKFILL_DONE = "pending", "launched", "done"  # a slot's progress
+
+
+@dataclass
+class Backfill:
+    id: int
+    schedule_id: int
+    range_from: datetime
+    range_to: datetime
+    reprocess: str
+    max_runs: int
+    reverse: bool
+    state: str
+    reason: Optional[str]
+    created_at: datetime
+    updated_at: datetime
+    ended_at: Optional[datetime] = None
+    counts: Optional[Dict[str, int]] = None  # pending / launched / done, and done by outcome
+
+
+def as_backfill(row: Dict) -> Backfill:
+    row = dict(row)
+    row["schedule_id"] = row.pop("schedule")
+    for key in ("range_from", "range_to", "created_at", "updated_at", "ended_at"):
+        row[key] = clock.from_text(row[key])
+    row["reverse"] = bool(row["reverse"])
+    return Backfill(**row)
+
+
+def backfill_counts(rows: Iterable[Tuple[str, Optional[str], int]]) -> Dict[str, int]:
+    """Slots by progress (pending, launched, done) and the done ones by outcome, from
+    (state, outcome, count) rows."""
+    counts = {BACKFILL_PENDING: 0, BACKFILL_LAUNCHED: 0, BACKFILL_DONE: 0}
+    for state, outcome, count in rows:
+        counts[state] = counts.get(state, 0) + count
+        if state == BACKFILL_DONE:
+            counts[outcome] = counts.get(outcome, 0) + count
+    return counts
