@@ -391,6 +391,8 @@ def test_ctrl_c_stops_driving_and_leaves_the_backfill_to_resume(project):
     app = project.app()
     add_schedule(project, app, tz="UTC")
     app.close()
+    gate = project.root / "gate"  # the runs wait for it: the backfill cannot end before the Ctrl-C
+    project.write_task("record.sh", RECORD.replace("#!/bin/bash\n", f"#!/bin/bash\nwhile [ ! -e {gate} ]; do sleep 0.02; done\n"))
     argv = [sys.executable, "-m", "featherflow"] + project.args() + [
         "backfill", "nightly", "--from", "2026-01-01", "--to", "2026-01-04"]
     driver = subprocess.Popen(argv, cwd=project.root, env=project.env, stdout=subprocess.PIPE,
@@ -405,6 +407,7 @@ def test_ctrl_c_stops_driving_and_leaves_the_backfill_to_resume(project):
     app = project.app()
     assert app.store.backfills.get(1).state == rows.RUNNING
     app.close()
+    gate.touch()
     done = project.sh("backfill", "resume", "1")
     assert done.code == 0 and "backfill 1 success: 4/4 done (4 success)" in done.out, (done.out, done.err)
     assert sorted(line[0] for line in seen(project)) == [f"2026-01-0{d}T03:00:00Z" for d in range(1, 5)]
