@@ -395,8 +395,11 @@ def test_ctrl_c_stops_driving_and_leaves_the_backfill_to_resume(project):
     project.write_task("record.sh", RECORD.replace("#!/bin/bash\n", f"#!/bin/bash\nwhile [ ! -e {gate} ]; do sleep 0.02; done\n"))
     argv = [sys.executable, "-m", "featherflow"] + project.args() + [
         "backfill", "nightly", "--from", "2026-01-01", "--to", "2026-01-04"]
+    # SIGINT at its default in the driver, as at a terminal: a parent started in the background
+    # by a shell without job control (a CI runner, say) hands SIGINT down ignored.
     driver = subprocess.Popen(argv, cwd=project.root, env=project.env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     first = driver.stdout.readline()
     while "started" not in first:
         first = driver.stdout.readline()
