@@ -422,6 +422,8 @@ def test_kill_9_of_the_driver_at_random_points_never_doubles_a_slot(project):
     run, every run succeeded, none left queued or running."""
     app = project.app()
     s = add_schedule(project, app, cron="* * * * *", tz="UTC")
+    # Each run takes 0.3 s, so the backfill outlasts most drivers even on a fast machine.
+    project.write_task("record.sh", RECORD.replace("#!/bin/bash\n", "#!/bin/bash\nsleep 0.3\n"))
     made = backfill.create(app.config, app.store, backfill.Request(
         schedule="nightly", start="2026-01-01T00:00", end="2026-01-01T00:19", max_runs=3), clock.now())
     app.close()
@@ -437,7 +439,7 @@ def test_kill_9_of_the_driver_at_random_points_never_doubles_a_slot(project):
             driver.send_signal(signal.SIGKILL)
             driver.wait()
             killed += 1
-    assert killed >= 20  # most drivers die mid-way (the others found it finished, or driven)
+    assert killed >= 15  # most drivers die mid-way (the others found it finished, or driven)
     last = project.sh("backfill", "resume", made.backfill.id, timeout=120)
     assert last.code in (0, 3), (last.out, last.err)  # 3: an earlier driver had finished it
     app = project.app()
