@@ -23,7 +23,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from featherflow import clock, errors, proc, scaffold, states
 from featherflow.host import (
-    OK, PROBLEM, PRUNE, WARNING, Finding, check_clock, check_scheduler, check_filesystem, check_free_space, clock_synchronised,
+    OK, PROBLEM, PRUNE, WARNING, Finding, check_clock, parse_time, check_scheduler, check_filesystem, check_free_space, clock_synchronised,
     free_spaces, read_mountinfo)
 from featherflow.store import db
 from featherflow.store.rules import GLOBAL, Rule, describe
@@ -334,15 +334,15 @@ def _history(con) -> Optional[Dict]:
     try:
         runs, oldest = con.execute("SELECT COUNT(*), MIN(created_at) FROM flow_run").fetchone()
         if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'retention_rule'").fetchone():
-            return {"runs": runs, "oldest": _parse_time(oldest), "rules": None, "applied": None}
+            return {"runs": runs, "oldest": parse_time(oldest), "rules": None, "applied": None}
         rows = con.execute("SELECT scope, older_than_seconds, keep_last, enabled FROM retention_rule").fetchall()
         applied = con.execute("SELECT at FROM retention_applied WHERE id = 1").fetchone()
     except sqlite3.Error:
         return None
     found = {scope: Rule(scope, None if age is None else timedelta(seconds=age), keep, bool(on))
              for scope, age, keep, on in rows}
-    return {"runs": runs, "oldest": _parse_time(oldest), "rules": found,
-            "applied": _parse_time(applied[0]) if applied else None}
+    return {"runs": runs, "oldest": parse_time(oldest), "rules": found,
+            "applied": parse_time(applied[0]) if applied else None}
 
 
 def check_retention(history: Dict, log_bytes: int, log_dirs: int, db_bytes: int, wal_bytes: int,
@@ -415,10 +415,6 @@ def uids_by_pid() -> Dict[int, str]:
 
 
 # -- small helpers --------------------------------------------------------------------
-
-def _parse_time(value) -> Optional[datetime]:
-    return clock.from_text(value if isinstance(value, datetime) else str(value) if value else None)
-
 
 def _lstat(path: Path):
     try:

@@ -167,6 +167,11 @@ def check_clock(synchronised: Optional[bool], now: datetime) -> Finding:
 
 # -- the scheduler (doctor, the status page) ------------------------------------------
 
+def parse_time(value) -> Optional[datetime]:
+    """A time read from a database row: a datetime as it is, stored text parsed, None for none."""
+    return clock.from_text(value if isinstance(value, datetime) else str(value) if value else None)
+
+
 def check_scheduler(row: Optional[Dict], alive: bool, enabled_schedules: int, now: datetime,
                     stale_after: float = states.HEARTBEAT_STALE) -> Finding:
     """Needed only when an enabled schedule exists; alive means the recorded process
@@ -181,7 +186,7 @@ def check_scheduler(row: Optional[Dict], alive: bool, enabled_schedules: int, no
                            start)
         return Finding(name, OK, f"{why} (no enabled schedule needs it)")
     value = row.get("heartbeat_at")
-    beat = clock.from_text(value if isinstance(value, datetime) else str(value) if value else None)
+    beat = parse_time(value)
     age = (clock.as_utc(now) - beat).total_seconds() if beat else None
     if age is None or age > stale_after:
         said = "no heartbeat" if age is None else f"last heartbeat {age:.0f}s ago"

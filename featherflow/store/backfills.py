@@ -53,11 +53,6 @@ class SlotRow:
     run_auto_resumed: Optional[bool] = None
 
 
-# In records.py (the status page's Reader reads them without peewee); named here as before.
-counts_of = backfill_counts
-_backfill = as_backfill
-
-
 def _slot(row: Dict) -> SlotRow:
     row = dict(row)
     row["backfill_id"] = row.pop("backfill")
@@ -120,7 +115,7 @@ class BackfillStore:
         row = BackfillModel.select().where(BackfillModel.id == backfill_id).dicts().first()
         if row is None:
             raise UsageError(f"no backfill {backfill_id} (see `featherflow backfill list`)")
-        backfill = _backfill(row)
+        backfill = as_backfill(row)
         backfill.counts = self.counts(backfill_id)
         return backfill
 
@@ -134,14 +129,14 @@ class BackfillStore:
             query = query.where(BackfillModel.state.in_(list(states_in)))
         if limit:
             query = query.limit(limit)
-        found = [_backfill(row) for row in query.dicts()]
+        found = [as_backfill(row) for row in query.dicts()]
         for backfill in found:
             backfill.counts = self.counts(backfill.id)
         return found
 
     def counts(self, backfill_id: int) -> Dict[str, int]:
         """Slots by progress (pending, launched, done) and the done ones by outcome."""
-        return counts_of(BackfillSlot.select(BackfillSlot.state, BackfillSlot.outcome, fn.COUNT(BackfillSlot.id))
+        return backfill_counts(BackfillSlot.select(BackfillSlot.state, BackfillSlot.outcome, fn.COUNT(BackfillSlot.id))
                          .where(BackfillSlot.backfill == backfill_id)
                          .group_by(BackfillSlot.state, BackfillSlot.outcome).tuples())
 
