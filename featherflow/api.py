@@ -10,10 +10,13 @@ The CLI is a thin layer over this class.
 """
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
-from featherflow import config, flow as flowmod
+from featherflow import config
 from featherflow.errors import READ_ONLY, DatabaseError, FeatherflowError, ValidationError, filesystem_state
+
+if TYPE_CHECKING:  # flow.py is imported where it is used: `runs list` needs none of it
+    from featherflow import flow as flowmod
 
 
 @dataclass
@@ -35,7 +38,7 @@ class Featherflow:
 
     # -- flows -------------------------------------------------------------
 
-    def load_flow(self, name: str) -> flowmod.Flow:
+    def load_flow(self, name: str) -> "flowmod.Flow":
         """Load and validate a flow, its default params included: a task the kernel would
         refuse to start (limits.py) makes the flow invalid."""
         from featherflow.engine import limits  # lazy: peewee, not for `list`/`validate`
@@ -44,6 +47,8 @@ class Featherflow:
 
     def flow_infos(self) -> List[FlowInfo]:
         """Every flow file in the flows dir; a broken one carries its first error."""
+        from featherflow import flow as flowmod  # lazy: 5-10 ms, not for `runs list`
+
         infos = []
         for name in flowmod.list_names(self.config.flows_dir):
             path = str(flowmod.flow_path(self.config.flows_dir, name))
@@ -59,6 +64,8 @@ class Featherflow:
 
     def list_flows(self) -> List[str]:
         """Names of the flows in the flows dir (the original API)."""
+        from featherflow import flow as flowmod  # lazy: 5-10 ms, not for `runs list`
+
         return flowmod.list_names(self.config.flows_dir)
 
     def validate(self, names: Optional[List[str]] = None) -> Dict[str, List[str]]:

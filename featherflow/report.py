@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import Dict, List, Optional, Sequence
 
 from featherflow import clock, paths
-from featherflow.rules import task_rules
 
 BACKFILLS_SHOWN = 5  # the newest backfills a schedule's document lists
 
@@ -63,6 +62,8 @@ def run_document(run, order: Sequence[str], attempts: List, now: datetime,
     """A run with its tasks in `order` (dependency order), each with its attempts and its
     rule (`runs show --json`, `/api/runs/ID`); `rules` defaults to the run's snapshot's."""
     if rules is None:
+        from featherflow.rules import task_rules  # lazy: `runs list` needs no rules
+
         rules = task_rules(run.snapshot)
     order = list(order) + sorted({a.task_id for a in attempts} - set(order))
     data = run_json(run, now)
