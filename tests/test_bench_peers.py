@@ -51,3 +51,18 @@ def test_an_unknown_workload_is_refused_with_the_valid_ones(tmp_path):
     done = _peers(tmp_path, "--workloads", "nope")
     assert done.returncode == 2
     assert "unknown workload ['nope']" in done.stderr and "chain50" in done.stderr
+
+
+FLOOR = PEERS.parent / "floor.py"
+
+
+def test_floor_times_every_part_and_prints_the_floors(tmp_path):
+    done = subprocess.run([sys.executable, str(FLOOR), "--dir", str(tmp_path), "--repeat", "1", "--commits", "5"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    parts = {r[0]: float(r[1]) for r in _rows(done.stdout)[1:]}
+    assert {"`bash -c :`", "`python, import peewee`", "`featherflow --version`",
+            "one commit, WAL, synchronous=FULL"} <= set(parts)
+    assert all(ms > 0 for ms in parts.values())
+    assert "fixed cost floor of a run" in done.stdout and "per-task floor" in done.stdout
+    assert list(tmp_path.iterdir()) == []  # its temp database is removed
