@@ -817,11 +817,12 @@ def test_the_quick_runs_list_leaves_every_other_case_to_the_store(project, store
 
 
 def test_runs_list_loads_no_peewee_when_nothing_needs_it(project, store):
+    """Nor the flow loader or the run_if rules: a list needs neither (a few ms of its start)."""
     fake_run(store, "a", outcomes={"x": ["success"]}, state=states.SUCCESS)
     code = ("import sys; from featherflow.cli import main\n"
             "code = main.main(sys.argv[1:])\n"
-            "print(code, sorted(m for m in ('peewee', 'featherflow.store.runs', 'featherflow.engine.reconcile') "
-            "if m in sys.modules))")
+            "print(code, sorted(m for m in ('peewee', 'featherflow.store.runs', 'featherflow.engine.reconcile', "
+            "'featherflow.flow', 'featherflow.rules') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, *project.args(), "runs", "list"], env=project.env,
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.splitlines()[-1] == "0 []" and "success" in out
